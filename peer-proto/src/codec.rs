@@ -1,0 +1,171 @@
+//! The one place that knows frames are bincode 2. Swap the encoding here.
+
+use crate::limits::MAX_FRAME_LEN;
+use crate::{Frame, ValidationError};
+
+/// Why bytes from a peer were not accepted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME_LEN}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("{0} trailing bytes after frame")]
+    Trailing(usize),
+    #[error("frame breaks a limit: {0}")]
+    Invalid(#[from] ValidationError),
+    #[error("cannot encode frame: {0}")]
+    Encode(String),
+}
+
+impl CodecError {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CodecError::TooLarge(_) => "too_large",
+            CodecError::Malformed(_) => "malformed",
+            CodecError::Trailing(_) => "trailing",
+            CodecError::Invalid(_) => "invalid",
+            CodecError::Encode(_) => "encode",
+        }
+    }
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_FRAME_LEN>()
+}
+
+/// Encodes `frame` (without length prefix).
+pub fn encode_frame(frame: &Frame) -> Result<Vec<u8>, CodecError> {
+    let v = bincode::serde::encode_to_vec(frame, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    if v.len() > MAX_FRAME_LEN {
+        return Err(CodecError::TooLarge(v.len()));
+    }
+    Ok(v)
+}
+
+/// Decodes one whole frame; every byte must be consumed.
+pub fn decode_frame(bytes: &[u8]) -> Result<Frame, CodecError> {
+    if bytes.len() > MAX_FRAME_LEN {
+        return Err(CodecError::TooLarge(bytes.len()));
+    }
+    let (frame, used): (Frame, usize) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::Trailing(bytes.len() - used));
+    }
+    frame.validate()?;
+    Ok(frame)
+}
+
+/// The 4-byte big-endian length prefix that precedes every frame on a stream.
+pub fn write_len_prefix(len: usize) -> [u8; 4] {
+    // Frames are capped at MAX_FRAME_LEN (4 MiB), well inside u32.
+    (len.min(u32::MAX as usize) as u32).to_be_bytes()
+}
+
+/// Reads a length prefix and checks it against the limit before anyone
+/// allocates a buffer for the frame.
+pub fn read_len_prefix(prefix: [u8; 4]) -> Result<usize, CodecError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(CodecError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::topology::{PeerEntry, TopologyMsg};
+    use crate::*;
+
+    fn samples() -> Vec<Frame> {
+        let addr: SocketAddr = "192.0.2.1:6783".parse().unwrap_or_else(|_| unreachable!());
+        vec![
+            Frame::Hello(Hello {
+                versions: VersionRange { min: 1, max: 1 },
+                name: PeerName(7),
+                nickname: "node-a".into(),
+                uid: 42,
+                listen_port: 6783,
+                features: Features::DATAGRAMS,
+                your_addr: Some(addr),
+            }),
+            Frame::Goodbye(Goodbye {
+                reason: GoodbyeReason::Duplicate,
+                message: "dup".into(),
+            }),
+            Frame::Topology(TopologyMsg::Summary { hash: 9, peers: 3 }),
+            Frame::Topology(TopologyMsg::Update {
+                entries: vec![PeerEntry {
+                    name: PeerName(1),
+                    nickname: "n".into(),
+                    uid: 2,
+                    version: 3,
+                    addrs: vec![addr],
+                    conns: vec![PeerName(4)],
+                }],
+            }),
+            Frame::Gossip(GossipMsg {
+                channel: ChannelName::new("ipam").unwrap_or_else(|_| unreachable!()),
+                verb: Verb::Unicast {
+                    src: PeerName(1),
+                    dst: PeerName(2),
+                },
+                payload: vec![1, 2, 3],
+            }),
+        ]
+    }
+
+    #[test]
+    fn roundtrip() {
+        for f in samples() {
+            let bytes = encode_frame(&f).expect("encode");
+            assert_eq!(decode_frame(&bytes).expect("decode"), f);
+        }
+    }
+
+    #[test]
+    fn truncations_and_trailing_bytes_are_errors() {
+        for f in samples() {
+            let bytes = encode_frame(&f).expect("encode");
+            for cut in 0..bytes.len() {
+                assert!(decode_frame(&bytes[..cut]).is_err(), "{f:?} cut at {cut}");
+            }
+            let mut long = bytes.clone();
+            long.push(0);
+            assert!(matches!(decode_frame(&long), Err(CodecError::Trailing(1))));
+        }
+    }
+
+    #[test]
+    fn huge_length_claims_do_not_allocate() {
+        // Variant 2 (Topology), variant 1 (Digest), then a u64 varint length of ~2^60.
+        let bytes = [2u8, 1, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x10];
+        assert!(decode_frame(&bytes).is_err());
+        assert!(read_len_prefix([0xff, 0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn semantic_limits_enforced() {
+        let f = Frame::Hello(Hello {
+            versions: VersionRange { min: 1, max: 1 },
+            name: PeerName(7),
+            nickname: "x".repeat(65),
+            uid: 0,
+            listen_port: 1,
+            features: Features::default(),
+            your_addr: None,
+        });
+        let bytes = encode_frame(&f).expect("encode");
+        assert!(matches!(
+            decode_frame(&bytes),
+            Err(CodecError::Invalid(ValidationError::Nickname))
+        ));
+    }
+}

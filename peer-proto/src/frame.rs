@@ -1,0 +1,220 @@
+use serde::{Deserialize, Serialize};
+
+use crate::PeerName;
+use crate::limits::*;
+use crate::topology::TopologyMsg;
+
+/// One unit on a peer session's control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// First frame in each direction.
+    Hello(Hello),
+    /// The sender is closing the session on purpose.
+    Goodbye(Goodbye),
+    /// The built-in topology channel.
+    Topology(TopologyMsg),
+    /// Any other named channel (IPAM and later ones).
+    Gossip(GossipMsg),
+}
+
+/// An inclusive range of control-protocol versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl VersionRange {
+    /// The highest version both ranges contain.
+    pub fn negotiate(self, other: VersionRange) -> Option<u16> {
+        let v = self.max.min(other.max);
+        (v >= self.min.max(other.min)).then_some(v)
+    }
+}
+
+/// Feature bits a peer announces; unknown bits are ignored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Features(pub u64);
+
+impl Features {
+    /// The peer accepts QUIC datagrams on the session (data plane).
+    pub const DATAGRAMS: Features = Features(1);
+
+    pub fn contains(self, other: Features) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+/// The first frame on a session: who the sender is and what it speaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub versions: VersionRange,
+    /// Must match the name derived from the sender's TLS certificate.
+    pub name: PeerName,
+    pub nickname: String,
+    /// Random per process start.
+    pub uid: u64,
+    /// UDP port the sender accepts sessions on, so that the acceptor can tell
+    /// others how to dial it.
+    pub listen_port: u16,
+    pub features: Features,
+    /// The address at which the sender reached (dialer) or sees (acceptor:
+    /// source IP and the dialer's `listen_port`) the receiver, so that each
+    /// peer learns how others can dial it.
+    pub your_addr: Option<std::net::SocketAddr>,
+}
+
+/// Why a session is being closed on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GoodbyeReason {
+    /// A connection to the same peer already exists and wins the tie-break.
+    Duplicate,
+    /// The sender has reached its connection limit.
+    ConnLimit,
+    /// No protocol version in common.
+    IncompatibleVersion,
+    /// The hello's name does not match the certificate.
+    NameMismatch,
+    /// The receiver is the sender itself.
+    SelfConnection,
+    /// The sender is shutting down or was told to forget this peer.
+    Shutdown,
+    /// The receiver sent something the sender could not accept.
+    ProtocolError,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Goodbye {
+    pub reason: GoodbyeReason,
+    pub message: String,
+}
+
+/// Name of a gossip channel: 1 to 32 bytes of `[a-z0-9-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ChannelName(String);
+
+impl ChannelName {
+    pub fn new(s: &str) -> Result<Self, ValidationError> {
+        let ok = !s.is_empty()
+            && s.len() <= MAX_CHANNEL_NAME_LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok {
+            Ok(ChannelName(s.to_owned()))
+        } else {
+            Err(ValidationError::ChannelName)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// How a channel message travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verb {
+    /// Hop by hop along unicast routes to `dst`.
+    Unicast { src: PeerName, dst: PeerName },
+    /// Along `src`'s spanning tree to every reachable peer.
+    Broadcast { src: PeerName },
+    /// To a few neighbours; relayed only when it carried news.
+    Gossip,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipMsg {
+    pub channel: ChannelName,
+    pub verb: Verb,
+    pub payload: Vec<u8>,
+}
+
+/// A frame that decoded but breaks a semantic limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValidationError {
+    #[error("nickname longer than {MAX_NICKNAME_LEN} bytes")]
+    Nickname,
+    #[error("invalid channel name")]
+    ChannelName,
+    #[error("too many entries in one message")]
+    TooManyEntries,
+    #[error("peer entry lists too many connections or addresses")]
+    TooManyConns,
+    #[error("gossip payload larger than {MAX_GOSSIP_PAYLOAD} bytes")]
+    PayloadTooLarge,
+    #[error("goodbye message too long")]
+    GoodbyeMessage,
+    #[error("empty version range")]
+    VersionRange,
+}
+
+impl Frame {
+    /// Checks the limits serde cannot express. [`crate::codec::decode_frame`]
+    /// calls it on everything it returns.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            Frame::Hello(h) => {
+                if h.nickname.len() > MAX_NICKNAME_LEN {
+                    return Err(ValidationError::Nickname);
+                }
+                if h.versions.min > h.versions.max {
+                    return Err(ValidationError::VersionRange);
+                }
+            }
+            Frame::Goodbye(g) => {
+                if g.message.len() > MAX_GOODBYE_MSG_LEN {
+                    return Err(ValidationError::GoodbyeMessage);
+                }
+            }
+            Frame::Topology(TopologyMsg::Summary { .. }) => {}
+            Frame::Topology(TopologyMsg::Digest { entries, .. }) => {
+                if entries.len() > MAX_DIGEST_ENTRIES {
+                    return Err(ValidationError::TooManyEntries);
+                }
+            }
+            Frame::Topology(TopologyMsg::Update { entries }) => {
+                if entries.len() > MAX_ENTRIES_PER_UPDATE {
+                    return Err(ValidationError::TooManyEntries);
+                }
+                for e in entries {
+                    if e.nickname.len() > MAX_NICKNAME_LEN {
+                        return Err(ValidationError::Nickname);
+                    }
+                    if e.conns.len() > MAX_CONNS_PER_PEER || e.addrs.len() > MAX_ADDRS_PER_PEER {
+                        return Err(ValidationError::TooManyConns);
+                    }
+                }
+            }
+            Frame::Gossip(g) => {
+                ChannelName::new(g.channel.as_str())?;
+                if g.payload.len() > MAX_GOSSIP_PAYLOAD {
+                    return Err(ValidationError::PayloadTooLarge);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_negotiation() {
+        let r = |min, max| VersionRange { min, max };
+        assert_eq!(r(1, 3).negotiate(r(2, 5)), Some(3));
+        assert_eq!(r(1, 1).negotiate(r(1, 1)), Some(1));
+        assert_eq!(r(1, 2).negotiate(r(3, 4)), None);
+        assert_eq!(r(3, 4).negotiate(r(1, 2)), None);
+    }
+
+    #[test]
+    fn channel_names() {
+        assert!(ChannelName::new("ipam").is_ok());
+        assert!(ChannelName::new("").is_err());
+        assert!(ChannelName::new("IPAM").is_err());
+        assert!(ChannelName::new(&"a".repeat(33)).is_err());
+    }
+}

@@ -1,0 +1,100 @@
+//! JSON shapes of the local API, shared by meshd, meshctl and tests.
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /status`: everything `meshctl status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub name: String,
+    pub nickname: String,
+    pub uid: u64,
+    /// How sessions are authenticated: `password`, `ca` or `none`.
+    pub encryption: String,
+    pub protocol: String,
+    pub listen: String,
+    pub conn_limit: usize,
+    pub discovery: bool,
+    pub ready: bool,
+    pub mesh: MeshStatus,
+}
+
+/// The mesh core's part of the status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MeshStatus {
+    /// Every known peer, ourselves included.
+    pub peers: Vec<PeerStatus>,
+    /// Established sessions and dial attempts.
+    pub connections: Vec<ConnectionStatus>,
+    /// Addresses given by the operator.
+    pub targets: Vec<TargetStatus>,
+    pub routes: Vec<RouteStatus>,
+    /// Topology entries (including ours) and their hash, to compare peers.
+    pub topology_hash: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub nickname: String,
+    pub uid: u64,
+    pub version: u64,
+    pub is_self: bool,
+    pub reachable: bool,
+    /// Hops from us along unicast routes.
+    pub hops: Option<u32>,
+    /// Peers this one reports an established session with.
+    pub connections: Vec<PeerRef>,
+    pub addrs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerRef {
+    pub name: String,
+    pub nickname: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectionStatus {
+    pub addr: String,
+    /// `outbound` or `inbound`.
+    pub direction: String,
+    /// `established`, `connecting` or `retrying`.
+    pub state: String,
+    pub peer: Option<String>,
+    pub nickname: Option<String>,
+    /// Seconds in this state.
+    pub age_secs: u64,
+    /// For `retrying`: seconds until the next attempt.
+    pub retry_in_secs: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub addr: String,
+    pub state: String,
+    pub peer: Option<String>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouteStatus {
+    pub dst: String,
+    pub dst_nickname: String,
+    pub via: String,
+    pub via_nickname: String,
+    pub hops: u32,
+}
+
+/// `POST /connect` and `POST /forget`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetRequest {
+    pub addrs: Vec<String>,
+}
+
+/// Error body of every non-2xx answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}

@@ -1,0 +1,9 @@
+//! The Weft router: `meshd` (the daemon) and `meshctl` (its CLI).
+//!
+//! - [`mesh`]: the gossip/topology core, a pure state machine.
+//! - [`identity`], [`tls`]: who a router is and how sessions are admitted.
+//! - [`daemon`]: the tokio shell that drives the core over QUIC sessions.
+//! - [`api`], [`metrics`]: the local HTTP API and Prometheus endpoint.
+
+pub mod api_types;
+pub mod mesh;
