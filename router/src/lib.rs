@@ -5,5 +5,14 @@
 //! - [`daemon`]: the tokio shell that drives the core over QUIC sessions.
 //! - [`api`], [`metrics`]: the local HTTP API and Prometheus endpoint.
 
+pub mod api;
 pub mod api_types;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod identity;
 pub mod mesh;
+pub mod metrics;
+pub mod session;
+pub mod store;
+pub mod tls;

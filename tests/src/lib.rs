@@ -1,1 +1,4 @@
+//! The cross-crate test harness: a deterministic simulation of many routers
+//! ([`sim`]) and real-kernel scenarios with network namespaces ([`netns`]).
 
+pub mod sim;

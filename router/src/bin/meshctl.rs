@@ -1,1 +1,229 @@
-fn main() {}
+//! meshctl: inspect and steer a running meshd. See `meshctl --help`.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use hyper::Method;
+use weft_router::api_types::Status;
+use weft_router::client::request;
+
+/// meshctl: look inside and steer the local Weft router.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Unix socket of meshd's API.
+    #[arg(
+        long,
+        env = "WEFT_API_SOCKET",
+        default_value = "/run/weft/meshd.sock",
+        global = true
+    )]
+    socket: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Show the router's state: a summary, or one section.
+    Status {
+        #[arg(value_enum)]
+        section: Option<Section>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add peer addresses to dial (kept across restarts).
+    Connect {
+        #[arg(required = true)]
+        addrs: Vec<String>,
+    },
+    /// Stop dialing these addresses (sessions already up stay up).
+    Forget {
+        #[arg(required = true)]
+        addrs: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Section {
+    Peers,
+    Connections,
+    Targets,
+    Routes,
+}
+
+fn summary(s: &Status) -> String {
+    let m = &s.mesh;
+    let est = m
+        .connections
+        .iter()
+        .filter(|c| c.state == "established")
+        .count();
+    let other: Vec<String> = ["connecting", "retrying"]
+        .iter()
+        .map(|st| (st, m.connections.iter().filter(|c| c.state == *st).count()))
+        .filter(|(_, n)| *n > 0)
+        .map(|(st, n)| format!("{n} {st}"))
+        .collect();
+    let links: usize = m.peers.iter().map(|p| p.connections.len()).sum();
+    let unreachable = m.peers.iter().filter(|p| !p.reachable).count();
+    let encryption = match s.encryption.as_str() {
+        "password" => "enabled (mesh password, mutual TLS)",
+        "ca" => "enabled (operator CA, mutual TLS)",
+        _ => "enabled, UNAUTHENTICATED (any router admitted)",
+    };
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| {
+        let _ = writeln!(out, "{k:>15}: {v}");
+    };
+    line("Version", s.version.clone());
+    line("Protocol", s.protocol.clone());
+    line("Name", format!("{} ({})", s.name, s.nickname));
+    line("Listen", s.listen.clone());
+    line("Encryption", encryption.into());
+    line(
+        "PeerDiscovery",
+        if s.discovery { "enabled" } else { "disabled" }.into(),
+    );
+    line("Targets", m.targets.len().to_string());
+    let extra = if other.is_empty() {
+        String::new()
+    } else {
+        format!(", {}", other.join(", "))
+    };
+    line(
+        "Connections",
+        format!("{} ({est} established{extra})", m.connections.len()),
+    );
+    let unr = if unreachable > 0 {
+        format!(", {unreachable} unreachable")
+    } else {
+        String::new()
+    };
+    line(
+        "Peers",
+        format!(
+            "{} (with {links} established connections{unr})",
+            m.peers.len()
+        ),
+    );
+    out
+}
+
+fn section(s: &Status, sec: Section) -> String {
+    let mut out = String::new();
+    match sec {
+        Section::Peers => {
+            for p in &s.mesh.peers {
+                let state = if p.is_self {
+                    "self".to_owned()
+                } else if p.reachable {
+                    format!("reachable, {} hop(s)", p.hops.unwrap_or(0))
+                } else {
+                    "UNREACHABLE".to_owned()
+                };
+                let _ = writeln!(out, "{}({}) [{state}]", p.name, p.nickname);
+                for c in &p.connections {
+                    let _ = writeln!(out, "   <-> {}({})", c.name, c.nickname);
+                }
+            }
+        }
+        Section::Connections => {
+            for c in &s.mesh.connections {
+                let dir = if c.direction == "outbound" {
+                    "->"
+                } else {
+                    "<-"
+                };
+                let who = match (&c.peer, &c.nickname) {
+                    (Some(p), Some(n)) => format!("{p}({n})"),
+                    _ => String::new(),
+                };
+                let mut tail = String::new();
+                if let Some(e) = &c.last_error {
+                    let _ = write!(tail, " \"{e}\"");
+                }
+                if let Some(r) = c.retry_in_secs {
+                    let _ = write!(tail, " retry in {r}s");
+                }
+                let _ = writeln!(out, "{dir} {:<22} {:<12} {who}{tail}", c.addr, c.state);
+            }
+        }
+        Section::Targets => {
+            for t in &s.mesh.targets {
+                let _ = writeln!(out, "{} {}", t.addr, t.state);
+            }
+        }
+        Section::Routes => {
+            for r in &s.mesh.routes {
+                let _ = writeln!(
+                    out,
+                    "{}({}) via {}({}) {} hop(s)",
+                    r.dst, r.dst_nickname, r.via, r.via_nickname, r.hops
+                );
+            }
+        }
+    }
+    out
+}
+
+async fn run(args: Args) -> Result<()> {
+    match args.cmd {
+        Cmd::Status { section: sec, json } => {
+            let body = request(&args.socket, Method::GET, "/status", None).await?;
+            let status: Status = serde_json::from_slice(&body)?;
+            if json {
+                let v = match sec {
+                    None => serde_json::to_value(&status)?,
+                    Some(Section::Peers) => serde_json::to_value(&status.mesh.peers)?,
+                    Some(Section::Connections) => serde_json::to_value(&status.mesh.connections)?,
+                    Some(Section::Targets) => serde_json::to_value(&status.mesh.targets)?,
+                    Some(Section::Routes) => serde_json::to_value(&status.mesh.routes)?,
+                };
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!(
+                    "{}",
+                    match sec {
+                        None => summary(&status),
+                        Some(s) => section(&status, s),
+                    }
+                );
+            }
+        }
+        Cmd::Connect { addrs } => {
+            request(
+                &args.socket,
+                Method::POST,
+                "/connect",
+                Some(serde_json::json!({ "addrs": addrs })),
+            )
+            .await?;
+        }
+        Cmd::Forget { addrs } => {
+            request(
+                &args.socket,
+                Method::POST,
+                "/forget",
+                Some(serde_json::json!({ "addrs": addrs })),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

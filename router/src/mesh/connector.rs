@@ -84,6 +84,12 @@ impl Connector {
         }
     }
 
+    pub fn postpone(&mut self, addr: SocketAddr, until: Instant) {
+        if let Some(t) = self.targets.get_mut(&addr) {
+            t.next_try = t.next_try.max(until);
+        }
+    }
+
     pub fn failed(&mut self, addr: SocketAddr, error: String, now: Instant, rng: &mut impl Rng) {
         let delay = self
             .targets
@@ -101,7 +107,6 @@ impl Connector {
         if let Some(t) = self.targets.get_mut(&addr) {
             t.state = TargetState::Connected { peer };
             t.peer = Some(peer);
-            t.attempts = 0;
             t.last_error = None;
         }
     }
@@ -113,8 +118,10 @@ impl Connector {
         }
     }
 
-    /// A session that was up went down: retry soon, or back off if it kept
-    /// failing quickly.
+    /// A session that was up went down: retry soon if it had lasted, or keep
+    /// backing off if sessions there keep failing quickly (a peer at its
+    /// connection limit, say). `connected` does not reset the attempts, so
+    /// only a session that lasted does.
     pub fn disconnected(
         &mut self,
         addr: SocketAddr,

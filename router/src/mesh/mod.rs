@@ -44,6 +44,11 @@ use crate::api_types::{
     ConnectionStatus, MeshStatus, PeerRef, PeerStatus, RouteStatus, TargetStatus,
 };
 
+/// How often unreachable peers are looked for.
+fn gc_period(cfg: &Config) -> Duration {
+    (cfg.peer_gc_after / 4).max(cfg.gossip_interval)
+}
+
 /// The driver's handle for one peer session.
 pub type ConnId = u64;
 
@@ -64,6 +69,10 @@ pub struct Config {
     pub gossip_interval: Duration,
     /// How long news waits to be batched before it is relayed.
     pub flush_interval: Duration,
+    /// Shortest time between two versions of our own entry: while sessions
+    /// come and go (a mesh starting up), changes are batched into one version
+    /// instead of flooding the mesh with one version per session.
+    pub own_interval: Duration,
     /// Neighbours that news is relayed to.
     pub fanout: usize,
     pub backoff_base: Duration,
@@ -81,10 +90,11 @@ impl Config {
             nickname,
             uid,
             listen_port: weft_peer_proto::DEFAULT_PORT,
-            conn_limit: 64,
+            conn_limit: 32,
             discovery: true,
             gossip_interval: Duration::from_secs(2),
             flush_interval: Duration::from_millis(100),
+            own_interval: Duration::from_millis(1000),
             fanout: 4,
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
@@ -200,12 +210,16 @@ pub struct Mesh {
     connector: Connector,
     own_addrs: Vec<SocketAddr>,
     own_dirty: bool,
+    /// When our own entry may next get a new version.
+    own_next: Instant,
     /// The topology or our sessions changed since discovery last looked.
     discovery_dirty: bool,
     /// News waiting to be relayed: entry and the session it came from.
     pending_news: BTreeMap<PeerName, (PeerEntry, Option<ConnId>)>,
     flush_at: Option<Instant>,
     next_tick: Instant,
+    /// Next look for unreachable peers to forget (needs routes, so not every tick).
+    next_gc: Instant,
     unreachable_since: HashMap<PeerName, Instant>,
     channels: BTreeMap<ChannelName, Box<dyn GossipChannel>>,
     transmits: VecDeque<Transmit>,
@@ -228,6 +242,7 @@ impl Mesh {
         let routes = Routes::compute(&topology);
         let mut rng = StdRng::seed_from_u64(cfg.seed);
         let first_tick = now + cfg.gossip_interval.mul_f64(rng.random_range(0.5..1.0));
+        let next_gc = now + gc_period(&cfg);
         Mesh {
             connector: Connector::new(cfg.backoff_base, cfg.backoff_max),
             cfg,
@@ -239,10 +254,12 @@ impl Mesh {
             by_peer: HashMap::new(),
             own_addrs: vec![],
             own_dirty: false,
+            own_next: now,
             discovery_dirty: true,
             pending_news: BTreeMap::new(),
             flush_at: None,
             next_tick: first_tick,
+            next_gc,
             unreachable_since: HashMap::new(),
             channels: BTreeMap::new(),
             transmits: VecDeque::new(),
@@ -309,6 +326,18 @@ impl Mesh {
 
     pub fn add_target(&mut self, addr: SocketAddr, now: Instant) {
         self.connector.add(addr, true, None, now);
+    }
+
+    /// An address worth trying (say, a peer from before a restart), dialed
+    /// like a discovered one: within the connection limit, dropped once the
+    /// limit is reached.
+    pub fn add_hint(&mut self, addr: SocketAddr, now: Instant) {
+        self.connector.add(addr, false, None, now);
+    }
+
+    /// The dialable addresses of the peers we hold sessions with.
+    pub fn session_addrs(&self) -> Vec<SocketAddr> {
+        self.conns.values().map(|c| c.addr).collect()
     }
 
     /// Stops dialing `addr`; a session to it stays up (as `weave forget`).
@@ -393,13 +422,22 @@ impl Mesh {
             });
             self.drop_conn(old_id);
         } else if !outbound && self.conns.len() >= self.cfg.conn_limit.saturating_mul(2) {
-            // Tell the peer who we know, so that it can dial someone else.
+            // Tell the peer about some of our neighbours (with the addresses
+            // they were reached at), so that it can dial someone else.
             self.counters.rejected_conn_limit += 1;
+            let mut names: Vec<PeerName> = self.by_peer.keys().copied().collect();
+            names.sort_unstable();
+            names.shuffle(&mut self.rng);
+            let mut entries = vec![self.topology.me().clone()];
+            entries.extend(
+                names
+                    .iter()
+                    .take(32)
+                    .filter_map(|n| self.topology.get(n).cloned()),
+            );
             self.transmits.push_back(Transmit {
                 conn,
-                frame: Frame::Topology(TopologyMsg::Update {
-                    entries: vec![self.topology.me().clone()],
-                }),
+                frame: Frame::Topology(TopologyMsg::Update { entries }),
             });
             return self.reject(addr, peer, GoodbyeReason::ConnLimit);
         }
@@ -505,7 +543,8 @@ impl Mesh {
     fn mark_own_dirty(&mut self, now: Instant) {
         self.own_dirty = true;
         self.discovery_dirty = true;
-        self.schedule_flush(now);
+        let at = (now + self.cfg.flush_interval).max(self.own_next);
+        self.flush_at = Some(self.flush_at.map_or(at, |f| f.min(at)));
     }
 
     fn schedule_flush(&mut self, now: Instant) {
@@ -753,7 +792,10 @@ impl Mesh {
     }
 
     fn flush(&mut self, now: Instant) {
-        if std::mem::take(&mut self.own_dirty) {
+        if self.own_dirty && now < self.own_next {
+            self.flush_at = Some(self.own_next);
+        } else if std::mem::take(&mut self.own_dirty) {
+            self.own_next = now + self.cfg.own_interval;
             let conns: Vec<PeerName> = self.conns.values().map(|c| c.peer).collect();
             let addrs = self.own_addrs.clone();
             if self.topology.set_own(conns, &addrs) {
@@ -823,11 +865,18 @@ impl Mesh {
                 });
             }
         }
-        // Forget peers that stayed unreachable.
+        if now >= self.next_gc {
+            self.next_gc = now + gc_period(&self.cfg);
+            self.collect_garbage(now);
+        }
+    }
+
+    /// Forgets peers that stayed unreachable for `peer_gc_after`.
+    fn collect_garbage(&mut self, now: Instant) {
         let gc_after = self.cfg.peer_gc_after;
         let names: Vec<PeerName> = self.topology.entries().map(|e| e.name).collect();
         let routes = self.routes();
-        let unreachable: Vec<PeerName> = names
+        let unreachable: std::collections::HashSet<PeerName> = names
             .into_iter()
             .filter(|n| !routes.is_reachable(*n))
             .collect();
@@ -855,24 +904,37 @@ impl Mesh {
     }
 
     fn make_connections(&mut self, now: Instant) {
-        if self.cfg.discovery && std::mem::take(&mut self.discovery_dirty) {
-            // Every address others reached a peer at that we are not connected to.
-            let mut found: Vec<(SocketAddr, PeerName)> = Vec::new();
-            for e in self.topology.entries() {
-                if e.name != self.cfg.name && !self.by_peer.contains_key(&e.name) {
-                    found.extend(e.addrs.iter().map(|a| (*a, e.name)));
+        if self.cfg.discovery {
+            let connecting = self
+                .connector
+                .targets
+                .values()
+                .filter(|t| matches!(t.state, TargetState::Connecting { .. }))
+                .count();
+            // Discovery only runs while we want more sessions; at the limit the
+            // discovered targets are dropped and derived again when needed.
+            let need = self.conns.len() + connecting < self.cfg.conn_limit;
+            if need && std::mem::take(&mut self.discovery_dirty) {
+                // Every address others reached a peer at that we are not connected to.
+                let mut found: Vec<(SocketAddr, PeerName)> = Vec::new();
+                for e in self.topology.entries() {
+                    if e.name != self.cfg.name && !self.by_peer.contains_key(&e.name) {
+                        found.extend(e.addrs.iter().map(|a| (*a, e.name)));
+                    }
                 }
-            }
-            for (addr, peer) in found {
-                self.connector.add(addr, false, Some(peer), now);
+                for (addr, peer) in found {
+                    self.connector.add(addr, false, Some(peer), now);
+                }
             }
             let by_peer = &self.by_peer;
             let topology = &self.topology;
             self.connector.targets.retain(|_, t| {
                 t.explicit
                     || matches!(t.state, TargetState::Connecting { .. })
-                    || t.peer
-                        .is_some_and(|p| topology.get(&p).is_some() && !by_peer.contains_key(&p))
+                    || (need
+                        && t.peer.is_none_or(|p| {
+                            topology.get(&p).is_some() && !by_peer.contains_key(&p)
+                        }))
             });
         }
         let mut in_flight: Vec<Option<PeerName>> = self
@@ -894,7 +956,8 @@ impl Mesh {
         due.sort_by_key(|(explicit, _, _)| !explicit);
         for (explicit, addr, peer) in due {
             if in_flight.len() >= self.cfg.max_concurrent_dials {
-                break;
+                self.connector.postpone(addr, now + self.cfg.backoff_base);
+                continue;
             }
             let have_peer = peer.is_some_and(|p| self.by_peer.contains_key(&p));
             if have_peer || connected_addrs.contains(&addr) {
@@ -905,13 +968,12 @@ impl Mesh {
                 }
                 continue;
             }
-            if !explicit {
-                if self.conns.len() + in_flight.len() >= self.cfg.conn_limit {
-                    continue;
-                }
-                if peer.is_some() && in_flight.contains(&peer) {
-                    continue;
-                }
+            let over_limit = self.conns.len() + in_flight.len() >= self.cfg.conn_limit;
+            if !explicit && (over_limit || (peer.is_some() && in_flight.contains(&peer))) {
+                // Not now; look again later rather than at every wake-up.
+                self.connector
+                    .postpone(addr, now + self.cfg.gossip_interval);
+                continue;
             }
             self.connector.dialing(addr, now);
             in_flight.push(peer);

@@ -8,7 +8,7 @@
 //! Broadcast: BFS from the source with the same order; we forward to the peers
 //! whose BFS parent is us.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use weft_peer_proto::PeerName;
 
@@ -26,18 +26,23 @@ pub struct Routes {
 impl Routes {
     pub fn compute(topology: &Topology) -> Self {
         let me = topology.name();
-        let claims: HashMap<PeerName, HashSet<PeerName>> = topology
+        // Entries' connection lists are sorted (the topology normalises them).
+        let claims: HashMap<PeerName, &[PeerName]> = topology
             .entries()
-            .map(|e| (e.name, e.conns.iter().copied().collect()))
+            .map(|e| (e.name, e.conns.as_slice()))
             .collect();
-        let mut adjacency: HashMap<PeerName, Vec<PeerName>> = HashMap::new();
+        let mut adjacency: HashMap<PeerName, Vec<PeerName>> = HashMap::with_capacity(claims.len());
         for (a, tos) in &claims {
-            let mut ns: Vec<PeerName> = tos
+            let ns: Vec<PeerName> = tos
                 .iter()
-                .filter(|b| *b != a && claims.get(b).is_some_and(|back| back.contains(a)))
+                .filter(|b| {
+                    *b != a
+                        && claims
+                            .get(b)
+                            .is_some_and(|back| back.binary_search(a).is_ok())
+                })
                 .copied()
                 .collect();
-            ns.sort_unstable();
             if !ns.is_empty() {
                 adjacency.insert(*a, ns);
             }

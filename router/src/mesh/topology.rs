@@ -126,7 +126,11 @@ impl Topology {
     /// Merges `entries` in. See the module docs for the rules.
     pub fn merge(&mut self, entries: Vec<PeerEntry>, now: Instant) -> MergeOutcome {
         let mut out = MergeOutcome::default();
-        for e in entries {
+        for mut e in entries {
+            // Normalise what peers send, so that routes can binary-search.
+            e.conns.sort_unstable();
+            e.conns.dedup();
+            e.addrs.truncate(MAX_ADDRS_PER_PEER);
             if e.name == self.me {
                 let mine = self.me();
                 if e.order_key() > mine.order_key() {

@@ -1,0 +1,190 @@
+//! `meshd`'s command line. Every flag has a `WEFT_*` environment equivalent;
+//! `meshd --help` is the reference.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+
+use crate::daemon::DaemonConfig;
+use crate::tls::Admission;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// meshd: the Weft router. Finds its peers by gossip and holds encrypted,
+/// mutually authenticated QUIC sessions with them.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct MeshdArgs {
+    /// Peers to connect to (host[:port], default port 6783). Repeat or comma-separate.
+    #[arg(long = "peer", env = "WEFT_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// UDP address to accept peer sessions on.
+    #[arg(long, env = "WEFT_LISTEN", default_value = "0.0.0.0:6783")]
+    pub listen: SocketAddr,
+    /// Name shown for this router (default: the host name).
+    #[arg(long, env = "WEFT_NICKNAME")]
+    pub nickname: Option<String>,
+    /// Where the identity key and persisted state live.
+    #[arg(long, env = "WEFT_DATA_DIR", default_value = "/var/lib/weft")]
+    pub data_dir: PathBuf,
+    /// Unix socket of the local API (meshctl, CNI plugin).
+    #[arg(long, env = "WEFT_API_SOCKET", default_value = "/run/weft/meshd.sock")]
+    pub api_socket: PathBuf,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "127.0.0.1:6782")]
+    pub metrics_addr: SocketAddr,
+    /// Mesh password. Prefer --password-file or WEFT_PASSWORD: flags are visible in `ps`.
+    #[arg(long, env = "WEFT_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// File holding the mesh password on its first line; further lines are
+    /// passwords also accepted from peers (for rotation).
+    #[arg(long, env = "WEFT_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+    /// PEM CA certificate(s) that sign the routers' certificates (instead of a password).
+    #[arg(long, env = "WEFT_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM certificate chain of this router, signed by --tls-ca.
+    #[arg(long, env = "WEFT_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM (PKCS#8) private key of this router's certificate.
+    #[arg(long, env = "WEFT_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Run without a password or CA: sessions are encrypted but any router is admitted.
+    #[arg(long, env = "WEFT_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+    /// Dial discovered peers only while holding fewer sessions than this
+    /// (inbound sessions are accepted up to twice this).
+    #[arg(long, env = "WEFT_CONN_LIMIT", default_value_t = 32)]
+    pub conn_limit: usize,
+    /// Only connect to the peers given, never to peers learned by gossip.
+    #[arg(long, env = "WEFT_NO_DISCOVERY")]
+    pub no_discovery: bool,
+    /// A session silent for this long is dead (keep-alives every quarter of it).
+    #[arg(long, env = "WEFT_PEER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub peer_timeout: Duration,
+    /// Period of topology anti-entropy.
+    #[arg(long, env = "WEFT_GOSSIP_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub gossip_interval: Duration,
+    /// Log line format.
+    #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "WEFT_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// `host:port`, `host` (port 6783), `ip`, `[v6]:port`.
+pub fn parse_peer_addr(s: &str) -> Result<SocketAddr> {
+    let s = s.trim();
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, weft_peer_proto::DEFAULT_PORT));
+    }
+    let with_port = if s.contains(':') {
+        s.to_owned()
+    } else {
+        format!("{s}:{}", weft_peer_proto::DEFAULT_PORT)
+    };
+    with_port
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve peer address {s:?}"))?
+        .next()
+        .with_context(|| format!("peer address {s:?} resolves to nothing"))
+}
+
+fn read_secret(path: &PathBuf) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let pws: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if pws.is_empty() {
+        bail!("{} holds no password", path.display());
+    }
+    Ok(pws)
+}
+
+impl MeshdArgs {
+    pub fn admission(&self) -> Result<Admission> {
+        if let (Some(ca), Some(cert), Some(key)) = (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+            };
+            return Ok(Admission::Ca {
+                ca_pem: read(ca)?,
+                cert_pem: read(cert)?,
+                key_pem: read(key)?,
+            });
+        }
+        let mut pws = Vec::new();
+        if let Some(p) = &self.password {
+            pws.push(p.clone());
+        }
+        if let Some(f) = &self.password_file {
+            pws.extend(read_secret(f)?);
+        }
+        if pws.iter().any(String::is_empty) {
+            bail!("the mesh password is empty");
+        }
+        if !pws.is_empty() {
+            return Ok(Admission::Password(pws));
+        }
+        if self.allow_unauthenticated {
+            return Ok(Admission::Unauthenticated);
+        }
+        bail!(
+            "no mesh secret: give --password-file, WEFT_PASSWORD or --tls-ca/--tls-cert/--tls-key \
+             (or --allow-unauthenticated to admit any router)"
+        )
+    }
+
+    pub fn daemon_config(&self) -> Result<DaemonConfig> {
+        let peers = self
+            .peers
+            .iter()
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| parse_peer_addr(p))
+            .collect::<Result<_>>()?;
+        let nickname = match &self.nickname {
+            Some(n) => n.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default(),
+        };
+        if nickname.len() > weft_peer_proto::limits::MAX_NICKNAME_LEN {
+            bail!(
+                "nickname longer than {} bytes",
+                weft_peer_proto::limits::MAX_NICKNAME_LEN
+            );
+        }
+        if self.peer_timeout < Duration::from_millis(500) {
+            bail!("--peer-timeout must be at least 500ms");
+        }
+        Ok(DaemonConfig {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            api_socket: self.api_socket.clone(),
+            metrics_addr: self.metrics_addr,
+            peers,
+            admission: self.admission()?,
+            nickname,
+            conn_limit: self.conn_limit.max(1),
+            discovery: !self.no_discovery,
+            peer_timeout: self.peer_timeout,
+            gossip_interval: self.gossip_interval.max(Duration::from_millis(100)),
+            handshake_timeout: Duration::from_secs(10),
+        })
+    }
+}

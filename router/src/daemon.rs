@@ -1,0 +1,442 @@
+//! The tokio shell around the mesh core: one loop owns the [`Mesh`], feeds it
+//! session events, operator commands and timer expiries, and carries out what
+//! it asks for (frames to send, dials, closes).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+use weft_peer_proto::GoodbyeReason;
+
+use crate::api_types::Status;
+use crate::mesh::{Action, Admit, ConnId, Mesh, MeshEvent};
+use crate::metrics::{Metrics, ReasonLabel, StateLabel};
+use crate::session::{self, Outgoing, SessionCtx, SessionEvent};
+use crate::store;
+use crate::tls::{Admission, TlsSetup};
+
+/// Everything `meshd` is started with, already parsed.
+pub struct DaemonConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub api_socket: PathBuf,
+    pub metrics_addr: SocketAddr,
+    pub peers: Vec<SocketAddr>,
+    pub admission: Admission,
+    pub nickname: String,
+    pub conn_limit: usize,
+    pub discovery: bool,
+    /// A session with no traffic for this long is dead (QUIC idle timeout).
+    pub peer_timeout: Duration,
+    pub gossip_interval: Duration,
+    pub handshake_timeout: Duration,
+}
+
+/// Operator requests, answered by the loop.
+pub enum Command {
+    Status(oneshot::Sender<Status>),
+    Connect(Vec<SocketAddr>, oneshot::Sender<Result<(), String>>),
+    Forget(Vec<SocketAddr>, oneshot::Sender<Result<(), String>>),
+}
+
+/// A handle to the running loop, for the API servers.
+#[derive(Clone)]
+pub struct Handle {
+    pub commands: mpsc::Sender<Command>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Handle {
+    pub async fn status(&self) -> Option<Status> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Status(tx)).await.ok()?;
+        tokio::time::timeout(Duration::from_secs(2), rx)
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct PersistedTargets {
+    targets: Vec<SocketAddr>,
+    /// Addresses of peers we last held sessions with: hints after a restart.
+    known: Vec<SocketAddr>,
+}
+
+struct Loop {
+    mesh: Mesh,
+    sessions: HashMap<ConnId, mpsc::Sender<Outgoing>>,
+    endpoint: quinn::Endpoint,
+    ctx: Arc<SessionCtx>,
+    metrics: Arc<Metrics>,
+    targets_path: PathBuf,
+    saved_known: Vec<SocketAddr>,
+    status_base: Status,
+}
+
+fn transport_config(peer_timeout: Duration) -> Result<Arc<quinn::TransportConfig>> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(peer_timeout)?));
+    t.keep_alive_interval(Some(peer_timeout / 4));
+    Ok(Arc::new(t))
+}
+
+/// Builds the endpoint and the loop, then runs until `shutdown` flips.
+pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let identity = crate::identity::Identity::load_or_create(&cfg.data_dir)?;
+    let TlsSetup {
+        identity,
+        server,
+        client,
+    } = crate::tls::setup(&cfg.admission, identity)?;
+    let transport = transport_config(cfg.peer_timeout)?;
+    let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(
+        quinn::crypto::rustls::QuicServerConfig::try_from(server).context("QUIC server config")?,
+    ));
+    server_cfg.transport_config(transport.clone());
+    let mut client_cfg = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(client).context("QUIC client config")?,
+    ));
+    client_cfg.transport_config(transport);
+    let mut endpoint = quinn::Endpoint::server(server_cfg, cfg.listen)
+        .with_context(|| format!("binding UDP {}", cfg.listen))?;
+    endpoint.set_default_client_config(client_cfg);
+    let listen = endpoint.local_addr()?;
+
+    let uid: u64 = rand::random();
+    let mut mc = crate::mesh::Config::new(identity.name, cfg.nickname.clone(), uid, rand::random());
+    mc.listen_port = listen.port();
+    mc.conn_limit = cfg.conn_limit;
+    mc.discovery = cfg.discovery;
+    mc.gossip_interval = cfg.gossip_interval;
+    let now = Instant::now();
+    let mut mesh = Mesh::new(mc, now);
+
+    let targets_path = cfg.data_dir.join("targets.json");
+    let persisted: PersistedTargets = store::read_json(&targets_path)
+        .unwrap_or_else(|e| {
+            warn!(error = %e, "ignoring unreadable targets file");
+            None
+        })
+        .unwrap_or_default();
+    for a in cfg.peers.iter().chain(persisted.targets.iter()) {
+        mesh.add_target(*a, now);
+    }
+    if cfg.discovery {
+        for a in &persisted.known {
+            mesh.add_hint(*a, now);
+        }
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let (ev_tx, ev_rx) = mpsc::channel(8192);
+    let ctx = Arc::new(SessionCtx::new(
+        ev_tx,
+        metrics.clone(),
+        mesh.hello(None),
+        cfg.handshake_timeout,
+    ));
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let handle = Handle {
+        commands: cmd_tx,
+        metrics: metrics.clone(),
+    };
+
+    info!(name = %identity.name, nickname = %cfg.nickname, %listen, encryption = cfg.admission.label(), "meshd starting");
+    let status_base = Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        name: identity.name.to_string(),
+        nickname: cfg.nickname.clone(),
+        uid,
+        encryption: cfg.admission.label().into(),
+        protocol: format!(
+            "weft {}..{}",
+            weft_peer_proto::PROTOCOL_MIN,
+            weft_peer_proto::PROTOCOL_MAX
+        ),
+        listen: listen.to_string(),
+        conn_limit: cfg.conn_limit,
+        discovery: cfg.discovery,
+        ready: true,
+        mesh: Default::default(),
+    };
+    let mut lp = Loop {
+        mesh,
+        sessions: HashMap::new(),
+        endpoint: endpoint.clone(),
+        ctx: ctx.clone(),
+        metrics,
+        targets_path,
+        saved_known: persisted.known,
+        status_base,
+    };
+    lp.save_targets();
+
+    let api = crate::api::serve_api(&cfg.api_socket, handle.clone(), shutdown.clone()).await?;
+    let http = crate::api::serve_metrics(cfg.metrics_addr, handle, shutdown.clone()).await?;
+
+    let acceptor = {
+        let endpoint = endpoint.clone();
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                tokio::spawn(session::accept(ctx.clone(), incoming));
+            }
+        })
+    };
+    lp.run(ev_rx, cmd_rx, shutdown).await;
+    acceptor.abort();
+    endpoint.close(0u32.into(), b"shutdown");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    let _ = api.await;
+    let _ = http.await;
+    let _ = std::fs::remove_file(&cfg.api_socket);
+    info!("meshd stopped");
+    Ok(())
+}
+
+impl Loop {
+    async fn run(
+        &mut self,
+        mut events: mpsc::Receiver<SessionEvent>,
+        mut commands: mpsc::Receiver<Command>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut save_every = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            self.drain();
+            let deadline = self
+                .mesh
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => self.on_session(ev),
+                    None => break,
+                },
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => self.mesh.handle_timeout(Instant::now()),
+                _ = save_every.tick() => self.save_known(),
+                _ = shutdown.changed() => break,
+            }
+        }
+        for (_, s) in self.sessions.drain() {
+            let _ = s.try_send(Outgoing::Close(
+                GoodbyeReason::Shutdown,
+                "router shutting down".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    fn on_session(&mut self, ev: SessionEvent) {
+        let now = Instant::now();
+        match ev {
+            SessionEvent::Up {
+                conn,
+                hello,
+                addr,
+                outbound,
+                out,
+            } => {
+                let admit = self.mesh.connection_up(now, conn, &hello, addr, outbound);
+                self.sessions.insert(conn, out);
+                if let Admit::Reject(reason) = admit {
+                    self.metrics
+                        .rejected
+                        .get_or_create(&ReasonLabel {
+                            reason: format!("{reason:?}"),
+                        })
+                        .inc();
+                    // What the core queued for this session (peer hints) goes first.
+                    self.drain();
+                    if let Some(s) = self.sessions.remove(&conn) {
+                        let _ = s.try_send(Outgoing::Close(reason, format!("{reason:?}")));
+                    }
+                }
+            }
+            SessionEvent::Frame { conn, frame } => {
+                if let Err(e) = self.mesh.handle_frame(now, conn, frame) {
+                    self.metrics.bad_frame("protocol");
+                    if let Some(s) = self.sessions.remove(&conn) {
+                        let _ = s
+                            .try_send(Outgoing::Close(GoodbyeReason::ProtocolError, e.to_string()));
+                    }
+                }
+            }
+            SessionEvent::Down { conn, reason } => {
+                self.sessions.remove(&conn);
+                self.mesh.connection_down(now, conn, reason);
+            }
+            SessionEvent::DialFailed { addr, error } => self.mesh.dial_failed(now, addr, error),
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::Status(reply) => {
+                let _ = reply.send(self.status(now));
+            }
+            Command::Connect(addrs, reply) => {
+                for a in addrs {
+                    self.mesh.add_target(a, now);
+                }
+                self.save_targets();
+                let _ = reply.send(Ok(()));
+            }
+            Command::Forget(addrs, reply) => {
+                let unknown: Vec<String> = addrs
+                    .into_iter()
+                    .filter(|a| !self.mesh.forget_target(*a))
+                    .map(|a| a.to_string())
+                    .collect();
+                self.save_targets();
+                let _ = reply.send(if unknown.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("not a target: {}", unknown.join(", ")))
+                });
+            }
+        }
+    }
+
+    fn status(&mut self, now: Instant) -> Status {
+        let mesh = self.mesh.status(now);
+        let mut s = self.status_base.clone();
+        s.mesh = mesh;
+        // Refresh the gauges while we have the numbers.
+        let m = &self.metrics;
+        for state in ["established", "connecting", "retrying"] {
+            let n = s
+                .mesh
+                .connections
+                .iter()
+                .filter(|c| c.state == state)
+                .count();
+            m.connections
+                .get_or_create(&StateLabel {
+                    state: state.into(),
+                })
+                .set(n as i64);
+        }
+        let reachable = s
+            .mesh
+            .peers
+            .iter()
+            .filter(|p| p.reachable && !p.is_self)
+            .count();
+        let unreachable = s.mesh.peers.iter().filter(|p| !p.reachable).count();
+        m.peers
+            .get_or_create(&StateLabel {
+                state: "reachable".into(),
+            })
+            .set(reachable as i64);
+        m.peers
+            .get_or_create(&StateLabel {
+                state: "unreachable".into(),
+            })
+            .set(unreachable as i64);
+        let c = &self.mesh.counters;
+        m.topology_news
+            .inc_by(c.topology_news.saturating_sub(m.topology_news.get()));
+        m.channel_errors
+            .inc_by(c.channel_errors.saturating_sub(m.channel_errors.get()));
+        s
+    }
+
+    /// Carries out everything the core asked for.
+    fn drain(&mut self) {
+        while let Some(t) = self.mesh.poll_transmit() {
+            if let Some(s) = self.sessions.get(&t.conn)
+                && s.try_send(Outgoing::Frame(t.frame)).is_err()
+            {
+                // The session is gone or far behind; anti-entropy repairs what is lost.
+                self.metrics.frames_dropped.inc();
+            }
+        }
+        while let Some(a) = self.mesh.poll_action() {
+            match a {
+                Action::Dial(addr) => {
+                    tokio::spawn(session::dial(self.ctx.clone(), self.endpoint.clone(), addr));
+                }
+                Action::Close {
+                    conn,
+                    reason,
+                    message,
+                } => {
+                    if let Some(s) = self.sessions.remove(&conn) {
+                        let _ = s.try_send(Outgoing::Close(reason, message));
+                    }
+                }
+            }
+        }
+        while let Some(e) = self.mesh.poll_event() {
+            match e {
+                MeshEvent::Connected {
+                    peer,
+                    nickname,
+                    addr,
+                    outbound,
+                } => {
+                    info!(%peer, %nickname, %addr, outbound, "session established")
+                }
+                MeshEvent::Disconnected {
+                    peer,
+                    nickname,
+                    reason,
+                } => {
+                    info!(%peer, %nickname, %reason, "session ended")
+                }
+                MeshEvent::Rejected { addr, peer, reason } => {
+                    info!(%peer, %addr, ?reason, "session refused")
+                }
+                MeshEvent::PeerRemoved { peer, nickname } => {
+                    info!(%peer, %nickname, "forgot unreachable peer")
+                }
+                MeshEvent::ChannelError {
+                    channel,
+                    src,
+                    error,
+                } => {
+                    warn!(%channel, %src, %error, "channel rejected a message")
+                }
+            }
+        }
+    }
+
+    fn persisted(&self) -> PersistedTargets {
+        let mut known: Vec<SocketAddr> = self.mesh.session_addrs();
+        known.sort_unstable();
+        PersistedTargets {
+            targets: self.mesh.explicit_targets(),
+            known,
+        }
+    }
+
+    fn save_targets(&mut self) {
+        let p = self.persisted();
+        if let Err(e) = store::write_json(&self.targets_path, &p) {
+            warn!(error = %e, "could not persist targets");
+        }
+        self.saved_known = p.known;
+    }
+
+    fn save_known(&mut self) {
+        if self.persisted().known != self.saved_known {
+            self.save_targets();
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Prometheus metrics. Counters are bumped where things happen (sessions);
+//! gauges are filled from the daemon's state when scraped.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabel {
+    pub channel: String,
+    pub direction: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    handshake_failures: Family<ReasonLabel, Counter>,
+    bad_frames: Family<ReasonLabel, Counter>,
+    gossip_bytes: Family<BytesLabel, Counter>,
+    pub connections: Family<StateLabel, Gauge>,
+    pub peers: Family<StateLabel, Gauge>,
+    pub frames_dropped: Counter,
+    pub topology_news: Counter,
+    pub channel_errors: Counter,
+    pub rejected: Family<ReasonLabel, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("weft");
+        let m = Metrics {
+            handshake_failures: Family::default(),
+            bad_frames: Family::default(),
+            gossip_bytes: Family::default(),
+            connections: Family::default(),
+            peers: Family::default(),
+            frames_dropped: Counter::default(),
+            topology_news: Counter::default(),
+            channel_errors: Counter::default(),
+            rejected: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "handshake_failures",
+            "Sessions that failed authentication or the hello exchange, by reason",
+            m.handshake_failures.clone(),
+        );
+        registry.register(
+            "bad_frames",
+            "Frames from peers that did not decode or broke a limit",
+            m.bad_frames.clone(),
+        );
+        registry.register(
+            "gossip_bytes",
+            "Control-stream bytes by channel and direction",
+            m.gossip_bytes.clone(),
+        );
+        registry.register(
+            "connections",
+            "Peer sessions by state",
+            m.connections.clone(),
+        );
+        registry.register("peers", "Known peers by reachability", m.peers.clone());
+        registry.register(
+            "frames_dropped",
+            "Frames dropped because a session's queue was full",
+            m.frames_dropped.clone(),
+        );
+        registry.register(
+            "topology_news",
+            "Topology entries that were news when received",
+            m.topology_news.clone(),
+        );
+        registry.register(
+            "channel_errors",
+            "Channel messages a channel rejected",
+            m.channel_errors.clone(),
+        );
+        registry.register(
+            "sessions_rejected",
+            "Sessions closed after the hello, by reason",
+            m.rejected.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn handshake_failure(&self, reason: &str) {
+        self.handshake_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn bad_frame(&self, reason: &str) {
+        self.bad_frames
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn gossip_bytes(&self, channel: &str, direction: &str, n: usize) {
+        self.gossip_bytes
+            .get_or_create(&BytesLabel {
+                channel: channel.into(),
+                direction: direction.into(),
+            })
+            .inc_by(n as u64);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

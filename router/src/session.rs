@@ -1,0 +1,367 @@
+//! Peer sessions over QUIC: dial and accept, the hello exchange, and one
+//! reader and one writer task per session.
+//!
+//! A session is one QUIC connection with one bidirectional stream opened by
+//! the dialer, carrying length-prefixed [`Frame`]s both ways. The first frame
+//! each way is a [`Hello`]; its name must match the name derived from the
+//! peer's certificate. Everything else is handed to the daemon loop as
+//! [`SessionEvent`]s, and frames to send come back as [`Outgoing`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+use weft_peer_proto::codec::{decode_frame, encode_frame, read_len_prefix, write_len_prefix};
+use weft_peer_proto::{CodecError, Frame, Goodbye, GoodbyeReason, Hello, PeerName};
+
+use crate::identity::name_of_cert;
+use crate::mesh::ConnId;
+use crate::metrics::Metrics;
+use crate::tls::SERVER_NAME;
+
+/// What sessions tell the daemon loop.
+#[derive(Debug)]
+pub enum SessionEvent {
+    Up {
+        conn: ConnId,
+        hello: Hello,
+        addr: SocketAddr,
+        outbound: bool,
+        out: mpsc::Sender<Outgoing>,
+    },
+    Frame {
+        conn: ConnId,
+        frame: Frame,
+    },
+    Down {
+        conn: ConnId,
+        reason: String,
+    },
+    DialFailed {
+        addr: SocketAddr,
+        error: String,
+    },
+}
+
+/// What the daemon loop asks a session to do.
+#[derive(Debug)]
+pub enum Outgoing {
+    Frame(Frame),
+    Close(GoodbyeReason, String),
+}
+
+/// Shared by every session task.
+pub struct SessionCtx {
+    pub events: mpsc::Sender<SessionEvent>,
+    pub metrics: Arc<Metrics>,
+    /// Our hello, without `your_addr`.
+    pub hello: Hello,
+    pub handshake_timeout: Duration,
+    next_id: AtomicU64,
+}
+
+impl SessionCtx {
+    pub fn new(
+        events: mpsc::Sender<SessionEvent>,
+        metrics: Arc<Metrics>,
+        hello: Hello,
+        handshake_timeout: Duration,
+    ) -> Self {
+        SessionCtx {
+            events,
+            metrics,
+            hello,
+            handshake_timeout,
+            next_id: AtomicU64::new(1),
+        }
+    }
+}
+
+/// Why a handshake failed, for logs and the `reason` label.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("TLS/QUIC handshake failed: {0}")]
+    Tls(String),
+    #[error("connection failed: {0}")]
+    Connection(String),
+    #[error("peer sent a bad hello: {0}")]
+    BadHello(String),
+    #[error("hello names {claimed} but the certificate proves {proven}")]
+    NameMismatch { claimed: PeerName, proven: PeerName },
+    #[error("handshake timed out")]
+    Timeout,
+}
+
+impl HandshakeError {
+    fn label(&self) -> &'static str {
+        match self {
+            HandshakeError::Tls(_) => "tls",
+            HandshakeError::Connection(_) => "connection",
+            HandshakeError::BadHello(_) => "bad_hello",
+            HandshakeError::NameMismatch { .. } => "name_mismatch",
+            HandshakeError::Timeout => "timeout",
+        }
+    }
+}
+
+fn classify(e: quinn::ConnectionError) -> HandshakeError {
+    use quinn::ConnectionError as E;
+    match e {
+        E::TransportError(t) => HandshakeError::Tls(t.to_string()),
+        E::ConnectionClosed(c)
+            if c.error_code.to_string().contains("crypto") || c.to_string().contains("TLS") =>
+        {
+            HandshakeError::Tls(c.to_string())
+        }
+        other => HandshakeError::Connection(other.to_string()),
+    }
+}
+
+fn proven_name(conn: &Connection) -> Result<PeerName, HandshakeError> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|id| {
+            id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or_else(|| HandshakeError::Tls("peer presented no certificate".into()))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| HandshakeError::Tls("empty certificate chain".into()))?;
+    name_of_cert(leaf).map_err(|e| HandshakeError::Tls(e.to_string()))
+}
+
+fn channel_label(frame: &Frame) -> String {
+    match frame {
+        Frame::Hello(_) | Frame::Goodbye(_) => "session".into(),
+        Frame::Topology(_) => "topology".into(),
+        Frame::Gossip(g) => g.channel.as_str().to_owned(),
+    }
+}
+
+async fn write_frame(
+    send: &mut SendStream,
+    frame: &Frame,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    let body = encode_frame(frame)?;
+    send.write_all(&write_len_prefix(body.len())).await?;
+    send.write_all(&body).await?;
+    metrics.gossip_bytes(&channel_label(frame), "sent", body.len() + 4);
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("{0}")]
+    Codec(#[from] CodecError),
+    #[error("stream: {0}")]
+    Stream(#[from] quinn::ReadExactError),
+}
+
+async fn read_frame(recv: &mut RecvStream, metrics: &Metrics) -> Result<Frame, ReadError> {
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix).await?;
+    let len = read_len_prefix(prefix)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await?;
+    let frame = decode_frame(&body)?;
+    metrics.gossip_bytes(&channel_label(&frame), "received", len + 4);
+    Ok(frame)
+}
+
+async fn read_hello(recv: &mut RecvStream, metrics: &Metrics) -> Result<Hello, HandshakeError> {
+    match read_frame(recv, metrics).await {
+        Ok(Frame::Hello(h)) => Ok(h),
+        Ok(other) => Err(HandshakeError::BadHello(format!(
+            "expected hello, got {:?}",
+            std::mem::discriminant(&other)
+        ))),
+        Err(ReadError::Codec(e)) => {
+            metrics.bad_frame(e.kind());
+            Err(HandshakeError::BadHello(e.to_string()))
+        }
+        Err(ReadError::Stream(e)) => Err(HandshakeError::Connection(e.to_string())),
+    }
+}
+
+fn check_name(conn: &Connection, hello: &Hello) -> Result<(), HandshakeError> {
+    let proven = proven_name(conn)?;
+    if proven != hello.name {
+        return Err(HandshakeError::NameMismatch {
+            claimed: hello.name,
+            proven,
+        });
+    }
+    Ok(())
+}
+
+/// Dials `addr` and, once the hello exchange is done, runs the session.
+pub async fn dial(ctx: Arc<SessionCtx>, endpoint: Endpoint, addr: SocketAddr) {
+    let hs = async {
+        let connecting = endpoint
+            .connect(addr, SERVER_NAME)
+            .map_err(|e| HandshakeError::Connection(e.to_string()))?;
+        let conn = connecting.await.map_err(classify)?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(classify)?;
+        let mut hello = ctx.hello.clone();
+        hello.your_addr = Some(addr);
+        write_frame(&mut send, &Frame::Hello(hello), &ctx.metrics)
+            .await
+            .map_err(|e| HandshakeError::Connection(e.to_string()))?;
+        let theirs = read_hello(&mut recv, &ctx.metrics).await?;
+        if let Err(e) = check_name(&conn, &theirs) {
+            conn.close(0u32.into(), b"name mismatch");
+            return Err(e);
+        }
+        Ok((conn, send, recv, theirs))
+    };
+    match tokio::time::timeout(ctx.handshake_timeout, hs)
+        .await
+        .unwrap_or(Err(HandshakeError::Timeout))
+    {
+        Ok((conn, send, recv, hello)) => run(ctx, conn, send, recv, hello, addr, true).await,
+        Err(e) => {
+            if !matches!(e, HandshakeError::Connection(_) | HandshakeError::Timeout) {
+                ctx.metrics.handshake_failure(e.label());
+                warn!(%addr, error = %e, "outbound session rejected");
+            } else {
+                debug!(%addr, error = %e, "dial failed");
+            }
+            let _ = ctx
+                .events
+                .send(SessionEvent::DialFailed {
+                    addr,
+                    error: e.to_string(),
+                })
+                .await;
+        }
+    }
+}
+
+/// Completes an inbound session and runs it.
+pub async fn accept(ctx: Arc<SessionCtx>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let remote_ip = remote.ip().to_canonical();
+    let hs = async {
+        let conn = incoming.await.map_err(classify)?;
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(classify)?;
+        let theirs = read_hello(&mut recv, &ctx.metrics).await?;
+        if let Err(e) = check_name(&conn, &theirs) {
+            conn.close(0u32.into(), b"name mismatch");
+            return Err(e);
+        }
+        let addr = SocketAddr::new(remote_ip, theirs.listen_port);
+        let mut hello = ctx.hello.clone();
+        hello.your_addr = Some(addr);
+        write_frame(&mut send, &Frame::Hello(hello), &ctx.metrics)
+            .await
+            .map_err(|e| HandshakeError::Connection(e.to_string()))?;
+        Ok((conn, send, recv, theirs, addr))
+    };
+    match tokio::time::timeout(ctx.handshake_timeout, hs)
+        .await
+        .unwrap_or(Err(HandshakeError::Timeout))
+    {
+        Ok((conn, send, recv, hello, addr)) => run(ctx, conn, send, recv, hello, addr, false).await,
+        Err(e) => {
+            ctx.metrics.handshake_failure(e.label());
+            warn!(%remote, error = %e, "inbound session rejected");
+        }
+    }
+}
+
+async fn run(
+    ctx: Arc<SessionCtx>,
+    conn: Connection,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    hello: Hello,
+    addr: SocketAddr,
+    outbound: bool,
+) {
+    let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
+    let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(4096);
+    if ctx
+        .events
+        .send(SessionEvent::Up {
+            conn: id,
+            hello,
+            addr,
+            outbound,
+            out: out_tx,
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let writer_conn = conn.clone();
+    let wctx = ctx.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(o) = out_rx.recv().await {
+            match o {
+                Outgoing::Frame(f) => {
+                    if let Err(e) = write_frame(&mut send, &f, &wctx.metrics).await {
+                        debug!(error = %e, "session write failed");
+                        break;
+                    }
+                }
+                Outgoing::Close(reason, message) => {
+                    let bye = Frame::Goodbye(Goodbye {
+                        reason,
+                        message: message.chars().take(200).collect(),
+                    });
+                    let _ = write_frame(&mut send, &bye, &wctx.metrics).await;
+                    let _ = send.finish();
+                    // Give the goodbye a moment to arrive before the close does.
+                    let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+                    writer_conn.close(0u32.into(), format!("{reason:?}").as_bytes());
+                    break;
+                }
+            }
+        }
+    });
+    let reason = loop {
+        match read_frame(&mut recv, &ctx.metrics).await {
+            Ok(Frame::Goodbye(g)) => break format!("goodbye: {:?} {}", g.reason, g.message),
+            Ok(Frame::Hello(_)) => {
+                ctx.metrics.bad_frame("unexpected_hello");
+                conn.close(1u32.into(), b"protocol error");
+                break "protocol error: hello mid-session".to_owned();
+            }
+            Ok(frame) => {
+                if ctx
+                    .events
+                    .send(SessionEvent::Frame { conn: id, frame })
+                    .await
+                    .is_err()
+                {
+                    break "shutting down".to_owned();
+                }
+            }
+            Err(ReadError::Codec(e)) => {
+                ctx.metrics.bad_frame(e.kind());
+                warn!(%addr, error = %e, "bad frame from peer; closing session");
+                conn.close(1u32.into(), b"protocol error");
+                break format!("protocol error: {e}");
+            }
+            Err(ReadError::Stream(e)) => {
+                break match conn.close_reason() {
+                    Some(r) => r.to_string(),
+                    None => e.to_string(),
+                };
+            }
+        }
+    };
+    conn.close(0u32.into(), b"closed");
+    writer.abort();
+    let _ = ctx
+        .events
+        .send(SessionEvent::Down { conn: id, reason })
+        .await;
+}

@@ -1,0 +1,535 @@
+//! A deterministic, virtual-time network of [`Mesh`] cores.
+//!
+//! Everything is driven from one seeded RNG and an event queue ordered by
+//! (virtual time, sequence number), so a seed reproduces a run exactly. The
+//! network model: dials take one delay and fail after `dial_timeout` when the
+//! other side is dead or cut off; frames on a session arrive in order (as on a
+//! QUIC stream) after a random delay, unless lost or duplicated; sessions that
+//! cross a partition, or end at a crashed node, are noticed as down after
+//! `idle_timeout` (as QUIC's idle timeout would).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use weft_peer_proto::codec::encode_frame;
+use weft_peer_proto::{Frame, GoodbyeReason, Hello, PeerName};
+use weft_router::mesh::{Action, Admit, Config, ConnId, Mesh};
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Probability that a frame is lost.
+    pub loss: f64,
+    /// Probability that a frame is delivered twice.
+    pub duplicate: f64,
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    pub dial_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64) -> Self {
+        SimConfig {
+            seed,
+            loss: 0.0,
+            duplicate: 0.0,
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(20),
+            dial_timeout: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+pub struct SimNode {
+    pub mesh: Mesh,
+    pub name: PeerName,
+    pub addr: SocketAddr,
+    pub alive: bool,
+    /// What it was started with (kept across restarts, as meshd persists targets).
+    pub targets: Vec<SocketAddr>,
+    timer_gen: u64,
+    armed: Option<Instant>,
+}
+
+#[derive(Debug)]
+enum Event {
+    Timer {
+        node: usize,
+        generation: u64,
+    },
+    DialArrive {
+        from: usize,
+        addr: SocketAddr,
+    },
+    HandshakeDone {
+        node: usize,
+        conn: ConnId,
+        hello: Hello,
+        addr: SocketAddr,
+    },
+    Deliver {
+        node: usize,
+        conn: ConnId,
+        frame: Frame,
+    },
+    Down {
+        node: usize,
+        conn: ConnId,
+        reason: String,
+    },
+    DialFailed {
+        node: usize,
+        addr: SocketAddr,
+    },
+}
+
+/// Totals over a run.
+#[derive(Debug, Default, Clone)]
+pub struct SimStats {
+    pub frames_sent: u64,
+    pub frames_lost: u64,
+    /// Encoded bytes (with the 4-byte length prefix) sent, per node index.
+    pub bytes_sent: Vec<u64>,
+}
+
+pub struct Sim {
+    pub cfg: SimConfig,
+    pub t0: Instant,
+    pub now: Instant,
+    rng: StdRng,
+    pub nodes: Vec<SimNode>,
+    by_addr: HashMap<SocketAddr, usize>,
+    queue: BinaryHeap<Reverse<(Instant, u64)>>,
+    events: HashMap<u64, Event>,
+    seq: u64,
+    /// (node, conn) -> (node, conn) at the other end.
+    links: HashMap<(usize, ConnId), (usize, ConnId)>,
+    /// Last scheduled arrival per receiving end, to keep sessions in order.
+    last_arrival: HashMap<(usize, ConnId), Instant>,
+    partition: Option<Vec<usize>>,
+    next_conn: ConnId,
+    pub stats: SimStats,
+    base: Config,
+}
+
+pub fn addr_of(i: usize) -> SocketAddr {
+    let ip = Ipv4Addr::from(0x0a00_0000u32 + i as u32 + 1);
+    SocketAddr::V4(SocketAddrV4::new(ip, 6783))
+}
+
+impl Sim {
+    /// `base` is the mesh configuration every node starts from (its name,
+    /// uid and seed are filled in per node).
+    pub fn new(cfg: SimConfig, base: Config) -> Self {
+        let t0 = Instant::now();
+        Sim {
+            rng: StdRng::seed_from_u64(cfg.seed),
+            cfg,
+            t0,
+            now: t0,
+            nodes: Vec::new(),
+            by_addr: HashMap::new(),
+            queue: BinaryHeap::new(),
+            events: HashMap::new(),
+            seq: 0,
+            links: HashMap::new(),
+            last_arrival: HashMap::new(),
+            partition: None,
+            next_conn: 1,
+            stats: SimStats::default(),
+            base,
+        }
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.t0
+    }
+
+    fn mesh_for(&mut self, name: PeerName, i: usize, targets: &[SocketAddr]) -> Mesh {
+        let mut c = self.base.clone();
+        c.name = name;
+        c.nickname = format!("node{i}");
+        c.uid = self.rng.random();
+        c.seed = self.rng.random();
+        let mut m = Mesh::new(c, self.now);
+        for t in targets {
+            m.add_target(*t, self.now);
+        }
+        m
+    }
+
+    /// Adds a node that knows `targets`; returns its index.
+    pub fn add_node(&mut self, targets: Vec<SocketAddr>) -> usize {
+        let i = self.nodes.len();
+        let name = PeerName(self.rng.random());
+        let mesh = self.mesh_for(name, i, &targets);
+        let addr = addr_of(i);
+        self.by_addr.insert(addr, i);
+        self.nodes.push(SimNode {
+            mesh,
+            name,
+            addr,
+            alive: true,
+            targets,
+            timer_gen: 0,
+            armed: None,
+        });
+        self.stats.bytes_sent.push(0);
+        self.after_input(i);
+        i
+    }
+
+    fn schedule(&mut self, at: Instant, e: Event) {
+        self.seq += 1;
+        self.events.insert(self.seq, e);
+        self.queue.push(Reverse((at, self.seq)));
+    }
+
+    fn delay(&mut self) -> Duration {
+        let (lo, hi) = (self.cfg.min_delay, self.cfg.max_delay);
+        if hi <= lo {
+            lo
+        } else {
+            self.rng.random_range(lo..hi)
+        }
+    }
+
+    fn cut(&self, a: usize, b: usize) -> bool {
+        self.partition.as_ref().is_some_and(|g| g[a] != g[b])
+    }
+
+    /// Drains a node's outputs into the network and re-arms its timer.
+    fn after_input(&mut self, i: usize) {
+        if !self.nodes[i].alive {
+            return;
+        }
+        while let Some(t) = self.nodes[i].mesh.poll_transmit() {
+            self.send(i, t.conn, t.frame);
+        }
+        while let Some(a) = self.nodes[i].mesh.poll_action() {
+            match a {
+                Action::Dial(addr) => {
+                    let d = self.delay();
+                    self.schedule(self.now + d, Event::DialArrive { from: i, addr });
+                }
+                Action::Close { conn, reason, .. } => self.close(i, conn, reason),
+            }
+        }
+        while self.nodes[i].mesh.poll_event().is_some() {}
+        let t = self.nodes[i].mesh.poll_timeout();
+        if t != self.nodes[i].armed {
+            self.nodes[i].armed = t;
+            self.nodes[i].timer_gen += 1;
+            if let Some(t) = t {
+                let generation = self.nodes[i].timer_gen;
+                self.schedule(
+                    t.max(self.now),
+                    Event::Timer {
+                        node: i,
+                        generation,
+                    },
+                );
+            }
+        }
+    }
+
+    fn send(&mut self, from: usize, conn: ConnId, frame: Frame) {
+        let len = encode_frame(&frame).map(|b| b.len() + 4).unwrap_or(0);
+        self.stats.frames_sent += 1;
+        self.stats.bytes_sent[from] += len as u64;
+        let Some(&(to, to_conn)) = self.links.get(&(from, conn)) else {
+            return;
+        };
+        if self.cut(from, to) || !self.nodes[to].alive || self.rng.random_bool(self.cfg.loss) {
+            self.stats.frames_lost += 1;
+            return;
+        }
+        let copies = if self.rng.random_bool(self.cfg.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let d = self.delay();
+            let last = self
+                .last_arrival
+                .get(&(to, to_conn))
+                .copied()
+                .unwrap_or(self.now);
+            let at = last.max(self.now + d);
+            self.last_arrival.insert((to, to_conn), at);
+            self.schedule(
+                at,
+                Event::Deliver {
+                    node: to,
+                    conn: to_conn,
+                    frame: frame.clone(),
+                },
+            );
+        }
+    }
+
+    /// `node` closes `conn` after what it queued: the other end notices after
+    /// the last frame arrives.
+    fn close(&mut self, node: usize, conn: ConnId, reason: GoodbyeReason) {
+        let now = self.now;
+        self.nodes[node]
+            .mesh
+            .connection_down(now, conn, format!("closed by us: {reason:?}"));
+        if let Some((to, to_conn)) = self.links.remove(&(node, conn)) {
+            self.links.remove(&(to, to_conn));
+            let at = self
+                .last_arrival
+                .get(&(to, to_conn))
+                .copied()
+                .unwrap_or(now)
+                .max(now)
+                + self.cfg.min_delay;
+            self.schedule(
+                at,
+                Event::Down {
+                    node: to,
+                    conn: to_conn,
+                    reason: format!("goodbye: {reason:?}"),
+                },
+            );
+        }
+    }
+
+    /// Tears down every session for which `pred(a, b)` holds; both ends
+    /// notice after the idle timeout.
+    fn sever(&mut self, pred: impl Fn(usize, usize) -> bool, why: &str) {
+        let at = self.now + self.cfg.idle_timeout;
+        let doomed: Vec<((usize, ConnId), (usize, ConnId))> = self
+            .links
+            .iter()
+            .filter(|((a, _), (b, _))| pred(*a, *b))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        for (a, _) in &doomed {
+            self.links.remove(a);
+        }
+        for ((n, c), _) in doomed {
+            self.schedule(
+                at,
+                Event::Down {
+                    node: n,
+                    conn: c,
+                    reason: why.to_owned(),
+                },
+            );
+        }
+    }
+
+    fn handle(&mut self, e: Event) {
+        let now = self.now;
+        match e {
+            Event::Timer { node, generation } => {
+                if self.nodes[node].alive && self.nodes[node].timer_gen == generation {
+                    self.nodes[node].armed = None;
+                    self.nodes[node].mesh.handle_timeout(now);
+                    self.after_input(node);
+                }
+            }
+            Event::DialArrive { from, addr } => {
+                if !self.nodes[from].alive {
+                    return;
+                }
+                let to = self.by_addr.get(&addr).copied();
+                let ok = to.is_some_and(|t| self.nodes[t].alive && !self.cut(from, t));
+                let Some(to) = to.filter(|_| ok) else {
+                    let at = now + self.cfg.dial_timeout;
+                    self.schedule(at, Event::DialFailed { node: from, addr });
+                    return;
+                };
+                let (ca, cb) = (self.next_conn, self.next_conn + 1);
+                self.next_conn += 2;
+                self.links.insert((from, ca), (to, cb));
+                self.links.insert((to, cb), (from, ca));
+                let hello_a = self.nodes[from].mesh.hello(Some(addr));
+                let from_addr = self.nodes[from].addr;
+                let admit = self.nodes[to]
+                    .mesh
+                    .connection_up(now, cb, &hello_a, from_addr, false);
+                let hello_b = self.nodes[to].mesh.hello(Some(from_addr));
+                let d = self.delay();
+                self.last_arrival.insert((from, ca), now + d);
+                self.schedule(
+                    now + d,
+                    Event::HandshakeDone {
+                        node: from,
+                        conn: ca,
+                        hello: hello_b,
+                        addr,
+                    },
+                );
+                if let Admit::Reject(reason) = admit {
+                    self.after_input(to);
+                    self.close(to, cb, reason);
+                }
+                self.after_input(to);
+            }
+            Event::HandshakeDone {
+                node,
+                conn,
+                hello,
+                addr,
+            } => {
+                if !self.nodes[node].alive {
+                    return;
+                }
+                if !self.links.contains_key(&(node, conn)) {
+                    // The acceptor already closed it. Frames it sent before the
+                    // close are still read, as a real driver does; the close
+                    // follows them.
+                    self.nodes[node]
+                        .mesh
+                        .connection_up(now, conn, &hello, addr, true);
+                    self.after_input(node);
+                    return;
+                }
+                let admit = self.nodes[node]
+                    .mesh
+                    .connection_up(now, conn, &hello, addr, true);
+                if let Admit::Reject(reason) = admit {
+                    self.after_input(node);
+                    self.close(node, conn, reason);
+                }
+                self.after_input(node);
+            }
+            Event::Deliver { node, conn, frame } => {
+                if !self.nodes[node].alive {
+                    return;
+                }
+                let _ = self.nodes[node].mesh.handle_frame(now, conn, frame);
+                self.after_input(node);
+            }
+            Event::Down { node, conn, reason } => {
+                if self.nodes[node].alive {
+                    self.nodes[node].mesh.connection_down(now, conn, reason);
+                    self.after_input(node);
+                }
+            }
+            Event::DialFailed { node, addr } => {
+                if self.nodes[node].alive {
+                    self.nodes[node]
+                        .mesh
+                        .dial_failed(now, addr, "timed out".into());
+                    self.after_input(node);
+                }
+            }
+        }
+    }
+
+    /// Runs events up to `until` (virtual).
+    pub fn run_until(&mut self, until: Instant) {
+        while let Some(Reverse((at, seq))) = self.queue.peek().copied() {
+            if at > until {
+                break;
+            }
+            self.queue.pop();
+            self.now = self.now.max(at);
+            if let Some(e) = self.events.remove(&seq) {
+                self.handle(e);
+            }
+        }
+        self.now = self.now.max(until);
+    }
+
+    /// Runs until [`Sim::converged`] (checked every `every`) or `limit` passes;
+    /// returns the virtual time it took.
+    pub fn run_until_converged(&mut self, every: Duration, limit: Duration) -> Option<Duration> {
+        let start = self.now;
+        while self.now - start < limit {
+            let next = self.now + every;
+            self.run_until(next);
+            if self.converged() {
+                return Some(self.now - start);
+            }
+        }
+        None
+    }
+
+    /// Every live node knows every live node's current entry and can route to it.
+    pub fn converged(&mut self) -> bool {
+        let live: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].alive)
+            .collect();
+        let truth: Vec<(PeerName, (u64, u64))> = live
+            .iter()
+            .map(|i| {
+                (
+                    self.nodes[*i].name,
+                    self.nodes[*i].mesh.topology().me().order_key(),
+                )
+            })
+            .collect();
+        for i in &live {
+            let t = self.nodes[*i].mesh.topology();
+            if truth
+                .iter()
+                .any(|(n, k)| t.get(n).map(|e| e.order_key()) != Some(*k))
+            {
+                return false;
+            }
+        }
+        for i in &live {
+            let routes = self.nodes[*i].mesh.routes();
+            if truth.iter().any(|(n, _)| !routes.is_reachable(*n)) {
+                return false;
+            }
+        }
+        true
+    }
+
+    pub fn crash(&mut self, i: usize) {
+        self.nodes[i].alive = false;
+        self.nodes[i].timer_gen += 1;
+        self.nodes[i].armed = None;
+        self.sever(|a, b| a == i || b == i, "idle timeout (peer crashed)");
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        let targets = self.nodes[i].targets.clone();
+        let name = self.nodes[i].name;
+        self.nodes[i].mesh = self.mesh_for(name, i, &targets);
+        self.nodes[i].alive = true;
+        self.nodes[i].armed = None;
+        self.after_input(i);
+    }
+
+    /// Splits the nodes into groups (`group[i]` for node i); sessions across
+    /// groups die after the idle timeout and no dial crosses.
+    pub fn partition(&mut self, group: Vec<usize>) {
+        self.partition = Some(group.clone());
+        self.sever(move |a, b| group[a] != group[b], "idle timeout (partition)");
+    }
+
+    pub fn heal(&mut self) {
+        self.partition = None;
+    }
+
+    pub fn rng(&mut self) -> &mut StdRng {
+        &mut self.rng
+    }
+
+    /// Sessions per live node: (mean, max).
+    pub fn degree(&self) -> (f64, usize) {
+        let mut per: BTreeMap<usize, usize> = BTreeMap::new();
+        for (a, _) in self.links.keys() {
+            *per.entry(*a).or_default() += 1;
+        }
+        let live = self.nodes.iter().filter(|n| n.alive).count().max(1);
+        let total: usize = per.values().sum();
+        (
+            total as f64 / live as f64,
+            per.values().copied().max().unwrap_or(0),
+        )
+    }
+}

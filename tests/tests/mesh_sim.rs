@@ -1,0 +1,145 @@
+//! Seeded, virtual-time simulations of the mesh core. Every assertion names
+//! its seed; rerun one with `WEFT_SIM_SEED=<seed>`.
+
+use std::time::Duration;
+
+use weft_peer_proto::PeerName;
+use weft_router::mesh::Config;
+use weft_tests::sim::{Sim, SimConfig, addr_of};
+
+fn seeds(default: &[u64]) -> Vec<u64> {
+    match std::env::var("WEFT_SIM_SEED") {
+        Ok(s) => vec![s.parse().expect("WEFT_SIM_SEED is a number")],
+        Err(_) => default.to_vec(),
+    }
+}
+
+fn base() -> Config {
+    Config::new(PeerName(0), String::new(), 0, 0)
+}
+
+/// N routers, each started knowing only the first one's address.
+fn star_start(sim: &mut Sim, n: usize) {
+    sim.add_node(vec![]);
+    for _ in 1..n {
+        sim.add_node(vec![addr_of(0)]);
+    }
+}
+
+#[derive(Debug)]
+pub struct Convergence {
+    pub n: usize,
+    pub seconds: f64,
+    pub rounds: f64,
+    pub kib_per_peer: f64,
+    pub max_kib: f64,
+    pub mean_degree: f64,
+}
+
+fn converge_from_seed(n: usize, seed: u64) -> Convergence {
+    let mut sim = Sim::new(SimConfig::new(seed), base());
+    star_start(&mut sim, n);
+    let took = sim
+        .run_until_converged(Duration::from_millis(500), Duration::from_secs(600))
+        .unwrap_or_else(|| panic!("{n} peers did not converge in 600 virtual s; seed {seed}"));
+    let total: u64 = sim.stats.bytes_sent.iter().sum();
+    let max = sim.stats.bytes_sent.iter().copied().max().unwrap_or(0);
+    Convergence {
+        n,
+        seconds: took.as_secs_f64(),
+        rounds: took.as_secs_f64() / base().gossip_interval.as_secs_f64(),
+        kib_per_peer: total as f64 / n as f64 / 1024.0,
+        max_kib: max as f64 / 1024.0,
+        mean_degree: sim.degree().0,
+    }
+}
+
+#[test]
+fn ten_and_hundred_peers_converge_from_one_seed() {
+    for seed in seeds(&[1, 2, 3]) {
+        for n in [10, 100] {
+            let c = converge_from_seed(n, seed);
+            println!("seed {seed}: {c:?}");
+        }
+    }
+}
+
+/// The 1000-peer run: about a minute of CPU; CI runs it once.
+#[test]
+fn thousand_peers_converge_from_one_seed() {
+    for seed in seeds(&[7]) {
+        let c = converge_from_seed(1000, seed);
+        println!("seed {seed}: {c:?}");
+    }
+}
+
+#[test]
+fn converges_under_loss_duplication_and_after_partition_heals() {
+    for seed in seeds(&[11, 12, 13, 14]) {
+        let mut cfg = SimConfig::new(seed);
+        cfg.loss = 0.2;
+        cfg.duplicate = 0.05;
+        let mut sim = Sim::new(cfg, base());
+        let n = 40;
+        star_start(&mut sim, n);
+        sim.run_until_converged(Duration::from_millis(500), Duration::from_secs(300))
+            .unwrap_or_else(|| panic!("no convergence under 20% loss; seed {seed}"));
+        // Split in two for two minutes; each side must stay converged within itself,
+        // and everything must come back together after healing.
+        let group: Vec<usize> = (0..n).map(|i| i % 2).collect();
+        sim.partition(group.clone());
+        let until = sim.now + Duration::from_secs(120);
+        sim.run_until(until);
+        let names: Vec<PeerName> = sim.nodes.iter().map(|n| n.name).collect();
+        for i in 0..n {
+            let r = sim.nodes[i].mesh.routes();
+            for (j, g) in group.iter().enumerate() {
+                let name = names[j];
+                if *g != group[i] {
+                    assert!(
+                        !r.is_reachable(name),
+                        "node {i} still routes to {j} across the partition; seed {seed}"
+                    );
+                }
+            }
+        }
+        sim.heal();
+        let took = sim
+            .run_until_converged(Duration::from_millis(500), Duration::from_secs(300))
+            .unwrap_or_else(|| panic!("no convergence after healing; seed {seed}"));
+        println!("seed {seed}: reconverged {took:?} after healing (20% loss, 5% duplication)");
+    }
+}
+
+#[test]
+fn crashed_peers_become_unreachable_and_rejoin_after_restart() {
+    for seed in seeds(&[21, 22]) {
+        let mut sim = Sim::new(SimConfig::new(seed), base());
+        let n = 20;
+        star_start(&mut sim, n);
+        sim.run_until_converged(Duration::from_millis(500), Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("no initial convergence; seed {seed}"));
+        // Crash the seed itself and two others.
+        let dead = [0usize, 5, 9];
+        for d in dead {
+            sim.crash(d);
+        }
+        let until = sim.now + Duration::from_secs(30);
+        sim.run_until(until);
+        assert!(sim.converged(), "survivors did not agree; seed {seed}");
+        for i in (0..n).filter(|i| !dead.contains(i)) {
+            for d in dead {
+                let name = sim.nodes[d].name;
+                assert!(
+                    !sim.nodes[i].mesh.routes().is_reachable(name),
+                    "node {i} still reaches dead {d}; seed {seed}"
+                );
+            }
+        }
+        for d in dead {
+            sim.restart(d);
+        }
+        sim.run_until_converged(Duration::from_millis(500), Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("restarted peers did not rejoin; seed {seed}"));
+    }
+}
