@@ -1,0 +1,305 @@
+//! Real-kernel test labs: nodes are network namespaces joined by a bridge in
+//! a "switch" namespace of their own, running real `meshd` processes.
+//!
+//! Every namespace a lab makes is named `wt-<lab>-...`; nothing is created in
+//! the root namespace. Dropping the lab (also when a test panics) kills its
+//! processes and deletes its namespaces; a lab that starts also deletes
+//! leftovers of its own name from a run that was killed.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// Where meshd and meshctl are: `WEFT_BIN_DIR`, or the target directory the
+/// test binary was built into.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("WEFT_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(out)
+}
+
+fn ip(args: &[&str]) -> Result<Output> {
+    run(Command::new("ip").args(args))
+}
+
+/// One node: a namespace with `eth0` on the underlay.
+pub struct Node {
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub dir: PathBuf,
+    pub meshd: Option<Child>,
+}
+
+impl Node {
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("meshd.sock")
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip.into(), 6783)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("meshd.log")).unwrap_or_default()
+    }
+}
+
+pub struct Lab {
+    pub name: String,
+    switch: String,
+    pub nodes: Vec<Node>,
+    dir: PathBuf,
+}
+
+fn delete_namespaces_with_prefix(prefix: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let ns = line.split_whitespace().next().unwrap_or("");
+            if ns.starts_with(prefix) {
+                let _ = Command::new("ip")
+                    .args(["netns", "pids", ns])
+                    .output()
+                    .map(|o| {
+                        for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                            let _ = Command::new("kill").args(["-9", pid]).status();
+                        }
+                    });
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+    }
+}
+
+impl Lab {
+    /// A lab of `n` nodes on one underlay (10.77.0.0/24). `name` must be
+    /// unique per test and short (it goes into namespace names).
+    pub fn new(name: &str, n: usize) -> Result<Self> {
+        let prefix = format!("wt-{name}-");
+        delete_namespaces_with_prefix(&prefix);
+        let dir = std::env::temp_dir().join(format!("weft-lab-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let switch = format!("{prefix}sw");
+        let mut lab = Lab {
+            name: name.to_owned(),
+            switch: switch.clone(),
+            nodes: Vec::new(),
+            dir,
+        };
+        ip(&["netns", "add", &switch])?;
+        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &switch, "link", "set", "br0", "up"])?;
+        for i in 0..n {
+            lab.add_node(i)?;
+        }
+        Ok(lab)
+    }
+
+    fn add_node(&mut self, i: usize) -> Result<()> {
+        let ns = format!("wt-{}-n{i}", self.name);
+        let ipaddr = Ipv4Addr::new(10, 77, 0, i as u8 + 1);
+        ip(&["netns", "add", &ns])?;
+        let port = format!("p{i}");
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns,
+        ])?;
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &port,
+            "master",
+            "br0",
+            "up",
+        ])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ipaddr}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        let dir = self.dir.join(format!("n{i}"));
+        std::fs::create_dir_all(&dir)?;
+        self.nodes.push(Node {
+            ns,
+            ip: ipaddr,
+            dir,
+            meshd: None,
+        });
+        Ok(())
+    }
+
+    /// Runs a command inside node `i`'s namespace.
+    pub fn exec(&self, i: usize, args: &[&str]) -> Result<Output> {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.nodes[i].ns])
+            .args(args))
+    }
+
+    /// Starts meshd in node `i` with the lab's paths plus `args`.
+    pub fn start_meshd(&mut self, i: usize, password: &str, args: &[String]) -> Result<()> {
+        let node = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.dir.join("meshd.log"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &node.ns])
+            .arg(bin_dir().join("meshd"))
+            .args(["--nickname", &format!("n{i}")])
+            .arg("--data-dir")
+            .arg(node.dir.join("data"))
+            .arg("--api-socket")
+            .arg(node.socket())
+            .args(["--log-level", "info,weft_router=debug"])
+            .args(args)
+            .env("WEFT_PASSWORD", password)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting meshd")?;
+        node.meshd = Some(child);
+        self.wait_for(&format!("n{i}'s API"), Duration::from_secs(20), |l| {
+            Ok(l.status(i).is_ok())
+        })
+    }
+
+    /// SIGKILLs node `i`'s meshd.
+    pub fn kill_meshd(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].meshd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `meshctl status --json` of node `i`.
+    pub fn status(&self, i: usize) -> Result<Value> {
+        let out = run(Command::new(bin_dir().join("meshctl"))
+            .arg("--socket")
+            .arg(self.nodes[i].socket())
+            .args(["status", "--json"]))?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    pub fn meshctl(&self, i: usize, args: &[&str]) -> Result<Output> {
+        run(Command::new(bin_dir().join("meshctl"))
+            .arg("--socket")
+            .arg(self.nodes[i].socket())
+            .args(args))
+    }
+
+    /// Node `i`'s /metrics (fetched inside its namespace).
+    pub fn metrics(&self, i: usize) -> Result<String> {
+        let out = self.exec(i, &["curl", "-sf", "http://127.0.0.1:6782/metrics"])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Polls `check` every 200 ms until it returns Ok(true) or `limit` passes;
+    /// on timeout the error carries the last check's message and every log.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut check: impl FnMut(&Lab) -> Result<bool>,
+    ) -> Result<()> {
+        let start = Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < limit {
+            match check(self) {
+                Ok(true) => return Ok(()),
+                Ok(false) => last = "condition false".into(),
+                Err(e) => last = format!("{e:#}"),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let logs: String = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("\n--- n{i} log (tail) ---\n{}", tail(&n.log(), 30)))
+            .collect();
+        bail!("timed out after {limit:?} waiting for {what}: {last}{logs}")
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill_meshd(i);
+        }
+        delete_namespaces_with_prefix(&format!("wt-{}-", self.name));
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Names (`name` fields) of the peers with an established session in a status.
+pub fn established_peers(status: &Value) -> Vec<String> {
+    status["mesh"]["connections"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .filter(|c| c["state"] == "established")
+                .filter_map(|c| c["peer"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Names of every peer in a status' topology (self included).
+pub fn known_peers(status: &Value) -> Vec<String> {
+    status["mesh"]["peers"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
