@@ -20,7 +20,7 @@ pub enum LogFormat {
 /// meshd: the Weft router. Finds its peers by gossip and holds encrypted,
 /// mutually authenticated QUIC sessions with them.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 pub struct MeshdArgs {
     /// Peers to connect to (host[:port], default port 6783). Repeat or comma-separate.
     #[arg(long = "peer", env = "WEFT_PEERS", value_delimiter = ',')]

@@ -515,6 +515,15 @@ impl Sim {
         self.partition = None;
     }
 
+    /// Lets a test act on node `i`'s core (send on a channel, say), then
+    /// carries out what that produced.
+    pub fn with_node<T>(&mut self, i: usize, f: impl FnOnce(&mut Mesh, Instant) -> T) -> T {
+        let now = self.now;
+        let r = f(&mut self.nodes[i].mesh, now);
+        self.after_input(i);
+        r
+    }
+
     pub fn rng(&mut self) -> &mut StdRng {
         &mut self.rng
     }
@@ -531,5 +540,45 @@ impl Sim {
             total as f64 / live as f64,
             per.values().copied().max().unwrap_or(0),
         )
+    }
+}
+
+/// How a mesh started from one seed converged.
+#[derive(Debug, Clone)]
+pub struct Convergence {
+    pub n: usize,
+    pub seed: u64,
+    /// Virtual seconds until every peer knew every peer's current entry and
+    /// could route to it.
+    pub seconds: f64,
+    /// The same in anti-entropy rounds (gossip intervals).
+    pub rounds: f64,
+    pub kib_per_peer: f64,
+    pub max_kib: f64,
+    pub mean_degree: f64,
+}
+
+/// Starts `n` routers that each know only the first one's address and runs
+/// until they converge (panics, naming the seed, after 600 virtual seconds).
+pub fn converge_from_seed(n: usize, seed: u64, cfg: SimConfig, base: Config) -> Convergence {
+    let interval = base.gossip_interval;
+    let mut sim = Sim::new(SimConfig { seed, ..cfg }, base);
+    sim.add_node(vec![]);
+    for _ in 1..n {
+        sim.add_node(vec![addr_of(0)]);
+    }
+    let took = sim
+        .run_until_converged(Duration::from_millis(500), Duration::from_secs(600))
+        .unwrap_or_else(|| panic!("{n} peers did not converge in 600 virtual s; seed {seed}"));
+    let total: u64 = sim.stats.bytes_sent.iter().sum();
+    let max = sim.stats.bytes_sent.iter().copied().max().unwrap_or(0);
+    Convergence {
+        n,
+        seed,
+        seconds: took.as_secs_f64(),
+        rounds: took.as_secs_f64() / interval.as_secs_f64(),
+        kib_per_peer: total as f64 / n as f64 / 1024.0,
+        max_kib: max as f64 / 1024.0,
+        mean_degree: sim.degree().0,
     }
 }

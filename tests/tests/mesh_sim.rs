@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use weft_peer_proto::PeerName;
 use weft_router::mesh::Config;
-use weft_tests::sim::{Sim, SimConfig, addr_of};
+use weft_tests::sim::{Sim, SimConfig, addr_of, converge_from_seed};
 
 fn seeds(default: &[u64]) -> Vec<u64> {
     match std::env::var("WEFT_SIM_SEED") {
@@ -26,39 +26,15 @@ fn star_start(sim: &mut Sim, n: usize) {
     }
 }
 
-#[derive(Debug)]
-pub struct Convergence {
-    pub n: usize,
-    pub seconds: f64,
-    pub rounds: f64,
-    pub kib_per_peer: f64,
-    pub max_kib: f64,
-    pub mean_degree: f64,
-}
-
-fn converge_from_seed(n: usize, seed: u64) -> Convergence {
-    let mut sim = Sim::new(SimConfig::new(seed), base());
-    star_start(&mut sim, n);
-    let took = sim
-        .run_until_converged(Duration::from_millis(500), Duration::from_secs(600))
-        .unwrap_or_else(|| panic!("{n} peers did not converge in 600 virtual s; seed {seed}"));
-    let total: u64 = sim.stats.bytes_sent.iter().sum();
-    let max = sim.stats.bytes_sent.iter().copied().max().unwrap_or(0);
-    Convergence {
-        n,
-        seconds: took.as_secs_f64(),
-        rounds: took.as_secs_f64() / base().gossip_interval.as_secs_f64(),
-        kib_per_peer: total as f64 / n as f64 / 1024.0,
-        max_kib: max as f64 / 1024.0,
-        mean_degree: sim.degree().0,
-    }
+fn converge(n: usize, seed: u64) -> weft_tests::sim::Convergence {
+    converge_from_seed(n, seed, SimConfig::new(seed), base())
 }
 
 #[test]
 fn ten_and_hundred_peers_converge_from_one_seed() {
     for seed in seeds(&[1, 2, 3]) {
         for n in [10, 100] {
-            let c = converge_from_seed(n, seed);
+            let c = converge(n, seed);
             println!("seed {seed}: {c:?}");
         }
     }
@@ -68,7 +44,7 @@ fn ten_and_hundred_peers_converge_from_one_seed() {
 #[test]
 fn thousand_peers_converge_from_one_seed() {
     for seed in seeds(&[7]) {
-        let c = converge_from_seed(1000, seed);
+        let c = converge(1000, seed);
         println!("seed {seed}: {c:?}");
     }
 }

@@ -12,7 +12,7 @@ use weft_router::client::request;
 
 /// meshctl: look inside and steer the local Weft router.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Unix socket of meshd's API.
     #[arg(

@@ -1,0 +1,192 @@
+//! The three gossip verbs on a named channel, through the mesh core, on a
+//! sparse mesh where many peers are several hops apart.
+
+use std::any::Any;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use weft_peer_proto::{ChannelName, PeerName};
+use weft_router::mesh::{ChannelError, Config, GossipChannel};
+use weft_tests::sim::{Sim, SimConfig, addr_of};
+
+/// A grow-only set gossiped as a CRDT, recording unicasts and broadcasts.
+#[derive(Default)]
+struct TestChannel {
+    set: BTreeSet<u64>,
+    unicasts: Vec<(PeerName, Vec<u8>)>,
+    broadcasts: Vec<(PeerName, Vec<u8>)>,
+}
+
+fn encode(set: &BTreeSet<u64>) -> Vec<u8> {
+    set.iter().flat_map(|v| v.to_be_bytes()).collect()
+}
+
+impl GossipChannel for TestChannel {
+    fn on_unicast(&mut self, src: PeerName, payload: &[u8]) -> Result<(), ChannelError> {
+        self.unicasts.push((src, payload.to_vec()));
+        Ok(())
+    }
+    fn on_broadcast(&mut self, src: PeerName, payload: &[u8]) -> Result<(), ChannelError> {
+        self.broadcasts.push((src, payload.to_vec()));
+        Ok(())
+    }
+    fn on_gossip(&mut self, payload: &[u8]) -> Result<Option<Vec<u8>>, ChannelError> {
+        if payload.len() % 8 != 0 {
+            return Err(ChannelError("ragged set".into()));
+        }
+        let news: BTreeSet<u64> = payload
+            .chunks(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
+            .filter(|v| !self.set.contains(v))
+            .collect();
+        self.set.extend(news.iter().copied());
+        Ok((!news.is_empty()).then(|| encode(&news)))
+    }
+    fn full_state(&mut self) -> Option<Vec<u8>> {
+        (!self.set.is_empty()).then(|| encode(&self.set))
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+fn chan() -> ChannelName {
+    ChannelName::new("test").expect("valid name")
+}
+
+fn state(sim: &mut Sim, i: usize) -> &mut TestChannel {
+    sim.nodes[i]
+        .mesh
+        .channel_mut(&chan())
+        .and_then(|c| c.as_any_mut().downcast_mut::<TestChannel>())
+        .expect("test channel registered")
+}
+
+#[test]
+fn unicast_broadcast_and_gossip_reach_everyone_across_hops() {
+    for seed in [31u64, 32, 33] {
+        let mut base = Config::new(PeerName(0), String::new(), 0, 0);
+        base.conn_limit = 2; // sparse: most peers are more than one hop apart
+        let mut sim = Sim::new(SimConfig::new(seed), base);
+        let n = 16;
+        sim.add_node(vec![]);
+        for _ in 1..n {
+            sim.add_node(vec![addr_of(0)]);
+        }
+        for i in 0..n {
+            sim.nodes[i]
+                .mesh
+                .register_channel(chan(), Box::new(TestChannel::default()));
+        }
+        sim.run_until_converged(Duration::from_millis(500), Duration::from_secs(300))
+            .unwrap_or_else(|| panic!("no convergence; seed {seed}"));
+        // Broadcast trees are computed from each peer's own topology: send
+        // only once every peer holds the same one.
+        let until = sim.now + Duration::from_secs(10);
+        sim.run_until(until);
+        let hashes: BTreeSet<u64> = sim.nodes.iter().map(|x| x.mesh.topology().hash()).collect();
+        assert_eq!(
+            hashes.len(),
+            1,
+            "topologies differ after settling; seed {seed}"
+        );
+        let names: Vec<PeerName> = sim.nodes.iter().map(|x| x.name).collect();
+        let max_hops = (0..n)
+            .flat_map(|i| {
+                let r = sim.nodes[i].mesh.routes();
+                names.iter().filter_map(|d| r.hops(*d)).collect::<Vec<_>>()
+            })
+            .max()
+            .unwrap_or(0);
+        assert!(
+            max_hops >= 3,
+            "mesh not sparse enough to test relaying (max {max_hops} hops); seed {seed}"
+        );
+
+        // Unicast: every node to every other node, exactly once each.
+        for i in 0..n {
+            for (j, dst) in names.iter().enumerate() {
+                if i != j {
+                    let payload = format!("{i}->{j}").into_bytes();
+                    sim.with_node(i, |m, _| m.unicast(chan(), *dst, payload))
+                        .unwrap_or_else(|e| panic!("{i}->{j}: {e}; seed {seed}"));
+                }
+            }
+        }
+        // Broadcast from a few sources.
+        for src in [0usize, 7, 15] {
+            sim.with_node(src, |m, _| {
+                m.broadcast(chan(), format!("from {src}").into_bytes())
+            });
+        }
+        // Gossip: each node contributes one element.
+        for i in 0..n {
+            state(&mut sim, i).set.insert(i as u64);
+            sim.with_node(i, |m, _| {
+                m.gossip(chan(), (i as u64).to_be_bytes().to_vec())
+            });
+        }
+        let until = sim.now + Duration::from_secs(30);
+        sim.run_until(until);
+
+        let everything: BTreeSet<u64> = (0..n as u64).collect();
+        for j in 0..n {
+            let names2 = names.clone();
+            let st = state(&mut sim, j);
+            let mut got: BTreeMap<PeerName, usize> = BTreeMap::new();
+            for (src, payload) in &st.unicasts {
+                let i = names2.iter().position(|x| x == src).expect("known source");
+                assert_eq!(payload, &format!("{i}->{j}").into_bytes(), "seed {seed}");
+                *got.entry(*src).or_default() += 1;
+            }
+            assert_eq!(
+                got.len(),
+                n - 1,
+                "node {j} got unicasts from {} peers; seed {seed}",
+                got.len()
+            );
+            assert!(
+                got.values().all(|c| *c == 1),
+                "duplicate unicast at {j}; seed {seed}"
+            );
+            let bsrcs: Vec<PeerName> = st.broadcasts.iter().map(|(s, _)| *s).collect();
+            let expected: Vec<PeerName> = [0usize, 7, 15]
+                .iter()
+                .filter(|s| **s != j)
+                .map(|s| names2[*s])
+                .collect();
+            let mut b = bsrcs.clone();
+            b.sort();
+            let mut e = expected.clone();
+            e.sort();
+            assert_eq!(b, e, "node {j} broadcasts (each exactly once); seed {seed}");
+            assert_eq!(st.set, everything, "node {j} gossip set; seed {seed}");
+        }
+    }
+}
+
+#[test]
+fn a_channel_error_is_counted_and_the_session_survives() {
+    let mut sim = Sim::new(
+        SimConfig::new(41),
+        Config::new(PeerName(0), String::new(), 0, 0),
+    );
+    sim.add_node(vec![]);
+    sim.add_node(vec![addr_of(0)]);
+    for i in 0..2 {
+        sim.nodes[i]
+            .mesh
+            .register_channel(chan(), Box::new(TestChannel::default()));
+    }
+    sim.run_until_converged(Duration::from_millis(500), Duration::from_secs(60))
+        .expect("converges");
+    sim.with_node(0, |m, _| m.gossip(chan(), vec![1, 2, 3]));
+    let until = sim.now + Duration::from_secs(2);
+    sim.run_until(until);
+    assert_eq!(sim.nodes[1].mesh.counters.channel_errors, 1);
+    assert!(
+        sim.converged(),
+        "a bad channel payload must not cost the session"
+    );
+    assert_eq!(sim.degree().0, 1.0);
+}
