@@ -65,12 +65,20 @@ async fn targets(h: Handle, req: TargetRequest, connect: bool) -> Response {
     }
 }
 
-async fn connect(State(h): State<Handle>, Json(req): Json<TargetRequest>) -> Response {
-    targets(h, req, true).await
+type Body = Result<Json<TargetRequest>, axum::extract::rejection::JsonRejection>;
+
+async fn connect(State(h): State<Handle>, body: Body) -> Response {
+    match body {
+        Ok(Json(req)) => targets(h, req, true).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, e.body_text()),
+    }
 }
 
-async fn forget(State(h): State<Handle>, Json(req): Json<TargetRequest>) -> Response {
-    targets(h, req, false).await
+async fn forget(State(h): State<Handle>, body: Body) -> Response {
+    match body {
+        Ok(Json(req)) => targets(h, req, false).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, e.body_text()),
+    }
 }
 
 async fn metrics(State(h): State<Handle>) -> Response {

@@ -31,7 +31,7 @@ impl GossipChannel for TestChannel {
         Ok(())
     }
     fn on_gossip(&mut self, payload: &[u8]) -> Result<Option<Vec<u8>>, ChannelError> {
-        if payload.len() % 8 != 0 {
+        if !payload.len().is_multiple_of(8) {
             return Err(ChannelError("ragged set".into()));
         }
         let news: BTreeSet<u64> = payload

@@ -1110,3 +1110,103 @@ impl Mesh {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mesh(name: u64) -> Mesh {
+        Mesh::new(
+            Config::new(PeerName(name), format!("n{name}"), name, name),
+            Instant::now(),
+        )
+    }
+
+    fn closed(m: &mut Mesh) -> Vec<ConnId> {
+        std::iter::from_fn(|| m.poll_action())
+            .filter_map(|a| match a {
+                Action::Close { conn, .. } => Some(conn),
+                Action::Dial(_) => None,
+            })
+            .collect()
+    }
+
+    /// A (lower name) and B dial each other at once: session X is A->B, Y is
+    /// B->A. Whatever order each side learns of them, both keep X.
+    #[test]
+    fn simultaneous_dials_resolve_to_the_same_session_on_both_ends() {
+        let addr_a: SocketAddr = "192.0.2.1:6783".parse().expect("addr");
+        let addr_b: SocketAddr = "192.0.2.2:6783".parse().expect("addr");
+        for a_first in [true, false] {
+            for b_first in [true, false] {
+                let now = Instant::now();
+                let (mut a, mut b) = (mesh(1), mesh(2));
+                let (ha, hb) = (a.hello(None), b.hello(None));
+                // At A: X is outbound (id 10), Y inbound (id 11).
+                let a_order = if a_first {
+                    [(10, true), (11, false)]
+                } else {
+                    [(11, false), (10, true)]
+                };
+                let mut a_kept = Vec::new();
+                for (id, out) in a_order {
+                    if a.connection_up(now, id, &hb, addr_b, out) == Admit::Accept {
+                        a_kept.push(id);
+                    }
+                }
+                let a_closed = closed(&mut a);
+                a_kept.retain(|id| !a_closed.contains(id));
+                // At B: X is inbound (id 20), Y outbound (id 21).
+                let b_order = if b_first {
+                    [(20, false), (21, true)]
+                } else {
+                    [(21, true), (20, false)]
+                };
+                let mut b_kept = Vec::new();
+                for (id, out) in b_order {
+                    if b.connection_up(now, id, &ha, addr_a, out) == Admit::Accept {
+                        b_kept.push(id);
+                    }
+                }
+                let b_closed = closed(&mut b);
+                b_kept.retain(|id| !b_closed.contains(id));
+                assert_eq!(a_kept, vec![10], "A keeps X ({a_first}, {b_first})");
+                assert_eq!(b_kept, vec![20], "B keeps X ({a_first}, {b_first})");
+            }
+        }
+    }
+
+    #[test]
+    fn connecting_to_ourselves_is_refused_and_not_retried() {
+        let now = Instant::now();
+        let mut a = mesh(1);
+        let addr: SocketAddr = "192.0.2.1:6783".parse().expect("addr");
+        a.add_target(addr, now);
+        a.handle_timeout(now);
+        assert_eq!(a.poll_action(), Some(Action::Dial(addr)));
+        let me = a.hello(None);
+        assert_eq!(
+            a.connection_up(now, 1, &me, addr, true),
+            Admit::Reject(GoodbyeReason::SelfConnection)
+        );
+        a.handle_timeout(now + Duration::from_secs(3600));
+        assert!(std::iter::from_fn(|| a.poll_action()).all(|x| x != Action::Dial(addr)));
+    }
+
+    #[test]
+    fn incompatible_versions_are_refused() {
+        let now = Instant::now();
+        let mut a = mesh(1);
+        let mut h = mesh(2).hello(None);
+        h.versions = VersionRange {
+            min: PROTOCOL_MAX + 1,
+            max: PROTOCOL_MAX + 3,
+        };
+        let addr: SocketAddr = "192.0.2.2:6783".parse().expect("addr");
+        assert_eq!(
+            a.connection_up(now, 1, &h, addr, false),
+            Admit::Reject(GoodbyeReason::IncompatibleVersion)
+        );
+        assert_eq!(a.established().count(), 0);
+    }
+}

@@ -209,7 +209,7 @@ async fn main() -> Result<()> {
         let sock = scratch().join(format!("r{i}/api.sock"));
         loop {
             if let Ok(s) = status(&sock).await
-                && s.mesh.peers.iter().filter(|p| p.reachable).count() >= routers + 1
+                && s.mesh.peers.iter().filter(|p| p.reachable).count() > routers
             {
                 break;
             }
