@@ -119,3 +119,40 @@ fn crashed_peers_become_unreachable_and_rejoin_after_restart() {
             .unwrap_or_else(|| panic!("restarted peers did not rejoin; seed {seed}"));
     }
 }
+
+#[test]
+fn without_discovery_routers_dial_only_what_they_were_given() {
+    for seed in seeds(&[51, 52]) {
+        let mut b = base();
+        b.discovery = false;
+        let mut sim = Sim::new(SimConfig::new(seed), b);
+        let n = 8;
+        star_start(&mut sim, n);
+        sim.run_until_converged(Duration::from_millis(500), Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("no convergence; seed {seed}"));
+        let until = sim.now + Duration::from_secs(30);
+        sim.run_until(until);
+        // A star: every leaf holds one session (to the seed) and reaches the others in two hops.
+        let seed_name = sim.nodes[0].name;
+        let names: Vec<PeerName> = sim.nodes.iter().map(|x| x.name).collect();
+        for i in 1..n {
+            let peers: Vec<PeerName> = sim.nodes[i].mesh.established().map(|(_, p)| p).collect();
+            assert_eq!(
+                peers,
+                vec![seed_name],
+                "node {i} dialed a discovered peer; seed {seed}"
+            );
+            let r = sim.nodes[i].mesh.routes();
+            for (j, name) in names.iter().enumerate().skip(1) {
+                if j != i {
+                    assert_eq!(
+                        r.next_hop(*name),
+                        Some(seed_name),
+                        "node {i} -> {j}; seed {seed}"
+                    );
+                    assert_eq!(r.hops(*name), Some(2), "node {i} -> {j}; seed {seed}");
+                }
+            }
+        }
+    }
+}
