@@ -95,6 +95,7 @@ mod tests {
                 listen_port: 6783,
                 features: Features::DATAGRAMS,
                 your_addr: Some(addr),
+                nonce: 5,
             }),
             Frame::Goodbye(Goodbye {
                 reason: GoodbyeReason::Duplicate,
@@ -161,6 +162,7 @@ mod tests {
             listen_port: 1,
             features: Features::default(),
             your_addr: None,
+            nonce: 0,
         });
         let bytes = encode_frame(&f).expect("encode");
         assert!(matches!(

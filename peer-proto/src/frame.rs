@@ -62,6 +62,9 @@ pub struct Hello {
     /// source IP and the dialer's `listen_port`) the receiver, so that each
     /// peer learns how others can dial it.
     pub your_addr: Option<std::net::SocketAddr>,
+    /// Chosen at random by the dialer and echoed by the acceptor: both ends
+    /// break ties between duplicate sessions by it alike.
+    pub nonce: u64,
 }
 
 /// Why a session is being closed on purpose.

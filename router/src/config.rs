@@ -180,7 +180,10 @@ impl MeshdArgs {
             peers,
             admission: self.admission()?,
             nickname,
-            conn_limit: self.conn_limit.max(1),
+            // Twice the limit must fit in one topology entry's connection list.
+            conn_limit: self
+                .conn_limit
+                .clamp(1, weft_peer_proto::limits::MAX_CONNS_PER_PEER / 2 - 24),
             discovery: !self.no_discovery,
             peer_timeout: self.peer_timeout,
             gossip_interval: self.gossip_interval.max(Duration::from_millis(100)),

@@ -70,9 +70,25 @@ struct PersistedTargets {
     known: Vec<SocketAddr>,
 }
 
+/// The loop's handle on one session.
+struct Session {
+    out: mpsc::Sender<Outgoing>,
+    conn: quinn::Connection,
+}
+
+impl Session {
+    /// Queues a goodbye; if the queue is full, closes the connection at once.
+    fn close(&self, reason: GoodbyeReason, message: String) {
+        if self.out.try_send(Outgoing::Close(reason, message)).is_err() {
+            self.conn
+                .close(0u32.into(), format!("{reason:?}").as_bytes());
+        }
+    }
+}
+
 struct Loop {
     mesh: Mesh,
-    sessions: HashMap<ConnId, mpsc::Sender<Outgoing>>,
+    sessions: HashMap<ConnId, Session>,
     endpoint: quinn::Endpoint,
     ctx: Arc<SessionCtx>,
     metrics: Arc<Metrics>,
@@ -85,6 +101,12 @@ fn transport_config(peer_timeout: Duration) -> Result<Arc<quinn::TransportConfig
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(peer_timeout)?));
     t.keep_alive_interval(Some(peer_timeout / 4));
+    // One bidirectional stream per session, opened by the dialer; nothing else
+    // may be opened, and what a peer can make us buffer is bounded.
+    t.max_concurrent_bidi_streams(1u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.stream_receive_window((8u32 << 20).into());
+    t.receive_window((16u32 << 20).into());
     Ok(Arc::new(t))
 }
 
@@ -138,7 +160,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
     }
 
     let metrics = Arc::new(Metrics::new());
-    let (ev_tx, ev_rx) = mpsc::channel(8192);
+    let (ev_tx, ev_rx) = mpsc::channel(2048);
     let ctx = Arc::new(SessionCtx::new(
         ev_tx,
         metrics.clone(),
@@ -233,10 +255,7 @@ impl Loop {
             }
         }
         for (_, s) in self.sessions.drain() {
-            let _ = s.try_send(Outgoing::Close(
-                GoodbyeReason::Shutdown,
-                "router shutting down".into(),
-            ));
+            s.close(GoodbyeReason::Shutdown, "router shutting down".into());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -250,9 +269,10 @@ impl Loop {
                 addr,
                 outbound,
                 out,
+                handle,
             } => {
                 let admit = self.mesh.connection_up(now, conn, &hello, addr, outbound);
-                self.sessions.insert(conn, out);
+                self.sessions.insert(conn, Session { out, conn: handle });
                 if let Admit::Reject(reason) = admit {
                     self.metrics
                         .rejected
@@ -263,7 +283,7 @@ impl Loop {
                     // What the core queued for this session (peer hints) goes first.
                     self.drain();
                     if let Some(s) = self.sessions.remove(&conn) {
-                        let _ = s.try_send(Outgoing::Close(reason, format!("{reason:?}")));
+                        s.close(reason, format!("{reason:?}"));
                     }
                 }
             }
@@ -271,8 +291,7 @@ impl Loop {
                 if let Err(e) = self.mesh.handle_frame(now, conn, frame) {
                     self.metrics.bad_frame("protocol");
                     if let Some(s) = self.sessions.remove(&conn) {
-                        let _ = s
-                            .try_send(Outgoing::Close(GoodbyeReason::ProtocolError, e.to_string()));
+                        s.close(GoodbyeReason::ProtocolError, e.to_string());
                     }
                 }
             }
@@ -361,7 +380,7 @@ impl Loop {
     fn drain(&mut self) {
         while let Some(t) = self.mesh.poll_transmit() {
             if let Some(s) = self.sessions.get(&t.conn)
-                && s.try_send(Outgoing::Frame(t.frame)).is_err()
+                && s.out.try_send(Outgoing::Frame(t.frame)).is_err()
             {
                 // The session is gone or far behind; anti-entropy repairs what is lost.
                 self.metrics.frames_dropped.inc();
@@ -378,7 +397,7 @@ impl Loop {
                     message,
                 } => {
                     if let Some(s) = self.sessions.remove(&conn) {
-                        let _ = s.try_send(Outgoing::Close(reason, message));
+                        s.close(reason, message);
                     }
                 }
             }

@@ -32,6 +32,8 @@ pub enum SessionEvent {
         addr: SocketAddr,
         outbound: bool,
         out: mpsc::Sender<Outgoing>,
+        /// To close the session even when its queue is full.
+        handle: Connection,
     },
     Frame {
         conn: ConnId,
@@ -135,11 +137,19 @@ fn proven_name(conn: &Connection) -> Result<PeerName, HandshakeError> {
     name_of_cert(leaf).map_err(|e| HandshakeError::Tls(e.to_string()))
 }
 
-fn channel_label(frame: &Frame) -> String {
+/// Channels with a metrics label of their own; anything else a peer names is
+/// "other", so that peers cannot mint label values.
+const KNOWN_CHANNELS: &[&str] = &["ipam"];
+
+fn channel_label(frame: &Frame) -> &'static str {
     match frame {
-        Frame::Hello(_) | Frame::Goodbye(_) => "session".into(),
-        Frame::Topology(_) => "topology".into(),
-        Frame::Gossip(g) => g.channel.as_str().to_owned(),
+        Frame::Hello(_) | Frame::Goodbye(_) => "session",
+        Frame::Topology(_) => "topology",
+        Frame::Gossip(g) => KNOWN_CHANNELS
+            .iter()
+            .find(|c| **c == g.channel.as_str())
+            .copied()
+            .unwrap_or("other"),
     }
 }
 
@@ -151,7 +161,7 @@ async fn write_frame(
     let body = encode_frame(frame)?;
     send.write_all(&write_len_prefix(body.len())).await?;
     send.write_all(&body).await?;
-    metrics.gossip_bytes(&channel_label(frame), "sent", body.len() + 4);
+    metrics.gossip_bytes(channel_label(frame), "sent", body.len() + 4);
     Ok(())
 }
 
@@ -170,7 +180,7 @@ async fn read_frame(recv: &mut RecvStream, metrics: &Metrics) -> Result<Frame, R
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await?;
     let frame = decode_frame(&body)?;
-    metrics.gossip_bytes(&channel_label(&frame), "received", len + 4);
+    metrics.gossip_bytes(channel_label(&frame), "received", len + 4);
     Ok(frame)
 }
 
@@ -210,10 +220,14 @@ pub async fn dial(ctx: Arc<SessionCtx>, endpoint: Endpoint, addr: SocketAddr) {
         let (mut send, mut recv) = conn.open_bi().await.map_err(classify)?;
         let mut hello = ctx.hello.clone();
         hello.your_addr = Some(addr);
+        hello.nonce = rand::random();
+        let nonce = hello.nonce;
         write_frame(&mut send, &Frame::Hello(hello), &ctx.metrics)
             .await
             .map_err(|e| HandshakeError::Connection(e.to_string()))?;
-        let theirs = read_hello(&mut recv, &ctx.metrics).await?;
+        let mut theirs = read_hello(&mut recv, &ctx.metrics).await?;
+        // The session's nonce is the dialer's, whatever the acceptor echoed.
+        theirs.nonce = nonce;
         if let Err(e) = check_name(&conn, &theirs) {
             conn.close(0u32.into(), b"name mismatch");
             return Err(e);
@@ -258,6 +272,7 @@ pub async fn accept(ctx: Arc<SessionCtx>, incoming: quinn::Incoming) {
         let addr = SocketAddr::new(remote_ip, theirs.listen_port);
         let mut hello = ctx.hello.clone();
         hello.your_addr = Some(addr);
+        hello.nonce = theirs.nonce;
         write_frame(&mut send, &Frame::Hello(hello), &ctx.metrics)
             .await
             .map_err(|e| HandshakeError::Connection(e.to_string()))?;
@@ -285,7 +300,7 @@ async fn run(
     outbound: bool,
 ) {
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
-    let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(4096);
+    let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(1024);
     if ctx
         .events
         .send(SessionEvent::Up {
@@ -294,6 +309,7 @@ async fn run(
             addr,
             outbound,
             out: out_tx,
+            handle: conn.clone(),
         })
         .await
         .is_err()
@@ -325,6 +341,9 @@ async fn run(
                 }
             }
         }
+        // Whatever ended the writer, a session that can no longer send is
+        // closed, so that the reader ends and the core hears of it.
+        writer_conn.close(0u32.into(), b"writer stopped");
     });
     let reason = loop {
         match read_frame(&mut recv, &ctx.metrics).await {

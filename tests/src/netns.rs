@@ -15,17 +15,35 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 /// Where meshd and meshctl are: `WEFT_BIN_DIR`, or the target directory the
-/// test binary was built into.
+/// test binary was built into, after making sure they are built and current
+/// there (`cargo test` and `cargo nextest` build test harnesses, not the
+/// router's executables, so a clean checkout has none and an old one may
+/// have stale ones).
 pub fn bin_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("WEFT_BIN_DIR") {
-        return PathBuf::from(d);
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf()
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Ok(d) = std::env::var("WEFT_BIN_DIR") {
+            return PathBuf::from(d);
+        }
+        let exe = std::env::current_exe().expect("current exe");
+        // target/<profile>/deps/<test> -> target/<profile>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf();
+        let target = profile_dir.parent().expect("target root");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "weft-router", "--bins"])
+            .env("CARGO_TARGET_DIR", target);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        run(&mut cmd).expect("building meshd and meshctl for the real-kernel tests");
+        profile_dir
+    })
+    .clone()
 }
 
 pub fn run(cmd: &mut Command) -> Result<Output> {

@@ -352,12 +352,14 @@ impl Sim {
                 self.next_conn += 2;
                 self.links.insert((from, ca), (to, cb));
                 self.links.insert((to, cb), (from, ca));
-                let hello_a = self.nodes[from].mesh.hello(Some(addr));
+                let mut hello_a = self.nodes[from].mesh.hello(Some(addr));
+                hello_a.nonce = self.rng.random();
                 let from_addr = self.nodes[from].addr;
                 let admit = self.nodes[to]
                     .mesh
                     .connection_up(now, cb, &hello_a, from_addr, false);
-                let hello_b = self.nodes[to].mesh.hello(Some(from_addr));
+                let mut hello_b = self.nodes[to].mesh.hello(Some(from_addr));
+                hello_b.nonce = hello_a.nonce;
                 let d = self.delay();
                 self.last_arrival.insert((from, ca), now + d);
                 self.schedule(

@@ -156,3 +156,34 @@ fn without_discovery_routers_dial_only_what_they_were_given() {
         }
     }
 }
+
+/// A partition outlasting peer_gc_after, where nobody on one side has an
+/// explicit target on the other: the mesh heals through the addresses
+/// remembered for forgotten peers.
+#[test]
+fn a_long_partition_heals_without_explicit_targets_across_it() {
+    for seed in seeds(&[61, 62]) {
+        let mut sim = Sim::new(SimConfig::new(seed), base());
+        let n = 20;
+        star_start(&mut sim, n);
+        sim.run_until_converged(Duration::from_millis(500), Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("no convergence; seed {seed}"));
+        for i in n / 2..n {
+            let now = sim.now;
+            sim.with_node(i, |m, _| m.forget_target(addr_of(0)));
+            sim.nodes[i].targets.clear();
+            let _ = now;
+        }
+        let group: Vec<usize> = (0..n).map(|i| usize::from(i >= n / 2)).collect();
+        sim.partition(group);
+        let until = sim.now + base().peer_gc_after * 3;
+        sim.run_until(until);
+        assert!(
+            sim.nodes[0].mesh.topology().len() <= n / 2,
+            "the far side was not forgotten during the partition; seed {seed}"
+        );
+        sim.heal();
+        sim.run_until_converged(Duration::from_millis(500), Duration::from_secs(300))
+            .unwrap_or_else(|| panic!("no convergence after a long partition; seed {seed}"));
+    }
+}

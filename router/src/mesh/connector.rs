@@ -74,6 +74,22 @@ impl Connector {
         }
     }
 
+    /// An address worth trying with no peer expected there (any more): a
+    /// discovered target for a forgotten peer becomes such a hint.
+    pub fn hint(&mut self, addr: SocketAddr, at: Instant) {
+        let t = self.targets.entry(addr).or_insert(Target {
+            explicit: false,
+            peer: None,
+            state: TargetState::Idle,
+            attempts: 0,
+            next_try: at,
+            last_error: None,
+        });
+        if !matches!(t.state, TargetState::Connected { .. }) {
+            t.peer = None;
+        }
+    }
+
     pub fn remove(&mut self, addr: &SocketAddr) -> Option<Target> {
         self.targets.remove(addr)
     }

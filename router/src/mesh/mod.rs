@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
-use weft_peer_proto::limits::{MAX_ADDRS_PER_PEER, MAX_ENTRIES_PER_UPDATE};
+use weft_peer_proto::limits::MAX_ADDRS_PER_PEER;
 use weft_peer_proto::topology::{PeerEntry, TopologyMsg};
 use weft_peer_proto::{
     ChannelName, Features, Frame, GoodbyeReason, GossipMsg, Hello, PROTOCOL_MAX, PROTOCOL_MIN,
@@ -80,6 +80,8 @@ pub struct Config {
     /// How long an unreachable peer stays in the topology.
     pub peer_gc_after: Duration,
     pub max_concurrent_dials: usize,
+    /// Most peers kept in the topology (a bound on memory whatever peers send).
+    pub max_peers: usize,
     pub seed: u64,
 }
 
@@ -100,6 +102,7 @@ impl Config {
             backoff_max: Duration::from_secs(30),
             peer_gc_after: Duration::from_secs(60),
             max_concurrent_dials: 16,
+            max_peers: 20_000,
             seed,
         }
     }
@@ -187,6 +190,12 @@ pub struct MeshCounters {
     pub channel_errors: u64,
     pub rejected_conn_limit: u64,
     pub rejected_duplicate: u64,
+    /// New peers refused because the topology is full.
+    pub peers_refused: u64,
+    /// Broadcasts from sources not in our topology (dropped).
+    pub unknown_source: u64,
+    /// Anti-entropy requests answered too often by one session (skipped).
+    pub throttled: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -197,6 +206,12 @@ struct Conn {
     addr: SocketAddr,
     outbound: bool,
     since: Instant,
+    /// The peer's incarnation, and the dialer's random nonce for this session.
+    uid: u64,
+    nonce: u64,
+    /// When we last answered a digest with updates, and a summary with a digest.
+    updates_at: Option<Instant>,
+    digest_at: Option<Instant>,
 }
 
 pub struct Mesh {
@@ -238,7 +253,7 @@ impl Mesh {
             addrs: vec![],
             conns: vec![],
         };
-        let topology = Topology::new(own);
+        let topology = Topology::with_limits(own, cfg.peer_gc_after, cfg.max_peers);
         let routes = Routes::compute(&topology);
         let mut rng = StdRng::seed_from_u64(cfg.seed);
         let first_tick = now + cfg.gossip_interval.mul_f64(rng.random_range(0.5..1.0));
@@ -308,6 +323,7 @@ impl Mesh {
             listen_port: self.cfg.listen_port,
             features: Features::default(),
             your_addr,
+            nonce: 0,
         }
     }
 
@@ -332,7 +348,7 @@ impl Mesh {
     /// like a discovered one: within the connection limit, dropped once the
     /// limit is reached.
     pub fn add_hint(&mut self, addr: SocketAddr, now: Instant) {
-        self.connector.add(addr, false, None, now);
+        self.connector.hint(addr, now);
     }
 
     /// The dialable addresses of the peers we hold sessions with.
@@ -401,12 +417,16 @@ impl Mesh {
             let lower = self.cfg.name.min(peer);
             let initiator = |outbound: bool| if outbound { self.cfg.name } else { peer };
             let (old_init, new_init) = (initiator(old.outbound), initiator(outbound));
-            // Sessions started by the lower name win; among sessions started
-            // by the same side, the newer one (the old is likely stale).
-            let new_wins = if old_init != new_init {
+            // A session from an earlier incarnation of the peer is dead.
+            // Otherwise sessions started by the lower name win, and between
+            // two started by the same side, the higher nonce (both ends see
+            // the same nonces, whatever order the sessions came up in).
+            let new_wins = if old.uid != hello.uid {
+                true
+            } else if old_init != new_init {
                 new_init == lower
             } else {
-                true
+                hello.nonce > old.nonce
             };
             if !new_wins {
                 self.counters.rejected_duplicate += 1;
@@ -435,10 +455,12 @@ impl Mesh {
                     .take(32)
                     .filter_map(|n| self.topology.get(n).cloned()),
             );
-            self.transmits.push_back(Transmit {
-                conn,
-                frame: Frame::Topology(TopologyMsg::Update { entries }),
-            });
+            for chunk in topology::chunk_entries(entries) {
+                self.transmits.push_back(Transmit {
+                    conn,
+                    frame: Frame::Topology(TopologyMsg::Update { entries: chunk }),
+                });
+            }
             return self.reject(addr, peer, GoodbyeReason::ConnLimit);
         }
         if let Some(a) = hello.your_addr {
@@ -452,6 +474,10 @@ impl Mesh {
                 addr,
                 outbound,
                 since: now,
+                uid: hello.uid,
+                nonce: hello.nonce,
+                updates_at: None,
+                digest_at: None,
             },
         );
         self.by_peer.insert(peer, conn);
@@ -568,7 +594,7 @@ impl Mesh {
             // The driver closes the session on a goodbye.
             Frame::Goodbye(_) => {}
             Frame::Topology(TopologyMsg::Summary { hash, .. }) => {
-                if hash != self.topology.hash() {
+                if hash != self.topology.hash() && self.may_answer(now, conn, false) {
                     let entries = self.topology.digest();
                     self.transmits.push_back(Transmit {
                         conn,
@@ -580,6 +606,9 @@ impl Mesh {
                 }
             }
             Frame::Topology(TopologyMsg::Digest { entries, reply }) => {
+                if !self.may_answer(now, conn, true) {
+                    return Ok(());
+                }
                 for chunk in self.topology.newer_than(&entries) {
                     self.transmits.push_back(Transmit {
                         conn,
@@ -605,8 +634,29 @@ impl Mesh {
         Ok(())
     }
 
+    /// At most one answer of each kind per session per half gossip interval:
+    /// answering costs us far more than asking costs the peer.
+    fn may_answer(&mut self, now: Instant, conn: ConnId, updates: bool) -> bool {
+        let min_gap = self.cfg.gossip_interval / 2;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        let at = if updates {
+            &mut c.updates_at
+        } else {
+            &mut c.digest_at
+        };
+        if at.is_some_and(|t| now.saturating_duration_since(t) < min_gap) {
+            self.counters.throttled += 1;
+            return false;
+        }
+        *at = Some(now);
+        true
+    }
+
     fn merge_topology(&mut self, now: Instant, conn: ConnId, entries: Vec<PeerEntry>) {
         let out = self.topology.merge(entries, now);
+        self.counters.peers_refused += out.refused as u64;
         if out.news.is_empty() && !out.own_bumped {
             return;
         }
@@ -636,6 +686,10 @@ impl Mesh {
                 } else {
                     self.counters.unroutable += 1;
                 }
+            }
+            Verb::Broadcast { src } if self.topology.get(&src).is_none() => {
+                // Trees are per source: an unknown one would only grow our cache.
+                self.counters.unknown_source += 1;
             }
             Verb::Broadcast { src } => {
                 self.deliver(&msg.channel, src, |c| {
@@ -827,12 +881,10 @@ impl Mesh {
                 .filter(|(_, src)| *src != Some(conn))
                 .map(|(e, _)| e.clone())
                 .collect();
-            for chunk in entries.chunks(MAX_ENTRIES_PER_UPDATE) {
+            for chunk in topology::chunk_entries(entries) {
                 self.transmits.push_back(Transmit {
                     conn,
-                    frame: Frame::Topology(TopologyMsg::Update {
-                        entries: chunk.to_vec(),
-                    }),
+                    frame: Frame::Topology(TopologyMsg::Update { entries: chunk }),
                 });
             }
         }
@@ -891,6 +943,18 @@ impl Mesh {
                     .get(&n)
                     .map(|e| e.nickname.clone())
                     .unwrap_or_default();
+                // Remember where it was: after a long partition these may be
+                // the only addresses left to heal through.
+                let addrs = self
+                    .topology
+                    .get(&n)
+                    .map(|e| e.addrs.clone())
+                    .unwrap_or_default();
+                if self.cfg.discovery && self.connector.targets.len() < 4 * self.cfg.conn_limit {
+                    for a in addrs {
+                        self.connector.hint(a, now + self.cfg.backoff_base);
+                    }
+                }
                 self.topology.remove(n, now);
                 self.unreachable_since.remove(&n);
                 self.events
@@ -904,6 +968,16 @@ impl Mesh {
     }
 
     fn make_connections(&mut self, now: Instant) {
+        // A target marked connected whose peer has no session any more (the
+        // session came from another address, or was replaced) is due again.
+        for t in self.connector.targets.values_mut() {
+            if let TargetState::Connected { peer } = t.state
+                && !self.by_peer.contains_key(&peer)
+            {
+                t.state = TargetState::Idle;
+                t.next_try = t.next_try.max(now);
+            }
+        }
         if self.cfg.discovery {
             let connecting = self
                 .connector
@@ -1173,6 +1247,30 @@ mod tests {
                 assert_eq!(a_kept, vec![10], "A keeps X ({a_first}, {b_first})");
                 assert_eq!(b_kept, vec![20], "B keeps X ({a_first}, {b_first})");
             }
+        }
+    }
+
+    /// Two sessions dialed by the same side (B reached A at two addresses):
+    /// both ends keep the one with the higher nonce, in any arrival order.
+    #[test]
+    fn same_side_duplicates_are_resolved_by_nonce_alike() {
+        let addr: SocketAddr = "192.0.2.2:6783".parse().expect("addr");
+        for first in [0usize, 1] {
+            let now = Instant::now();
+            let (mut a, b) = (mesh(1), mesh(2));
+            let mut hb = b.hello(None);
+            let nonces = [7u64, 99];
+            let order = if first == 0 { [0, 1] } else { [1, 0] };
+            let mut kept = Vec::new();
+            for i in order {
+                hb.nonce = nonces[i];
+                if a.connection_up(now, i as u64, &hb, addr, false) == Admit::Accept {
+                    kept.push(i as u64);
+                }
+            }
+            let gone = closed(&mut a);
+            kept.retain(|id| !gone.contains(id));
+            assert_eq!(kept, vec![1], "arrival order {order:?}");
         }
     }
 

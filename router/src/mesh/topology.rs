@@ -17,8 +17,34 @@ use weft_peer_proto::PeerName;
 use weft_peer_proto::limits::{MAX_ADDRS_PER_PEER, MAX_ENTRIES_PER_UPDATE};
 use weft_peer_proto::topology::{DigestEntry, PeerEntry};
 
-/// How long a tombstone outlives the entry it replaced.
-const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+/// Bytes of payload per update frame we aim for: well under the 4 MiB frame
+/// limit whatever the entries hold.
+const UPDATE_BUDGET: usize = 512 * 1024;
+
+/// Upper bound of one entry's encoded size (varints at their widest).
+pub fn entry_size(e: &PeerEntry) -> usize {
+    32 + e.nickname.len() + 10 * e.conns.len() + 24 * e.addrs.len()
+}
+
+/// Splits entries into update-sized chunks (by count and by bytes).
+pub fn chunk_entries(entries: Vec<PeerEntry>) -> Vec<Vec<PeerEntry>> {
+    let mut chunks = Vec::new();
+    let mut cur = Vec::new();
+    let mut bytes = 0;
+    for e in entries {
+        let n = entry_size(&e);
+        if !cur.is_empty() && (cur.len() == MAX_ENTRIES_PER_UPDATE || bytes + n > UPDATE_BUDGET) {
+            chunks.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+        bytes += n;
+        cur.push(e);
+    }
+    if !cur.is_empty() {
+        chunks.push(cur);
+    }
+    chunks
+}
 
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -28,6 +54,11 @@ pub struct Topology {
     /// and it updates in O(1) per merged entry.
     hash: u64,
     tombstones: HashMap<PeerName, (DigestEntry, Instant)>,
+    /// How long a tombstone outlives the entry it replaced.
+    tombstone_ttl: Duration,
+    /// Most entries kept; further new peers are refused (and counted), so a
+    /// peer cannot grow our memory without bound.
+    max_peers: usize,
 }
 
 /// What a merge changed.
@@ -37,6 +68,8 @@ pub struct MergeOutcome {
     pub news: Vec<PeerEntry>,
     /// An older incarnation of ourselves was seen; our version was bumped.
     pub own_bumped: bool,
+    /// New peers refused because the topology is full.
+    pub refused: usize,
 }
 
 fn mix(mut z: u64) -> u64 {
@@ -52,11 +85,17 @@ fn entry_hash(d: &DigestEntry) -> u64 {
 
 impl Topology {
     pub fn new(own: PeerEntry) -> Self {
+        Self::with_limits(own, Duration::from_secs(60), 100_000)
+    }
+
+    pub fn with_limits(own: PeerEntry, tombstone_ttl: Duration, max_peers: usize) -> Self {
         let mut t = Topology {
             me: own.name,
             peers: BTreeMap::new(),
             hash: 0,
             tombstones: HashMap::new(),
+            tombstone_ttl,
+            max_peers: max_peers.max(1),
         };
         t.insert(own);
         t
@@ -113,7 +152,8 @@ impl Topology {
         let mut e = me.clone();
         e.conns = conns;
         e.addrs = addrs;
-        e.version += 1;
+        // A version at the top of u64 cannot be outbid; stay there rather than wrap.
+        e.version = e.version.saturating_add(1);
         self.insert(e);
         true
     }
@@ -135,7 +175,7 @@ impl Topology {
                 let mine = self.me();
                 if e.order_key() > mine.order_key() {
                     let mut bumped = mine.clone();
-                    bumped.version = e.version + 1;
+                    bumped.version = e.version.saturating_add(1);
                     self.insert(bumped);
                     out.own_bumped = true;
                 }
@@ -148,6 +188,10 @@ impl Topology {
                 continue;
             }
             let newer = match self.peers.get(&e.name) {
+                None if self.peers.len() >= self.max_peers => {
+                    out.refused += 1;
+                    false
+                }
                 None => true,
                 Some(old) => e.order_key() > old.order_key(),
             };
@@ -157,8 +201,9 @@ impl Topology {
                 self.insert(e);
             }
         }
+        let ttl = self.tombstone_ttl;
         self.tombstones
-            .retain(|_, (_, at)| now.saturating_duration_since(*at) < TOMBSTONE_TTL);
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < ttl);
         out
     }
 
@@ -167,21 +212,13 @@ impl Topology {
     pub fn newer_than(&self, digest: &[DigestEntry]) -> Vec<Vec<PeerEntry>> {
         let theirs: HashMap<PeerName, (u64, u64)> =
             digest.iter().map(|d| (d.name, d.order_key())).collect();
-        let mut chunks = Vec::new();
-        let mut cur = Vec::new();
-        for e in self.peers.values() {
-            let send = theirs.get(&e.name).is_none_or(|k| e.order_key() > *k);
-            if send {
-                cur.push(e.clone());
-                if cur.len() == MAX_ENTRIES_PER_UPDATE {
-                    chunks.push(std::mem::take(&mut cur));
-                }
-            }
-        }
-        if !cur.is_empty() {
-            chunks.push(cur);
-        }
-        chunks
+        let newer: Vec<PeerEntry> = self
+            .peers
+            .values()
+            .filter(|e| theirs.get(&e.name).is_none_or(|k| e.order_key() > *k))
+            .cloned()
+            .collect();
+        chunk_entries(newer)
     }
 
     /// Whether `digest` names an entry we lack or hold in an older version.
@@ -313,6 +350,46 @@ mod tests {
         assert!(out.own_bumped && out.news.is_empty());
         assert_eq!(t.me().version, 41);
         assert_eq!(t.me().uid, 7);
+    }
+
+    #[test]
+    fn versions_at_the_top_of_u64_do_not_overflow() {
+        let now = Instant::now();
+        let mut t = Topology::new(entry(1, 7, 1, &[]));
+        t.merge(vec![entry(1, 3, u64::MAX, &[2])], now);
+        assert_eq!(t.me().version, u64::MAX);
+        assert!(t.set_own(vec![PeerName(5)], &[]));
+        assert_eq!(t.me().version, u64::MAX);
+        t.merge(vec![entry(2, 1, u64::MAX, &[])], now);
+        assert!(t.merge(vec![entry(2, 2, u64::MAX, &[])], now).news.len() == 1);
+    }
+
+    #[test]
+    fn the_topology_holds_at_most_max_peers() {
+        let now = Instant::now();
+        let mut t = Topology::with_limits(entry(1, 0, 1, &[]), Duration::from_secs(60), 10);
+        let out = t.merge((2..100).map(|n| entry(n, 0, 1, &[])).collect(), now);
+        assert_eq!(t.len(), 10);
+        assert_eq!(out.refused, 89);
+        // Known peers still update.
+        assert_eq!(t.merge(vec![entry(2, 0, 2, &[])], now).news.len(), 1);
+    }
+
+    #[test]
+    fn updates_are_split_to_fit_frames() {
+        let big: Vec<PeerEntry> = (0..300)
+            .map(|n| entry(n, 0, 1, &(0..2000).collect::<Vec<u64>>()))
+            .collect();
+        for chunk in chunk_entries(big) {
+            let f =
+                weft_peer_proto::Frame::Topology(weft_peer_proto::topology::TopologyMsg::Update {
+                    entries: chunk,
+                });
+            let n = weft_peer_proto::codec::encode_frame(&f)
+                .expect("fits in a frame")
+                .len();
+            assert!(n <= weft_peer_proto::limits::MAX_FRAME_LEN / 4, "{n}");
+        }
     }
 
     #[test]

@@ -78,6 +78,7 @@ async fn client(
         listen_port: 1,
         features: Default::default(),
         your_addr: None,
+        nonce: 0,
     };
     let (tx, rx) = mpsc::channel(64);
     Ok((
