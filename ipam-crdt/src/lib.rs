@@ -9,15 +9,20 @@
 //!   change their entries; separately seeded rings refuse to merge; removed
 //!   peers' ranges go to exactly one heir.
 //!
-//! Still to come (see the IPAM issue): the per-router allocator state
-//! machine, bootstrap (consensus / seed / observer), donation and
-//! persistence.
+//! - [`allocator`]: one router's allocator: allocate / claim / release,
+//!   donate half of its largest free interval, merge rings, inherit the
+//!   ranges of removed peers, snapshot for persistence.
+//!
+//! Still to come (see the IPAM issue): bootstrap (consensus / seed /
+//! observer), the wire encoding, and meshd integration.
 #![forbid(unsafe_code)]
 
+pub mod allocator;
 pub mod range;
 pub mod ring;
 pub mod space;
 
+pub use allocator::{AllocError, Allocator, Snapshot};
 pub use range::AddrRange;
 pub use ring::{Entry, MergeOutcome, Ring, RingError};
 pub use space::FreeSet;

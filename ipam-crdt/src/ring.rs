@@ -274,10 +274,17 @@ impl Ring {
         self.removed.insert(peer)
     }
 
-    /// Who inherits a removed peer's ranges: the owner of the entry before
-    /// the dead peer's first entry (going backwards around the ring, skipping
-    /// removed owners). Ownership of that entry has a single writer, so at
-    /// any moment at most one peer believes it is the heir.
+    /// Who inherits a removed peer's ranges: the owner of the nearest entry
+    /// before the dead peer's first entry (going backwards around the ring,
+    /// over the dead peer's own entries). If that owner is itself removed,
+    /// nobody yet: its own heir takes that entry first, and then inherits
+    /// this one too.
+    ///
+    /// Why this picks at most one peer: a router that sees itself as the
+    /// owner of that entry is right about it (only the owner of a range
+    /// changes it or adds tokens inside it, so its own view of its entries is
+    /// exact). Skipping removed owners instead would depend on whether their
+    /// ranges were already inherited, which differs between views.
     pub fn heir_of(&self, dead: PeerName) -> Option<PeerName> {
         let (first, _) = self.entries.iter().find(|(_, e)| e.owner == dead)?;
         let before = self
@@ -285,9 +292,8 @@ impl Ring {
             .range(..*first)
             .rev()
             .chain(self.entries.range(*first..).rev());
-        before
-            .map(|(_, e)| e.owner)
-            .find(|o| *o != dead && !self.removed.contains(o))
+        let owner = before.map(|(_, e)| e.owner).find(|o| *o != dead)?;
+        (!self.removed.contains(&owner)).then_some(owner)
     }
 
     /// `heir` takes every entry of the removed `dead` (version bumped).

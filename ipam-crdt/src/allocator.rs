@@ -1,0 +1,402 @@
+//! One router's address allocator: its copy of the ring, the addresses it
+//! has handed out, and what is still free in the ranges it owns.
+//!
+//! Pure: the router feeds it operator calls and ring updates, and sends what
+//! it returns (rings to gossip, space requests). Invariants after every call,
+//! checked by [`Allocator::check`]:
+//! - every allocation lies in a range this router owns (else it is reported
+//!   as lost, never silently kept);
+//! - free + allocated + reserved = owned, with no overlap.
+
+use std::collections::BTreeMap;
+
+use weft_peer_proto::PeerName;
+
+use crate::range::AddrRange;
+use crate::ring::{MergeOutcome, Ring, RingError};
+use crate::space::FreeSet;
+
+/// Why an allocation call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AllocError {
+    #[error("the address space is not split yet (waiting for bootstrap)")]
+    NotReady,
+    #[error("this router owns no free address; ask a peer for space")]
+    NoSpace,
+    #[error("address {addr} belongs to peer {owner}")]
+    NotOwner { addr: u32, owner: PeerName },
+    #[error("address {0} is outside the range")]
+    OutOfRange(u32),
+    #[error("address {addr} is held by {holder}")]
+    InUse { addr: u32, holder: String },
+    #[error("this router was removed from the ring (rmpeer); it must be reset to rejoin")]
+    Removed,
+}
+
+/// One router's allocator.
+#[derive(Debug, Clone)]
+pub struct Allocator {
+    me: PeerName,
+    ring: Ring,
+    free: FreeSet,
+    allocs: BTreeMap<String, u32>,
+    by_addr: BTreeMap<u32, String>,
+    /// Allocations that fell outside our ranges (a conflict, or we were
+    /// removed): kept out of `allocs` and reported.
+    lost: Vec<(String, u32)>,
+}
+
+/// What persists across restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub ring: Ring,
+    pub allocs: Vec<(String, u32)>,
+}
+
+impl Allocator {
+    pub fn new(me: PeerName, ring: Ring) -> Self {
+        let mut a = Allocator {
+            me,
+            ring,
+            free: FreeSet::new(),
+            allocs: BTreeMap::new(),
+            by_addr: BTreeMap::new(),
+            lost: Vec::new(),
+        };
+        a.reconcile();
+        a
+    }
+
+    /// Restores what [`Allocator::snapshot`] saved.
+    pub fn restore(me: PeerName, snap: Snapshot) -> Self {
+        let mut a = Allocator::new(me, snap.ring);
+        for (k, addr) in snap.allocs {
+            a.allocs.insert(k.clone(), addr);
+            a.by_addr.insert(addr, k);
+        }
+        a.reconcile();
+        a
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            ring: self.ring.clone(),
+            allocs: self.allocs.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        }
+    }
+
+    pub fn me(&self) -> PeerName {
+        self.me
+    }
+
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    pub fn free_count(&self) -> u64 {
+        self.free.len()
+    }
+
+    pub fn allocations(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.allocs.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+
+    pub fn lost(&self) -> &[(String, u32)] {
+        &self.lost
+    }
+
+    pub fn lookup(&self, key: &str) -> Option<u32> {
+        self.allocs.get(key).copied()
+    }
+
+    fn reserved(&self, a: u32) -> bool {
+        let r = self.ring.range();
+        a == r.start || u64::from(a) + 1 == r.end
+    }
+
+    /// Rebuilds the free set from the ring and the allocations; moves
+    /// allocations outside our ranges to `lost`.
+    fn reconcile(&mut self) {
+        let mut free = FreeSet::new();
+        for r in self.ring.ranges_of(self.me) {
+            free.insert(r);
+        }
+        let range = self.ring.range();
+        free.take(range.start);
+        if range.end > 0 {
+            free.take((range.end - 1) as u32);
+        }
+        let mut lost = Vec::new();
+        for (k, a) in &self.allocs {
+            if !free.take(*a) {
+                lost.push((k.clone(), *a));
+            }
+        }
+        for (k, a) in &lost {
+            self.allocs.remove(k);
+            self.by_addr.remove(a);
+        }
+        self.lost.extend(lost);
+        self.free = free;
+    }
+
+    fn usable(&self) -> Result<(), AllocError> {
+        if self.ring.removed().contains(&self.me) {
+            return Err(AllocError::Removed);
+        }
+        if !self.ring.is_seeded() {
+            return Err(AllocError::NotReady);
+        }
+        Ok(())
+    }
+
+    /// The address for `key`, allocating the lowest free one if it has none.
+    pub fn allocate(&mut self, key: &str) -> Result<u32, AllocError> {
+        if let Some(a) = self.allocs.get(key) {
+            return Ok(*a);
+        }
+        self.usable()?;
+        let a = self.free.take_first().ok_or(AllocError::NoSpace)?;
+        self.allocs.insert(key.to_owned(), a);
+        self.by_addr.insert(a, key.to_owned());
+        Ok(a)
+    }
+
+    /// Gives `key` exactly `addr` (a container that keeps its address).
+    pub fn claim(&mut self, key: &str, addr: u32) -> Result<(), AllocError> {
+        if self.allocs.get(key) == Some(&addr) {
+            return Ok(());
+        }
+        self.usable()?;
+        if !self.ring.range().contains(addr) || self.reserved(addr) {
+            return Err(AllocError::OutOfRange(addr));
+        }
+        if let Some(holder) = self.by_addr.get(&addr) {
+            return Err(AllocError::InUse {
+                addr,
+                holder: holder.clone(),
+            });
+        }
+        match self.ring.owner_of(addr) {
+            Some(o) if o == self.me => {}
+            Some(owner) => return Err(AllocError::NotOwner { addr, owner }),
+            None => return Err(AllocError::NotReady),
+        }
+        if let Some(old) = self.allocs.remove(key) {
+            self.by_addr.remove(&old);
+            self.free.insert(AddrRange::new(old, u64::from(old) + 1));
+        }
+        self.free.take(addr);
+        self.allocs.insert(key.to_owned(), addr);
+        self.by_addr.insert(addr, key.to_owned());
+        Ok(())
+    }
+
+    /// Releases `key`'s address; an unknown key is not an error.
+    pub fn release(&mut self, key: &str) -> Option<u32> {
+        let a = self.allocs.remove(key)?;
+        self.by_addr.remove(&a);
+        if self.ring.owner_of(a) == Some(self.me) && !self.reserved(a) {
+            self.free.insert(AddrRange::new(a, u64::from(a) + 1));
+        }
+        Some(a)
+    }
+
+    /// A peer asked for space: give it the upper half of our largest free
+    /// interval (all of it if it is one address). Returns what was given;
+    /// the caller gossips the ring.
+    pub fn donate(&mut self, to: PeerName) -> Option<AddrRange> {
+        if to == self.me || self.usable().is_err() {
+            return None;
+        }
+        let largest = self.free.largest()?;
+        let half = largest.len() / 2;
+        let give = AddrRange::new((largest.end - half.max(1)) as u32, largest.end);
+        self.ring.transfer(self.me, give, to).ok()?;
+        self.free.remove(give);
+        Some(give)
+    }
+
+    /// Merges a ring from a peer; inherits the ranges of removed peers whose
+    /// heir we are. Returns what the merge did (with `changed` also set when
+    /// we inherited, so the caller gossips).
+    pub fn merge(&mut self, other: &Ring) -> Result<MergeOutcome, RingError> {
+        let mut out = self.ring.merge(other)?;
+        out.changed |= self.inherit();
+        if out.changed {
+            self.reconcile();
+        }
+        Ok(out)
+    }
+
+    /// Marks `peer` as gone for good; its heir (maybe us) takes its ranges.
+    pub fn remove_peer(&mut self, peer: PeerName) -> bool {
+        let mut changed = self.ring.remove_peer(peer);
+        changed |= self.inherit();
+        if changed {
+            self.reconcile();
+        }
+        changed
+    }
+
+    fn inherit(&mut self) -> bool {
+        if self.ring.removed().contains(&self.me) {
+            return false;
+        }
+        let dead: Vec<PeerName> = self.ring.removed().iter().copied().collect();
+        let mut changed = false;
+        for d in dead {
+            if self.ring.heir_of(d) == Some(self.me) {
+                changed |= self.ring.inherit(self.me, d) > 0;
+            }
+        }
+        changed
+    }
+
+    /// Checks the invariants in the module docs.
+    pub fn check(&self) -> Result<(), String> {
+        self.ring.check().map_err(|e| e.to_string())?;
+        let owned: u64 = self
+            .ring
+            .ranges_of(self.me)
+            .iter()
+            .map(AddrRange::len)
+            .sum();
+        let range = self.ring.range();
+        let ends: std::collections::BTreeSet<u32> =
+            [range.start, (range.end.max(1) - 1) as u32].into();
+        let reserved = ends
+            .iter()
+            .filter(|a| self.ring.owner_of(**a) == Some(self.me))
+            .count() as u64;
+        for (k, a) in &self.allocs {
+            if self.ring.owner_of(*a) != Some(self.me) {
+                return Err(format!("{k} holds {a}, which we do not own"));
+            }
+            if self.free.contains(*a) {
+                return Err(format!("{k} holds {a}, which is also free"));
+            }
+        }
+        if self.allocs.len() != self.by_addr.len() {
+            return Err("two keys share an address".into());
+        }
+        let total = self.free.len() + self.allocs.len() as u64 + reserved;
+        if total != owned {
+            return Err(format!(
+                "free {} + allocated {} + reserved {reserved} != owned {owned}",
+                self.free.len(),
+                self.allocs.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const R: AddrRange = AddrRange {
+        start: 100,
+        end: 164,
+    };
+
+    fn pair() -> (Allocator, Allocator) {
+        let ring = Ring::seeded(R, &[PeerName(1), PeerName(2)], 9);
+        (
+            Allocator::new(PeerName(1), ring.clone()),
+            Allocator::new(PeerName(2), ring),
+        )
+    }
+
+    #[test]
+    fn allocate_release_claim() {
+        let (mut a, _) = pair();
+        assert_eq!(
+            a.allocate("c1"),
+            Ok(101),
+            "the range's first address is reserved"
+        );
+        assert_eq!(a.allocate("c1"), Ok(101), "idempotent per key");
+        assert_eq!(a.allocate("c2"), Ok(102));
+        assert_eq!(a.release("c1"), Some(101));
+        assert_eq!(a.release("c1"), None, "releasing twice is fine");
+        assert_eq!(a.claim("c3", 120), Ok(()));
+        assert_eq!(
+            a.claim("c4", 120),
+            Err(AllocError::InUse {
+                addr: 120,
+                holder: "c3".into()
+            })
+        );
+        assert_eq!(
+            a.claim("c4", 140),
+            Err(AllocError::NotOwner {
+                addr: 140,
+                owner: PeerName(2)
+            })
+        );
+        assert_eq!(a.claim("c4", 100), Err(AllocError::OutOfRange(100)));
+        a.check().expect("invariants");
+    }
+
+    #[test]
+    fn exhaustion_then_donation() {
+        let (mut a, mut b) = pair();
+        let mut n = 0;
+        while a.allocate(&format!("c{n}")).is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, 31, "32 owned, one reserved");
+        assert_eq!(a.allocate("more"), Err(AllocError::NoSpace));
+        let given = b.donate(PeerName(1)).expect("b has space");
+        assert_eq!(
+            given.len(),
+            15,
+            "half of b's 31 free (its last address is reserved)"
+        );
+        b.check().expect("donor invariants");
+        a.merge(b.ring()).expect("merge");
+        a.check().expect("receiver invariants");
+        assert!(given.contains(a.allocate("more").expect("space arrived")));
+    }
+
+    #[test]
+    fn removed_peers_space_goes_to_its_heir_only() {
+        let ring = Ring::seeded(R, &[PeerName(1), PeerName(2), PeerName(3)], 9);
+        let mut alloc: Vec<Allocator> = (1..=3)
+            .map(|i| Allocator::new(PeerName(i), ring.clone()))
+            .collect();
+        // Peer 3 dies; peer 1 is told, and gossips to peer 2.
+        alloc[0].remove_peer(PeerName(3));
+        let r0 = alloc[0].ring().clone();
+        alloc[1].merge(&r0).expect("merge");
+        let r1 = alloc[1].ring().clone();
+        alloc[0].merge(&r1).expect("merge");
+        assert_eq!(alloc[0].ring(), alloc[1].ring());
+        let own = alloc[0].ring().ownership();
+        assert_eq!(own.get(&PeerName(3)), None);
+        assert_eq!(own.values().sum::<u64>(), 64);
+        // Exactly one of them got it.
+        assert_eq!(own.len(), 2);
+        for a in &alloc[..2] {
+            a.check().expect("invariants");
+        }
+        // The removed peer cannot allocate any more.
+        alloc[2].merge(&r1).expect("merge");
+        assert_eq!(alloc[2].allocate("x"), Err(AllocError::Removed));
+    }
+
+    #[test]
+    fn snapshot_roundtrip() {
+        let (mut a, _) = pair();
+        a.allocate("c1").expect("space");
+        a.claim("c2", 110).expect("ours");
+        let b = Allocator::restore(PeerName(1), a.snapshot());
+        assert_eq!(b.lookup("c1"), Some(101));
+        assert_eq!(b.lookup("c2"), Some(110));
+        assert_eq!(b.free_count(), a.free_count());
+        b.check().expect("invariants");
+    }
+}

@@ -1,0 +1,456 @@
+//! Seeded simulation of many allocators exchanging rings over a lossy,
+//! duplicating, reordering network with partitions, crashes, restarts from
+//! snapshots, joins and removals. After every operation: no address is held
+//! by two containers, and every allocator's invariants hold. After healing:
+//! every ring agrees and every address is free, held or reserved.
+//!
+//! `WEFT_IPAM_SIM_OPS` sets the operations per seed (default 10 000 x 3
+//! seeds in CI; the long run is `WEFT_IPAM_SIM_OPS=100000`), `WEFT_SIM_SEED`
+//! one seed.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+
+use weft_ipam_crdt::{AddrRange, AllocError, Allocator, PeerName, Ring, Snapshot};
+
+/// xorshift64*: small, seeded, deterministic.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+}
+
+#[derive(Clone)]
+enum Msg {
+    Ring(Ring),
+    Ask(PeerName),
+}
+
+struct Node {
+    name: PeerName,
+    alloc: Option<Allocator>,
+    snap: Snapshot,
+    removed: bool,
+    crashed_at: u64,
+    next_key: u64,
+}
+
+struct World {
+    rng: Rng,
+    seed: u64,
+    now: u64,
+    nodes: Vec<Node>,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    msgs: HashMap<u64, (usize, Msg)>,
+    seq: u64,
+    group: Option<Vec<u8>>,
+    range: AddrRange,
+    stats: BTreeMap<&'static str, u64>,
+}
+
+impl World {
+    fn bump(&mut self, k: &'static str) {
+        *self.stats.entry(k).or_default() += 1;
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].alloc.is_some())
+            .collect()
+    }
+
+    fn send(&mut self, from: usize, to: usize, m: Msg) {
+        if from == to
+            || self.group.as_ref().is_some_and(|g| g[from] != g[to])
+            || self.rng.chance(0.10)
+        {
+            self.bump("lost");
+            return;
+        }
+        let copies = if self.rng.chance(0.05) { 2 } else { 1 };
+        for _ in 0..copies {
+            self.seq += 1;
+            let at = self.now + 1 + self.rng.below(30);
+            self.queue.push(Reverse((at, self.seq)));
+            self.msgs.insert(self.seq, (to, m.clone()));
+        }
+    }
+
+    fn persist(&mut self, i: usize) {
+        if let Some(a) = &self.nodes[i].alloc {
+            self.nodes[i].snap = a.snapshot();
+        }
+    }
+
+    fn gossip(&mut self, i: usize, fanout: usize) {
+        let Some(ring) = self.nodes[i].alloc.as_ref().map(|a| a.ring().clone()) else {
+            return;
+        };
+        for _ in 0..fanout {
+            let to = self.rng.below(self.nodes.len() as u64) as usize;
+            self.send(i, to, Msg::Ring(ring.clone()));
+        }
+    }
+
+    fn deliver(&mut self) {
+        while let Some(Reverse((at, seq))) = self.queue.peek().copied() {
+            if at > self.now {
+                break;
+            }
+            self.queue.pop();
+            let Some((to, m)) = self.msgs.remove(&seq) else {
+                continue;
+            };
+            if self.group.as_ref().is_some_and(|g| g.get(to).is_none()) {
+                continue;
+            }
+            let Some(a) = self.nodes[to].alloc.as_mut() else {
+                continue;
+            };
+            match m {
+                Msg::Ring(r) => match a.clone().merge(&r) {
+                    Ok(out) if out.conflicts > 0 => {
+                        let ours: BTreeMap<u32, _> = a.ring().entries().collect();
+                        let clash: Vec<_> = r
+                            .entries()
+                            .filter_map(|(t, e)| {
+                                ours.get(&t)
+                                    .filter(|o| o.version == e.version && o.owner != e.owner)
+                                    .map(|o| (t, *o, e))
+                            })
+                            .collect();
+                        let removed = a.ring().removed().clone();
+                        panic!(
+                            "ring conflict at node {to} (t={}): {clash:?}; removed {removed:?}; seed {}",
+                            self.now, self.seed
+                        );
+                    }
+                    Err(e) => panic!("merge refused at node {to}: {e}; seed {}", self.seed),
+                    Ok(_) => match a.merge(&r) {
+                        Ok(out) => {
+                            self.persist(to);
+                            if out.changed {
+                                self.gossip(to, 1);
+                            }
+                        }
+                        Err(e) => panic!("merge refused at node {to}: {e}; seed {}", self.seed),
+                    },
+                },
+                Msg::Ask(from) => {
+                    if a.donate(from).is_some() {
+                        let ring = a.ring().clone();
+                        self.bump("donations");
+                        self.persist(to);
+                        let from_idx = (from.0 - 1) as usize;
+                        self.send(to, from_idx, Msg::Ring(ring));
+                        self.gossip(to, 1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// No address held by two containers, anywhere (live nodes, and the
+    /// persisted allocations of crashed ones, whose containers still run).
+    fn check(&self, full: bool) {
+        let mut holders: HashMap<u32, String> = HashMap::new();
+        for n in self.nodes.iter().filter(|n| !n.removed) {
+            let allocs: Vec<(String, u32)> = match &n.alloc {
+                Some(a) => {
+                    if full {
+                        a.check()
+                            .unwrap_or_else(|e| panic!("{}: {e}; seed {}", n.name, self.seed));
+                    }
+                    assert!(
+                        a.lost().is_empty(),
+                        "{} lost allocations {:?}; seed {}",
+                        n.name,
+                        a.lost(),
+                        self.seed
+                    );
+                    a.allocations().map(|(k, v)| (k.to_owned(), v)).collect()
+                }
+                None => n.snap.allocs.clone(),
+            };
+            for (k, addr) in allocs {
+                if let Some(other) = holders.insert(addr, k.clone()) {
+                    panic!("address {addr} held by {other} and {k}; seed {}", self.seed);
+                }
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        self.now += 1;
+        self.deliver();
+        let live = self.live();
+        let pick = |rng: &mut Rng, v: &[usize]| v[rng.below(v.len() as u64) as usize];
+        let roll = self.rng.below(1000);
+        match roll {
+            0..=399 if !live.is_empty() => {
+                let i = pick(&mut self.rng, &live);
+                let key = format!("{}-c{}", self.nodes[i].name, self.nodes[i].next_key);
+                self.nodes[i].next_key += 1;
+                let Some(a) = self.nodes[i].alloc.as_mut() else {
+                    return;
+                };
+                match a.allocate(&key) {
+                    Ok(_) => self.bump("allocated"),
+                    Err(AllocError::NoSpace) | Err(AllocError::NotReady) => {
+                        // Ask the peer that owns the most, as far as we know.
+                        let own = a.ring().ownership();
+                        let me = a.me();
+                        self.bump("no_space");
+                        if let Some((donor, _)) = own
+                            .iter()
+                            .filter(|(p, _)| **p != me)
+                            .max_by_key(|(_, n)| **n)
+                        {
+                            let d = (donor.0 - 1) as usize;
+                            self.send(i, d, Msg::Ask(me));
+                        } else {
+                            // Not even a ring yet: ask anyone.
+                            let d = self.rng.below(self.nodes.len() as u64) as usize;
+                            self.send(i, d, Msg::Ask(me));
+                        }
+                    }
+                    Err(e) => panic!("allocate at {i}: {e}; seed {}", self.seed),
+                }
+                self.persist(i);
+            }
+            400..=649 if !live.is_empty() => {
+                let i = pick(&mut self.rng, &live);
+                let Some(a) = self.nodes[i].alloc.as_mut() else {
+                    return;
+                };
+                let keys: Vec<String> = a.allocations().map(|(k, _)| k.to_owned()).collect();
+                if !keys.is_empty() {
+                    let k = &keys[self.rng.below(keys.len() as u64) as usize];
+                    a.release(k);
+                    self.bump("released");
+                    self.persist(i);
+                }
+            }
+            650..=899 if !live.is_empty() => {
+                let i = pick(&mut self.rng, &live);
+                self.gossip(i, 2);
+            }
+            900..=929 if live.len() > self.nodes.len() / 2 => {
+                let i = pick(&mut self.rng, &live);
+                self.persist(i);
+                self.nodes[i].alloc = None;
+                self.nodes[i].crashed_at = self.now;
+                self.bump("crashes");
+            }
+            930..=959 => {
+                let crashed: Vec<usize> = (0..self.nodes.len())
+                    .filter(|i| self.nodes[*i].alloc.is_none() && !self.nodes[*i].removed)
+                    .collect();
+                if !crashed.is_empty() {
+                    let i = pick(&mut self.rng, &crashed);
+                    let n = &mut self.nodes[i];
+                    n.alloc = Some(Allocator::restore(n.name, n.snap.clone()));
+                    self.bump("restarts");
+                    self.gossip(i, 2);
+                }
+            }
+            960..=969 if self.nodes.len() < 80 => {
+                let name = PeerName(self.nodes.len() as u64 + 1);
+                let a = Allocator::new(name, Ring::new(self.range));
+                let snap = a.snapshot();
+                self.nodes.push(Node {
+                    name,
+                    alloc: Some(a),
+                    snap,
+                    removed: false,
+                    crashed_at: 0,
+                    next_key: 0,
+                });
+                if let Some(g) = self.group.as_mut() {
+                    g.push(0);
+                }
+                self.bump("joins");
+            }
+            970..=979 => self.remove_quiescent(),
+            980..=989 => {
+                if self.group.is_some() {
+                    self.group = None;
+                    self.bump("heals");
+                } else {
+                    let g: Vec<u8> = (0..self.nodes.len())
+                        .map(|_| self.rng.below(2) as u8)
+                        .collect();
+                    self.group = Some(g);
+                    self.bump("partitions");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `rmpeer` of a crashed peer that is gone for good: only once everything
+    /// it ever said has reached every live router (as when a deleted node
+    /// died long before), which is the operator contract of rmpeer.
+    fn remove_quiescent(&mut self) {
+        let live = self.live();
+        let candidates: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| {
+                let n = &self.nodes[*i];
+                n.alloc.is_none() && !n.removed && self.now - n.crashed_at > 100
+            })
+            .filter(|i| {
+                live.iter().all(|l| {
+                    let Some(a) = &self.nodes[*l].alloc else {
+                        return true;
+                    };
+                    let mut r = a.ring().clone();
+                    r.merge(&self.nodes[*i].snap.ring)
+                        .map(|o| !o.changed)
+                        .unwrap_or(false)
+                })
+            })
+            .collect();
+        if candidates.is_empty() || live.is_empty() {
+            return;
+        }
+        let x = candidates[self.rng.below(candidates.len() as u64) as usize];
+        let by = live[self.rng.below(live.len() as u64) as usize];
+        self.nodes[x].removed = true;
+        let name = self.nodes[x].name;
+        if let Some(a) = self.nodes[by].alloc.as_mut() {
+            a.remove_peer(name);
+        }
+        self.persist(by);
+        self.gossip(by, 3);
+        self.bump("removals");
+    }
+}
+
+fn run(seed: u64, ops: u64) {
+    let range: AddrRange = "10.32.0.0/22".parse().expect("range");
+    let seeds: Vec<PeerName> = (1..=10).map(PeerName).collect();
+    let ring = Ring::seeded(range, &seeds, 42);
+    let mut w = World {
+        rng: Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+        seed,
+        now: 0,
+        nodes: Vec::new(),
+        queue: BinaryHeap::new(),
+        msgs: HashMap::new(),
+        seq: 0,
+        group: None,
+        range,
+        stats: BTreeMap::new(),
+    };
+    for i in 0..50u64 {
+        let name = PeerName(i + 1);
+        // Ten seed routers start with the ring; forty join with nothing.
+        let r = if i < 10 {
+            ring.clone()
+        } else {
+            Ring::new(range)
+        };
+        let a = Allocator::new(name, r);
+        let snap = a.snapshot();
+        w.nodes.push(Node {
+            name,
+            alloc: Some(a),
+            snap,
+            removed: false,
+            crashed_at: 0,
+            next_key: 0,
+        });
+    }
+    for op in 0..ops {
+        w.step();
+        // No duplicate after every operation; every allocator's own
+        // invariants every 25 (they cost more).
+        w.check(op % 25 == 0);
+    }
+    // Heal: reconnect, restart every crashed router, gossip until quiet.
+    w.group = None;
+    for i in 0..w.nodes.len() {
+        if w.nodes[i].alloc.is_none() && !w.nodes[i].removed {
+            let n = &mut w.nodes[i];
+            n.alloc = Some(Allocator::restore(n.name, n.snap.clone()));
+        }
+    }
+    for round in 0..200 {
+        w.now += 40;
+        w.deliver();
+        let live = w.live();
+        // Full exchange without loss: everyone sends its ring to everyone.
+        let rings: Vec<(usize, Ring)> = live
+            .iter()
+            .filter_map(|i| w.nodes[*i].alloc.as_ref().map(|a| (*i, a.ring().clone())))
+            .collect();
+        let mut changed = false;
+        for l in &live {
+            for (_, r) in &rings {
+                if let Some(a) = w.nodes[*l].alloc.as_mut() {
+                    changed |= a.merge(r).expect("same cluster").changed;
+                }
+            }
+        }
+        w.check(true);
+        if !changed && round > 0 {
+            break;
+        }
+    }
+    let live = w.live();
+    let first = w.nodes[live[0]]
+        .alloc
+        .as_ref()
+        .map(|a| a.ring().clone())
+        .expect("live");
+    for l in &live {
+        let a = w.nodes[*l].alloc.as_ref().expect("live");
+        assert_eq!(
+            a.ring(),
+            &first,
+            "ring of {} differs after healing; seed {seed}",
+            a.me()
+        );
+    }
+    // Nothing leaked: every address is owned by a live router (removed ones'
+    // space was inherited) and is free, held or reserved there (check()).
+    let own = first.ownership();
+    for p in own.keys() {
+        let n = &w.nodes[(p.0 - 1) as usize];
+        assert!(
+            !n.removed,
+            "removed peer {p} still owns space after healing; seed {seed}"
+        );
+    }
+    assert_eq!(own.values().sum::<u64>(), range.len(), "seed {seed}");
+    println!(
+        "seed {seed}: {ops} ops, {} routers at the end, {:?}",
+        w.nodes.len(),
+        w.stats
+    );
+}
+
+#[test]
+fn no_address_is_ever_held_twice() {
+    let ops: u64 = std::env::var("WEFT_IPAM_SIM_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let seeds: Vec<u64> = match std::env::var("WEFT_SIM_SEED") {
+        Ok(s) => vec![s.parse().expect("WEFT_SIM_SEED is a number")],
+        Err(_) => vec![1, 2, 3],
+    };
+    for seed in seeds {
+        run(seed, ops);
+    }
+}
