@@ -13,11 +13,15 @@
 //!   donate half of its largest free interval, merge rings, inherit the
 //!   ranges of removed peers, snapshot for persistence.
 //!
-//! Still to come (see the IPAM issue): bootstrap (consensus / seed /
-//! observer), the wire encoding, and meshd integration.
+//! - [`paxos`]: `consensus=N` bootstrap, single-decree Paxos over gossip.
+//!
+//! Still to come (see the IPAM issue): the bootstrap driver (when to
+//! propose; seed and observer modes), the wire encoding, and meshd
+//! integration.
 #![forbid(unsafe_code)]
 
 pub mod allocator;
+pub mod paxos;
 pub mod range;
 pub mod ring;
 pub mod space;

@@ -45,6 +45,22 @@ struct Node {
     next_key: u64,
 }
 
+impl Node {
+    /// A router starting with `ring` (the seed ring, or an empty one to join).
+    fn start(name: PeerName, ring: Ring) -> Self {
+        let a = Allocator::new(name, ring);
+        let snap = a.snapshot();
+        Node {
+            name,
+            alloc: Some(a),
+            snap,
+            removed: false,
+            crashed_at: 0,
+            next_key: 0,
+        }
+    }
+}
+
 struct World {
     rng: Rng,
     seed: u64,
@@ -266,16 +282,7 @@ impl World {
             }
             960..=969 if self.nodes.len() < 80 => {
                 let name = PeerName(self.nodes.len() as u64 + 1);
-                let a = Allocator::new(name, Ring::new(self.range));
-                let snap = a.snapshot();
-                self.nodes.push(Node {
-                    name,
-                    alloc: Some(a),
-                    snap,
-                    removed: false,
-                    crashed_at: 0,
-                    next_key: 0,
-                });
+                self.nodes.push(Node::start(name, Ring::new(self.range)));
                 if let Some(g) = self.group.as_mut() {
                     g.push(0);
                 }
@@ -360,16 +367,7 @@ fn run(seed: u64, ops: u64) {
         } else {
             Ring::new(range)
         };
-        let a = Allocator::new(name, r);
-        let snap = a.snapshot();
-        w.nodes.push(Node {
-            name,
-            alloc: Some(a),
-            snap,
-            removed: false,
-            crashed_at: 0,
-            next_key: 0,
-        });
+        w.nodes.push(Node::start(name, r));
     }
     for op in 0..ops {
         w.step();
