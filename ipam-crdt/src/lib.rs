@@ -13,6 +13,7 @@
 //!   donate half of its largest free interval, merge rings, inherit the
 //!   ranges of removed peers, snapshot for persistence.
 //!
+//! - [`wire`]: checked conversions from and to the `ipam` channel's wire types.
 //! - [`paxos`]: `consensus=N` bootstrap, single-decree Paxos over gossip.
 //!
 //! Still to come (see the IPAM issue): the bootstrap driver (when to
@@ -25,6 +26,7 @@ pub mod paxos;
 pub mod range;
 pub mod ring;
 pub mod space;
+pub mod wire;
 
 pub use allocator::{AllocError, Allocator, Snapshot};
 pub use range::AddrRange;

@@ -100,6 +100,21 @@ impl Ring {
         r
     }
 
+    /// A ring from its parts, unchecked (see `Ring::from_wire` for peers' rings).
+    pub(crate) fn from_parts(
+        range: AddrRange,
+        cluster: Option<u64>,
+        entries: BTreeMap<u32, Entry>,
+        removed: BTreeSet<PeerName>,
+    ) -> Self {
+        Ring {
+            range,
+            cluster,
+            entries,
+            removed,
+        }
+    }
+
     pub fn range(&self) -> AddrRange {
         self.range
     }
@@ -320,6 +335,11 @@ impl Ring {
     /// every token lies inside the range.
     pub fn check(&self) -> Result<(), RingError> {
         if self.entries.is_empty() {
+            // A cluster id with nothing in it would make a fresh router
+            // refuse the real ring later.
+            if self.cluster.is_some() {
+                return Err(RingError::Invariant("a cluster id but no entries".into()));
+            }
             return Ok(());
         }
         if self.cluster.is_none() {

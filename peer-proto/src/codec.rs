@@ -60,6 +60,32 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, CodecError> {
     Ok(frame)
 }
 
+/// Encodes an `ipam` channel message.
+pub fn encode_ipam(msg: &crate::ipam::IpamMsg) -> Result<Vec<u8>, CodecError> {
+    let v = bincode::serde::encode_to_vec(msg, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    if v.len() > crate::limits::MAX_GOSSIP_PAYLOAD {
+        return Err(CodecError::TooLarge(v.len()));
+    }
+    Ok(v)
+}
+
+/// Decodes a whole `ipam` channel message, with the same guarantees as
+/// [`decode_frame`].
+pub fn decode_ipam(bytes: &[u8]) -> Result<crate::ipam::IpamMsg, CodecError> {
+    if bytes.len() > crate::limits::MAX_GOSSIP_PAYLOAD {
+        return Err(CodecError::TooLarge(bytes.len()));
+    }
+    let (msg, used): (crate::ipam::IpamMsg, usize) =
+        bincode::serde::decode_from_slice(bytes, config())
+            .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::Trailing(bytes.len() - used));
+    }
+    msg.validate()?;
+    Ok(msg)
+}
+
 /// The 4-byte big-endian length prefix that precedes every frame on a stream.
 pub fn write_len_prefix(len: usize) -> [u8; 4] {
     // Frames are capped at MAX_FRAME_LEN (4 MiB), well inside u32.
@@ -142,6 +168,47 @@ mod tests {
             long.push(0);
             assert!(matches!(decode_frame(&long), Err(CodecError::Trailing(1))));
         }
+    }
+
+    #[test]
+    fn ipam_roundtrip_and_truncation() {
+        use crate::ipam::*;
+        let msg = IpamMsg::State {
+            ring: RingWire {
+                start: 10,
+                end: 1 << 32,
+                cluster: Some(3),
+                entries: vec![EntryWire {
+                    token: 10,
+                    owner: PeerName(1),
+                    version: 2,
+                }],
+                removed: vec![PeerName(9)],
+            },
+            consensus: vec![ClaimsWire {
+                voter: PeerName(1),
+                promise: Some(BallotWire {
+                    round: 1,
+                    proposer: PeerName(1),
+                }),
+                accepted: Some((
+                    BallotWire {
+                        round: 1,
+                        proposer: PeerName(1),
+                    },
+                    vec![PeerName(1), PeerName(2)],
+                )),
+            }],
+        };
+        let bytes = encode_ipam(&msg).expect("encode");
+        assert_eq!(decode_ipam(&bytes).expect("decode"), msg);
+        for cut in 0..bytes.len() {
+            assert!(decode_ipam(&bytes[..cut]).is_err());
+        }
+        assert_eq!(
+            decode_ipam(&encode_ipam(&IpamMsg::SpaceRequest).expect("encode")).ok(),
+            Some(IpamMsg::SpaceRequest)
+        );
     }
 
     #[test]

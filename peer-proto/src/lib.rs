@@ -6,6 +6,7 @@
 //! - [`Hello`]: the first frame each side sends; carries the protocol version
 //!   range, so that the rest can change without breaking old peers.
 //! - [`topology`]: the entries the topology channel gossips.
+//! - [`ipam`]: the messages of the `ipam` channel.
 //! - [`data`]: the header of encrypted data packets (used by the data plane).
 //!
 //! Contract: nothing decoded from a peer can panic or allocate without bound.
@@ -16,6 +17,7 @@
 pub mod codec;
 pub mod data;
 mod frame;
+pub mod ipam;
 pub mod limits;
 mod name;
 pub mod topology;
