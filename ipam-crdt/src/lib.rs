@@ -16,12 +16,16 @@
 //! - [`wire`]: checked conversions from and to the `ipam` channel's wire types.
 //! - [`paxos`]: `consensus=N` bootstrap, single-decree Paxos over gossip.
 //!
-//! Still to come (see the IPAM issue): the bootstrap driver (when to
-//! propose; seed and observer modes), the wire encoding, and meshd
-//! integration.
+//! - [`bootstrap`]: one router's IPAM as a whole: the allocator plus
+//!   `--ipalloc-init consensus=N | seed=... | observer`, with what it waits
+//!   for and since when.
+//!
+//! Still to come (see the IPAM issue): the meshd integration (channel, API,
+//! persistence, metrics) and its real-kernel tests.
 #![forbid(unsafe_code)]
 
 pub mod allocator;
+pub mod bootstrap;
 pub mod paxos;
 pub mod range;
 pub mod ring;
@@ -29,6 +33,7 @@ pub mod space;
 pub mod wire;
 
 pub use allocator::{AllocError, Allocator, Snapshot};
+pub use bootstrap::{Bootstrap, Init, Waiting};
 pub use range::AddrRange;
 pub use ring::{Entry, MergeOutcome, Ring, RingError};
 pub use space::FreeSet;
