@@ -80,6 +80,30 @@ impl Bootstrap {
         }
     }
 
+    /// Restarts from persisted state: the ring, our allocations, and the
+    /// consensus claims (a voter must never forget what it promised).
+    pub fn restore(
+        me: PeerName,
+        init: Init,
+        snapshot: crate::allocator::Snapshot,
+        knowledge: &Knowledge,
+        now_ms: u64,
+    ) -> Self {
+        let range = snapshot.ring.range();
+        let mut b = Bootstrap::new(me, range, init, now_ms);
+        let seeded_now = b.alloc.ring().clone();
+        b.alloc = Allocator::restore(me, snapshot);
+        // A seed's own ring is implied by its flags; merging it is a no-op
+        // when the persisted ring already has it.
+        let _ = b.alloc.merge(&seeded_now);
+        b.paxos.merge(knowledge);
+        b
+    }
+
+    pub fn init(&self) -> &Init {
+        &self.init
+    }
+
     pub fn alloc(&self) -> &Allocator {
         &self.alloc
     }
@@ -239,6 +263,22 @@ mod tests {
             !own.contains_key(&PeerName(9)),
             "observers never get a share at bootstrap"
         );
+    }
+
+    #[test]
+    fn restore_keeps_allocations_and_promises() {
+        let mut now = 0;
+        let mut nodes: Vec<Bootstrap> = (1..=3)
+            .map(|i| Bootstrap::new(PeerName(i), R, Init::Consensus(3), now))
+            .collect();
+        exchange(&mut nodes, &mut now, 12);
+        let a = nodes[1].alloc_mut().allocate("c1").expect("ready");
+        let snap = nodes[1].alloc().snapshot();
+        let k = nodes[1].knowledge().clone();
+        let back = Bootstrap::restore(PeerName(2), Init::Consensus(3), snap, &k, now);
+        assert_eq!(back.waiting(), Waiting::Ready);
+        assert_eq!(back.alloc().lookup("c1"), Some(a));
+        assert_eq!(back.knowledge().get(&PeerName(2)), k.get(&PeerName(2)));
     }
 
     #[test]

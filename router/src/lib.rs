@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod identity;
+pub mod ipam;
 pub mod mesh;
 pub mod metrics;
 pub mod session;
