@@ -24,11 +24,11 @@ pub enum AllocError {
     NotReady,
     #[error("this router owns no free address; ask a peer for space")]
     NoSpace,
-    #[error("address {addr} belongs to peer {owner}")]
+    #[error("address {} belongs to peer {owner}", std::net::Ipv4Addr::from(*.addr))]
     NotOwner { addr: u32, owner: PeerName },
-    #[error("address {0} is outside the range")]
+    #[error("address {} is outside the range or reserved", std::net::Ipv4Addr::from(*.0))]
     OutOfRange(u32),
-    #[error("address {addr} is held by {holder}")]
+    #[error("address {} is held by {holder}", std::net::Ipv4Addr::from(*.addr))]
     InUse { addr: u32, holder: String },
     #[error("this router was removed from the ring (rmpeer); it must be reset to rejoin")]
     Removed,

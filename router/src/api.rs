@@ -6,6 +6,12 @@
 //! | GET | `/status` | | [`Status`](crate::api_types::Status) |
 //! | POST | `/connect` | `{"addrs": ["host:port", ...]}` | `{}` |
 //! | POST | `/forget` | `{"addrs": [...]}` | `{}`, or 404 for addresses that were not targets |
+//! | POST | `/ip/{id}` (optional `?addr=A.B.C.D` to claim) | | [`IpReply`]; waits up to 30 s for bootstrap or space, then 503 with the reason |
+//! | DELETE | `/ip/{id}` | | `{"id", "released": ip or null}`; an unknown id is not an error |
+//! | GET | `/ip/{id}` | | [`IpReply`], or 404 |
+//! | GET | `/ip` | | `[{"id", "ip"}]` |
+//! | GET | `/ipam` | | [`IpamStatus`](crate::api_types::IpamStatus) |
+//! | POST | `/rmpeer` | `{"peer": name or nickname}` | `{"removed": name}`; 409 for a reachable peer |
 //! | GET | `/healthz` | | `ok` |
 //!
 //! Metrics server: `GET /metrics` (Prometheus text), `/healthz`, `/readyz`.
@@ -23,8 +29,11 @@ use axum::{Json, Router};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::api_types::{ApiError, TargetRequest};
+use axum::extract::{Path as UrlPath, Query};
+
+use crate::api_types::{ApiError, IpReply, RmPeerRequest, TargetRequest};
 use crate::daemon::{Command, Handle};
+use crate::ipam::fmt_addr;
 
 fn error(code: StatusCode, msg: impl Into<String>) -> Response {
     (code, Json(ApiError { error: msg.into() })).into_response()
@@ -81,6 +90,136 @@ async fn forget(State(h): State<Handle>, body: Body) -> Response {
     }
 }
 
+async fn ask<T>(
+    h: &Handle,
+    cmd: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Result<T, Box<Response>> {
+    let unavailable = || {
+        Box::new(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "router loop not answering",
+        ))
+    };
+    let (tx, rx) = oneshot::channel();
+    if h.commands.send(cmd(tx)).await.is_err() {
+        return Err(unavailable());
+    }
+    rx.await.map_err(|_| unavailable())
+}
+
+fn ip_reply(h: &Handle, id: String, a: u32) -> Response {
+    let ip = fmt_addr(a);
+    Json(IpReply {
+        id,
+        cidr: format!("{ip}/{}", h.ipam_prefix),
+        ip,
+    })
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct AllocQuery {
+    addr: Option<std::net::Ipv4Addr>,
+}
+
+async fn ip_allocate(
+    State(h): State<Handle>,
+    UrlPath(id): UrlPath<String>,
+    q: Result<Query<AllocQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return error(StatusCode::BAD_REQUEST, "addr must be an IPv4 address");
+    };
+    if id.is_empty() || id.len() > 256 {
+        return error(StatusCode::BAD_REQUEST, "id must be 1 to 256 bytes");
+    }
+    let addr = q.addr.map(u32::from);
+    match ask(&h, |reply| Command::Allocate {
+        key: id.clone(),
+        addr,
+        reply,
+    })
+    .await
+    {
+        Ok(Ok(a)) => ip_reply(&h, id, a),
+        Ok(Err(f)) => error(
+            StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            f.message,
+        ),
+        Err(r) => *r,
+    }
+}
+
+async fn ip_release(State(h): State<Handle>, UrlPath(id): UrlPath<String>) -> Response {
+    match ask(&h, |reply| Command::Release {
+        key: id.clone(),
+        reply,
+    })
+    .await
+    {
+        Ok(Ok(a)) => {
+            Json(serde_json::json!({ "id": id, "released": a.map(fmt_addr) })).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(r) => *r,
+    }
+}
+
+async fn ip_lookup(State(h): State<Handle>, UrlPath(id): UrlPath<String>) -> Response {
+    match ask(&h, |reply| Command::Lookup {
+        key: id.clone(),
+        reply,
+    })
+    .await
+    {
+        Ok(Some(a)) => ip_reply(&h, id, a),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no address for {id}")),
+        Err(r) => *r,
+    }
+}
+
+async fn ip_list(State(h): State<Handle>) -> Response {
+    match ask(&h, Command::ListIps).await {
+        Ok(list) => Json(
+            list.into_iter()
+                .map(|(id, a)| serde_json::json!({ "id": id, "ip": fmt_addr(a) }))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(r) => *r,
+    }
+}
+
+async fn ipam_status(State(h): State<Handle>) -> Response {
+    match ask(&h, Command::IpamStatus).await {
+        Ok(Some(s)) => Json(s).into_response(),
+        Ok(None) => error(StatusCode::SERVICE_UNAVAILABLE, "IPAM not running"),
+        Err(r) => *r,
+    }
+}
+
+async fn rmpeer(
+    State(h): State<Handle>,
+    body: Result<Json<RmPeerRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(req)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be {\"peer\": \"name or nickname\"}",
+        );
+    };
+    match ask(&h, |reply| Command::RmPeer {
+        peer: req.peer.clone(),
+        reply,
+    })
+    .await
+    {
+        Ok(Ok(name)) => Json(serde_json::json!({ "removed": name })).into_response(),
+        Ok(Err(e)) => error(StatusCode::CONFLICT, e),
+        Err(r) => *r,
+    }
+}
+
 async fn metrics(State(h): State<Handle>) -> Response {
     // Gauges are refreshed from the loop's state.
     let _ = h.status().await;
@@ -129,6 +268,13 @@ pub async fn serve_api(
         .route("/status", get(status))
         .route("/connect", post(connect))
         .route("/forget", post(forget))
+        .route("/ip", get(ip_list))
+        .route(
+            "/ip/{id}",
+            post(ip_allocate).delete(ip_release).get(ip_lookup),
+        )
+        .route("/ipam", get(ipam_status))
+        .route("/rmpeer", post(rmpeer))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(h);
     Ok(tokio::spawn(async move {

@@ -98,3 +98,54 @@ pub struct TargetRequest {
 pub struct ApiError {
     pub error: String,
 }
+
+/// `POST /ip/{id}` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IpReply {
+    pub id: String,
+    pub ip: String,
+    /// `ip/prefix` of the whole pod range.
+    pub cidr: String,
+}
+
+/// `GET /ipam`: what `meshctl status ipam` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IpamStatus {
+    pub range: String,
+    pub ready: bool,
+    /// What allocation waits for, when not ready.
+    pub waiting: String,
+    /// Seconds waiting (or ready) since.
+    pub waiting_secs: u64,
+    pub init: String,
+    pub cluster: Option<String>,
+    /// A ring of another cluster that was refused.
+    pub refused_cluster: Option<String>,
+    pub peers: Vec<IpamPeer>,
+    pub removed: Vec<String>,
+    /// Our own allocations, free addresses and waiting requests.
+    pub allocated: usize,
+    pub free: u64,
+    pub pending: usize,
+    /// Allocations that fell outside our ranges (should stay empty).
+    pub lost: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IpamPeer {
+    pub name: String,
+    pub nickname: String,
+    pub owned: u64,
+    pub share: f64,
+    pub reachable: bool,
+    pub is_self: bool,
+    /// Known for ourselves only.
+    pub free: Option<u64>,
+    pub allocated: Option<usize>,
+}
+
+/// `POST /rmpeer`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RmPeerRequest {
+    pub peer: String,
+}

@@ -72,6 +72,15 @@ pub struct MeshdArgs {
     /// Period of topology anti-entropy.
     #[arg(long, env = "WEFT_GOSSIP_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub gossip_interval: Duration,
+    /// The pod address range split between the routers (IPv4 CIDR).
+    #[arg(long, env = "WEFT_IPALLOC_RANGE", default_value = "10.32.0.0/12")]
+    pub ipalloc_range: String,
+    /// How the range is first split: consensus=N (a quorum of the first N
+    /// routers agrees), seed=NAME,... (those routers split it at once), or
+    /// observer (never votes; asks others for space). Default: consensus of
+    /// this router and the peers given.
+    #[arg(long, env = "WEFT_IPALLOC_INIT")]
+    pub ipalloc_init: Option<String>,
     /// Log line format.
     #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -188,6 +197,14 @@ impl MeshdArgs {
             peer_timeout: self.peer_timeout,
             gossip_interval: self.gossip_interval.max(Duration::from_millis(100)),
             handshake_timeout: Duration::from_secs(10),
+            ipalloc_range: self
+                .ipalloc_range
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--ipalloc-range: {e}"))?,
+            ipalloc_init: match &self.ipalloc_init {
+                Some(s) => crate::ipam::parse_init(s)?,
+                None => weft_ipam_crdt::Init::Consensus(self.peers.len() + 1),
+            },
         })
     }
 }

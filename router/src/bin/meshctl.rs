@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use hyper::Method;
-use weft_router::api_types::Status;
+use weft_router::api_types::{IpamStatus, Status};
 use weft_router::client::request;
 
 /// meshctl: look inside and steer the local Weft router.
@@ -46,6 +46,12 @@ enum Cmd {
         #[arg(required = true)]
         addrs: Vec<String>,
     },
+    /// Give the address space of a peer that is gone for good to one live
+    /// peer. Only for peers that will not come back: its old ranges never return.
+    Rmpeer {
+        /// Peer name (as in `status peers`) or nickname.
+        peer: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -54,6 +60,8 @@ enum Section {
     Connections,
     Targets,
     Routes,
+    /// Address space: who owns how much, what we wait for.
+    Ipam,
 }
 
 fn summary(s: &Status) -> String {
@@ -158,6 +166,7 @@ fn section(s: &Status, sec: Section) -> String {
                 let _ = writeln!(out, "{} {}", t.addr, t.state);
             }
         }
+        Section::Ipam => {}
         Section::Routes => {
             for r in &s.mesh.routes {
                 let _ = writeln!(
@@ -171,8 +180,84 @@ fn section(s: &Status, sec: Section) -> String {
     out
 }
 
+fn ipam_text(s: &IpamStatus) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Range: {}  ({})", s.range, s.init);
+    if s.ready {
+        let _ = writeln!(
+            out,
+            "Status: ready for {} s, cluster {}",
+            s.waiting_secs,
+            s.cluster.as_deref().unwrap_or("-")
+        );
+    } else {
+        let _ = writeln!(out, "Status: {}", s.waiting);
+    }
+    if let Some(c) = &s.refused_cluster {
+        let _ = writeln!(
+            out,
+            "Refused: a ring of another cluster ({c}); the two were seeded separately"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "Here: {} allocated, {} free, {} waiting",
+        s.allocated, s.free, s.pending
+    );
+    for p in &s.peers {
+        let reach = if p.is_self {
+            "self"
+        } else if p.reachable {
+            "reachable"
+        } else {
+            "UNREACHABLE"
+        };
+        let _ = writeln!(
+            out,
+            "  {}({}) owns {} ({:.1}%) [{reach}]",
+            p.name,
+            p.nickname,
+            p.owned,
+            p.share * 100.0
+        );
+    }
+    if !s.removed.is_empty() {
+        let _ = writeln!(out, "Removed: {}", s.removed.join(", "));
+    }
+    if !s.lost.is_empty() {
+        let _ = writeln!(
+            out,
+            "LOST (allocations outside our ranges): {}",
+            s.lost.join(", ")
+        );
+    }
+    out
+}
+
 async fn run(args: Args) -> Result<()> {
     match args.cmd {
+        Cmd::Status {
+            section: Some(Section::Ipam),
+            json,
+        } => {
+            let body = request(&args.socket, Method::GET, "/ipam", None).await?;
+            let s: IpamStatus = serde_json::from_slice(&body)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", ipam_text(&s));
+            }
+        }
+        Cmd::Rmpeer { peer } => {
+            let body = request(
+                &args.socket,
+                Method::POST,
+                "/rmpeer",
+                Some(serde_json::json!({ "peer": peer })),
+            )
+            .await?;
+            println!("{}", String::from_utf8_lossy(&body));
+        }
         Cmd::Status { section: sec, json } => {
             let body = request(&args.socket, Method::GET, "/status", None).await?;
             let status: Status = serde_json::from_slice(&body)?;
@@ -183,6 +268,7 @@ async fn run(args: Args) -> Result<()> {
                     Some(Section::Connections) => serde_json::to_value(&status.mesh.connections)?,
                     Some(Section::Targets) => serde_json::to_value(&status.mesh.targets)?,
                     Some(Section::Routes) => serde_json::to_value(&status.mesh.routes)?,
+                    Some(Section::Ipam) => unreachable!("handled above"),
                 };
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {

@@ -305,6 +305,16 @@ impl Mesh {
         &mut self.routes
     }
 
+    /// Every peer in the topology: name, reachable, nickname.
+    pub fn peers_reachability(&mut self) -> Vec<(PeerName, bool, String)> {
+        self.routes();
+        let r = &self.routes;
+        self.topology
+            .entries()
+            .map(|e| (e.name, r.is_reachable(e.name), e.nickname.clone()))
+            .collect()
+    }
+
     /// Established sessions: (session, peer).
     pub fn established(&self) -> impl Iterator<Item = (ConnId, PeerName)> + '_ {
         self.conns.iter().map(|(id, c)| (*id, c.peer))

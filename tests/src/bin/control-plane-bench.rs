@@ -44,6 +44,13 @@ fn router_cfg(i: usize, peers: Vec<SocketAddr>, port: u16) -> DaemonConfig {
         peer_timeout: Duration::from_secs(10),
         gossip_interval: Duration::from_secs(2),
         handshake_timeout: Duration::from_secs(10),
+        ipalloc_range: "10.32.0.0/12".parse().expect("valid range"),
+        // Router 0 splits the range alone; the rest observe and learn its ring.
+        ipalloc_init: if i == 0 {
+            weft_ipam_crdt::Init::Consensus(1)
+        } else {
+            weft_ipam_crdt::Init::Observer
+        },
     }
 }
 

@@ -14,7 +14,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 use weft_peer_proto::GoodbyeReason;
 
-use crate::api_types::Status;
+mod ipam;
+
+pub use self::ipam::{ALLOC_WAIT, IpamFailure};
+use crate::api_types::{IpamStatus, Status};
 use crate::mesh::{Action, Admit, ConnId, Mesh, MeshEvent};
 use crate::metrics::{Metrics, ReasonLabel, StateLabel};
 use crate::session::{self, Outgoing, SessionCtx, SessionEvent};
@@ -36,6 +39,8 @@ pub struct DaemonConfig {
     pub peer_timeout: Duration,
     pub gossip_interval: Duration,
     pub handshake_timeout: Duration,
+    pub ipalloc_range: weft_ipam_crdt::AddrRange,
+    pub ipalloc_init: weft_ipam_crdt::Init,
 }
 
 /// Operator requests, answered by the loop.
@@ -43,6 +48,27 @@ pub enum Command {
     Status(oneshot::Sender<Status>),
     Connect(Vec<SocketAddr>, oneshot::Sender<Result<(), String>>),
     Forget(Vec<SocketAddr>, oneshot::Sender<Result<(), String>>),
+    /// Allocate for a key, or claim `addr` for it; may wait up to ALLOC_WAIT.
+    Allocate {
+        key: String,
+        addr: Option<u32>,
+        reply: oneshot::Sender<Result<u32, IpamFailure>>,
+    },
+    /// Release a key's address (None if it had none).
+    Release {
+        key: String,
+        reply: oneshot::Sender<Result<Option<u32>, String>>,
+    },
+    Lookup {
+        key: String,
+        reply: oneshot::Sender<Option<u32>>,
+    },
+    ListIps(oneshot::Sender<Vec<(String, u32)>>),
+    IpamStatus(oneshot::Sender<Option<IpamStatus>>),
+    RmPeer {
+        peer: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 /// A handle to the running loop, for the API servers.
@@ -50,6 +76,8 @@ pub enum Command {
 pub struct Handle {
     pub commands: mpsc::Sender<Command>,
     pub metrics: Arc<Metrics>,
+    /// Prefix length of the pod range, for answers like 10.32.0.5/12.
+    pub ipam_prefix: u32,
 }
 
 impl Handle {
@@ -95,6 +123,8 @@ struct Loop {
     targets_path: PathBuf,
     saved_known: Vec<SocketAddr>,
     status_base: Status,
+    pending: Vec<ipam::Pending>,
+    space_asked: Option<Instant>,
 }
 
 fn transport_config(peer_timeout: Duration) -> Result<Arc<quinn::TransportConfig>> {
@@ -142,6 +172,16 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
     mc.gossip_interval = cfg.gossip_interval;
     let now = Instant::now();
     let mut mesh = Mesh::new(mc, now);
+    let svc = crate::ipam::IpamService::open(
+        identity.name,
+        cfg.ipalloc_range,
+        cfg.ipalloc_init.clone(),
+        &cfg.data_dir,
+    )?;
+    mesh.register_channel(
+        weft_peer_proto::ChannelName::new(crate::ipam::CHANNEL)?,
+        Box::new(svc),
+    );
 
     let targets_path = cfg.data_dir.join("targets.json");
     let persisted: PersistedTargets = store::read_json(&targets_path)
@@ -171,6 +211,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let handle = Handle {
         commands: cmd_tx,
         metrics: metrics.clone(),
+        ipam_prefix: crate::ipam::prefix_len(cfg.ipalloc_range),
     };
 
     info!(name = %identity.name, nickname = %cfg.nickname, %listen, encryption = cfg.admission.label(), "meshd starting");
@@ -200,6 +241,8 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         targets_path,
         saved_known: persisted.known,
         status_base,
+        pending: Vec::new(),
+        space_asked: None,
     };
     lp.save_targets();
 
@@ -234,7 +277,9 @@ impl Loop {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut save_every = tokio::time::interval(Duration::from_secs(10));
+        let mut ipam_tick = tokio::time::interval(Duration::from_millis(500));
         loop {
+            self.retry_pending();
             self.drain();
             let deadline = self
                 .mesh
@@ -251,6 +296,12 @@ impl Loop {
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => self.mesh.handle_timeout(Instant::now()),
                 _ = save_every.tick() => self.save_known(),
+                _ = ipam_tick.tick() => {
+                    let jitter = rand::random();
+                    if let Some(svc) = self.ipam() {
+                        svc.tick(jitter);
+                    }
+                }
                 _ = shutdown.changed() => break,
             }
         }
@@ -329,6 +380,36 @@ impl Loop {
                     Err(format!("not a target: {}", unknown.join(", ")))
                 });
             }
+            Command::Allocate { key, addr, reply } => self.allocate(key, addr, reply),
+            Command::Release { key, reply } => {
+                let r = match self.ipam() {
+                    Some(svc) => svc.release(&key).map_err(|e| format!("{e:#}")),
+                    None => Err("IPAM not running".into()),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Lookup { key, reply } => {
+                let _ = reply.send(self.ipam().and_then(|s| s.bootstrap().alloc().lookup(&key)));
+            }
+            Command::ListIps(reply) => {
+                let list = self
+                    .ipam()
+                    .map(|s| {
+                        s.bootstrap()
+                            .alloc()
+                            .allocations()
+                            .map(|(k, a)| (k.to_owned(), a))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let _ = reply.send(list);
+            }
+            Command::IpamStatus(reply) => {
+                let _ = reply.send(self.ipam_status());
+            }
+            Command::RmPeer { peer, reply } => {
+                let _ = reply.send(self.rmpeer(&peer));
+            }
         }
     }
 
@@ -378,6 +459,7 @@ impl Loop {
 
     /// Carries out everything the core asked for.
     fn drain(&mut self) {
+        self.flush_ipam();
         while let Some(t) = self.mesh.poll_transmit() {
             if let Some(s) = self.sessions.get(&t.conn)
                 && s.out.try_send(Outgoing::Frame(t.frame)).is_err()
