@@ -1,0 +1,322 @@
+//! IPAM with real meshd processes in network namespaces (needs root; CI runs
+//! as root).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+use weft_tests::netns::Lab;
+
+const PW: &str = "ipam test password";
+
+fn args(init: &str, peers: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "--gossip-interval",
+        "500ms",
+        "--peer-timeout",
+        "3s",
+        "--ipalloc-init",
+        init,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for p in peers {
+        v.push("--peer".into());
+        v.push(p.clone());
+    }
+    v
+}
+
+fn ipam(lab: &Lab, i: usize) -> Result<Value> {
+    let out = lab.meshctl(i, &["status", "ipam", "--json"])?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// `method path` on node `i`'s API; the JSON answer (errors for non-2xx).
+async fn api(lab_socket: std::path::PathBuf, method: hyper::Method, path: String) -> Result<Value> {
+    let body = weft_router::client::request(&lab_socket, method, &path, None).await?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// Allocates `n` ids on each of `nodes`, `conc` at a time per node; returns id -> ip.
+fn allocate_many(
+    lab: &Lab,
+    nodes: &[usize],
+    n: usize,
+    tag: &str,
+) -> Result<BTreeMap<String, Ipv4Addr>> {
+    rt().block_on(async {
+        let mut tasks = Vec::new();
+        for &i in nodes {
+            let sock = lab.nodes[i].socket();
+            let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+            for k in 0..n {
+                let (sock, sem) = (sock.clone(), sem.clone());
+                let id = format!("{tag}-n{i}-{k}");
+                tasks.push(tokio::spawn(async move {
+                    let _permit = sem.acquire().await;
+                    let v = api(sock, hyper::Method::POST, format!("/ip/{id}")).await?;
+                    let ip: Ipv4Addr = v["ip"].as_str().context("ip")?.parse()?;
+                    anyhow::Ok((id, ip))
+                }));
+            }
+        }
+        let mut out = BTreeMap::new();
+        for t in tasks {
+            let (id, ip) = t.await??;
+            out.insert(id, ip);
+        }
+        Ok(out)
+    })
+}
+
+/// Every allocation every node holds: ip -> (node, id).
+fn all_holdings(lab: &Lab, nodes: &[usize]) -> Result<Vec<(Ipv4Addr, usize, String)>> {
+    let mut out = Vec::new();
+    for &i in nodes {
+        let list = rt().block_on(api(lab.nodes[i].socket(), hyper::Method::GET, "/ip".into()))?;
+        for e in list.as_array().cloned().unwrap_or_default() {
+            out.push((
+                e["ip"].as_str().unwrap_or_default().parse()?,
+                i,
+                e["id"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn assert_no_duplicates(h: &[(Ipv4Addr, usize, String)]) -> Result<()> {
+    let mut seen: BTreeMap<Ipv4Addr, (usize, &str)> = BTreeMap::new();
+    for (ip, node, id) in h {
+        if let Some(prev) = seen.insert(*ip, (*node, id)) {
+            anyhow::bail!("{ip} held twice: {prev:?} and ({node}, {id})");
+        }
+    }
+    Ok(())
+}
+
+fn ready(lab: &Lab, nodes: &[usize]) -> Result<bool> {
+    let mut clusters = BTreeSet::new();
+    for &i in nodes {
+        let s = ipam(lab, i)?;
+        if s["ready"] != true {
+            return Ok(false);
+        }
+        clusters.insert(s["cluster"].to_string());
+    }
+    Ok(clusters.len() == 1)
+}
+
+/// Every node sees the same owners with the same amounts.
+fn rings_agree(lab: &Lab, nodes: &[usize]) -> Result<bool> {
+    let mut views = BTreeSet::new();
+    for &i in nodes {
+        let s = ipam(lab, i)?;
+        let own: Vec<(String, u64)> = s["peers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap_or_default().to_owned(),
+                    p["owned"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        views.insert(format!("{own:?}"));
+    }
+    Ok(views.len() == 1)
+}
+
+fn start_three(lab: &mut Lab) -> Result<()> {
+    let first = lab.nodes[0].addr().to_string();
+    lab.start_meshd(0, PW, &args("consensus=3", &[]))?;
+    lab.start_meshd(1, PW, &args("consensus=3", std::slice::from_ref(&first)))?;
+    lab.start_meshd(2, PW, &args("consensus=3", &[first]))?;
+    lab.wait_for("consensus among the three", Duration::from_secs(60), |l| {
+        ready(l, &[0, 1, 2])
+    })
+}
+
+#[test]
+fn three_routers_allocate_3000_distinct_addresses_and_survive_kill_9() -> Result<()> {
+    let mut lab = Lab::new("ipam3k", 3)?;
+    start_three(&mut lab)?;
+    let s = ipam(&lab, 0)?;
+    let shares: Vec<f64> = s["peers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| p["share"].as_f64().unwrap_or(0.0))
+        .collect();
+    ensure!(
+        shares.len() == 3 && shares.iter().all(|x| (x - 1.0 / 3.0).abs() < 0.01),
+        "uneven split: {s}"
+    );
+    let got = allocate_many(&lab, &[0, 1, 2], 1000, "a")?;
+    ensure!(got.len() == 3000);
+    let distinct: BTreeSet<Ipv4Addr> = got.values().copied().collect();
+    ensure!(
+        distinct.len() == 3000,
+        "only {} distinct addresses for 3000 allocations",
+        distinct.len()
+    );
+    let range_ok = got
+        .values()
+        .all(|ip| (ip.octets()[0] == 10) && (32..48).contains(&ip.octets()[1]));
+    ensure!(range_ok, "an address outside 10.32.0.0/12");
+    // kill -9 and restart: every allocation is still there, nothing doubled.
+    lab.kill_meshd(1);
+    lab.start_meshd(
+        1,
+        PW,
+        &args("consensus=3", &[lab.nodes[0].addr().to_string()]),
+    )?;
+    let held = all_holdings(&lab, &[1])?;
+    ensure!(
+        held.len() == 1000,
+        "node 1 holds {} allocations after kill -9, not 1000",
+        held.len()
+    );
+    for (ip, _, id) in &held {
+        ensure!(
+            got.get(id) == Some(ip),
+            "{id} moved from {:?} to {ip} across the restart",
+            got.get(id)
+        );
+    }
+    // The same id again gets the same address; a new one a new address.
+    let again = allocate_many(&lab, &[1], 1, "a")?;
+    ensure!(again.get("a-n1-0") == got.get("a-n1-0"));
+    assert_no_duplicates(&all_holdings(&lab, &[0, 1, 2])?)
+}
+
+#[test]
+fn a_partitioned_router_keeps_allocating_and_no_address_is_doubled_after_healing() -> Result<()> {
+    let mut lab = Lab::new("ipampart", 3)?;
+    start_three(&mut lab)?;
+    // Cut node 2 off from both others.
+    let (a, b) = (lab.nodes[0].ip, lab.nodes[1].ip);
+    let rules = format!(
+        "table inet wtcut {{\n chain i {{ type filter hook input priority 0; ip saddr {{ {a}, {b} }} drop; }}\n \
+         chain o {{ type filter hook output priority 0; ip daddr {{ {a}, {b} }} drop; }}\n}}\n"
+    );
+    let file = std::env::temp_dir().join("weft-lab-ipampart.nft");
+    std::fs::write(&file, rules)?;
+    lab.exec(2, &["nft", "-f", file.to_str().unwrap_or_default()])?;
+    let name2 = lab.status(2)?["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    lab.wait_for("node 2 cut off", Duration::from_secs(15), |l| {
+        Ok(!weft_tests::netns::established_peers(&l.status(0)?).contains(&name2))
+    })?;
+    let during = allocate_many(&lab, &[0, 1, 2], 200, "p")?;
+    ensure!(
+        during.len() == 600,
+        "allocation failed during the partition"
+    );
+    lab.exec(2, &["nft", "delete", "table", "inet", "wtcut"])?;
+    lab.wait_for(
+        "the rings to agree after healing",
+        Duration::from_secs(60),
+        |l| rings_agree(l, &[0, 1, 2]),
+    )?;
+    let after = allocate_many(&lab, &[0, 1, 2], 100, "q")?;
+    ensure!(after.len() == 300);
+    assert_no_duplicates(&all_holdings(&lab, &[0, 1, 2])?)
+}
+
+#[test]
+fn a_late_router_gets_space_and_rmpeer_gives_a_dead_routers_space_to_one_live_router() -> Result<()>
+{
+    let mut lab = Lab::new("ipamrm", 4)?;
+    start_three(&mut lab)?;
+    // A fourth router, joining later as an observer: no share at first, space on demand.
+    lab.start_meshd(3, PW, &args("observer", &[lab.nodes[0].addr().to_string()]))?;
+    lab.wait_for(
+        "the late router to learn the ring",
+        Duration::from_secs(30),
+        |l| ready(l, &[0, 1, 2, 3]),
+    )?;
+    let late = allocate_many(&lab, &[3], 5, "late")?;
+    ensure!(late.len() == 5);
+    let s = ipam(&lab, 3)?;
+    let mine = s["peers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p["is_self"] == true);
+    ensure!(
+        mine.is_some_and(|p| p["owned"].as_u64().unwrap_or(0) > 0),
+        "the late router owns nothing: {s}"
+    );
+    // Node 2 dies for good.
+    let dead = lab.status(2)?["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    lab.kill_meshd(2);
+    lab.wait_for("node 2 unreachable", Duration::from_secs(20), |l| {
+        let s = ipam(l, 0)?;
+        Ok(s["peers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .any(|p| p["name"] == dead.as_str() && p["reachable"] == false))
+    })?;
+    let before: BTreeMap<String, u64> = owners(&ipam(&lab, 0)?);
+    let dead_owned = before.get(&dead).copied().unwrap_or(0);
+    ensure!(dead_owned > 0);
+    lab.meshctl(0, &["rmpeer", &dead])?;
+    lab.wait_for(
+        "the dead router's space to move",
+        Duration::from_secs(30),
+        |l| Ok(!owners(&ipam(l, 0)?).contains_key(&dead) && rings_agree(l, &[0, 1, 3])?),
+    )?;
+    let after = owners(&ipam(&lab, 0)?);
+    let gained: Vec<(&String, u64)> = after
+        .iter()
+        .map(|(p, n)| (p, n.saturating_sub(before.get(p).copied().unwrap_or(0))))
+        .filter(|(_, g)| *g > 0)
+        .collect();
+    ensure!(
+        gained.len() == 1 && gained[0].1 == dead_owned,
+        "space should go to exactly one live router: {gained:?}"
+    );
+    ensure!(
+        after.values().sum::<u64>() == before.values().sum::<u64>(),
+        "addresses lost in the move"
+    );
+    assert_no_duplicates(&all_holdings(&lab, &[0, 1, 3])?)
+}
+
+fn owners(s: &Value) -> BTreeMap<String, u64> {
+    s["peers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_owned(),
+                p["owned"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
