@@ -34,6 +34,9 @@ pub struct Metrics {
     pub topology_news: Counter,
     pub channel_errors: Counter,
     pub rejected: Family<ReasonLabel, Counter>,
+    pub ipam_addresses: Family<StateLabel, Gauge>,
+    pub ipam_unreachable: Gauge,
+    pub ipam_pending: Gauge,
 }
 
 impl Metrics {
@@ -49,6 +52,9 @@ impl Metrics {
             topology_news: Counter::default(),
             channel_errors: Counter::default(),
             rejected: Family::default(),
+            ipam_addresses: Family::default(),
+            ipam_unreachable: Gauge::default(),
+            ipam_pending: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -91,6 +97,21 @@ impl Metrics {
             "sessions_rejected",
             "Sessions closed after the hello, by reason",
             m.rejected.clone(),
+        );
+        registry.register(
+            "ipam_addresses",
+            "Addresses this router owns, by state (allocated, free, owned)",
+            m.ipam_addresses.clone(),
+        );
+        registry.register(
+            "ipam_unreachable_addresses",
+            "Addresses owned by routers we cannot reach",
+            m.ipam_unreachable.clone(),
+        );
+        registry.register(
+            "ipam_pending",
+            "Allocations waiting for bootstrap or space",
+            m.ipam_pending.clone(),
         );
         Metrics { registry, ..m }
     }

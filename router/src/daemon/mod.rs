@@ -449,6 +449,36 @@ impl Loop {
                 state: "unreachable".into(),
             })
             .set(unreachable as i64);
+        if let Some(ip) = self.ipam_status() {
+            let m = &self.metrics;
+            for (state, n) in [
+                ("allocated", ip.allocated as i64),
+                ("free", ip.free as i64),
+                (
+                    "owned",
+                    ip.peers
+                        .iter()
+                        .filter(|p| p.is_self)
+                        .map(|p| p.owned as i64)
+                        .sum(),
+                ),
+            ] {
+                m.ipam_addresses
+                    .get_or_create(&StateLabel {
+                        state: state.into(),
+                    })
+                    .set(n);
+            }
+            m.ipam_unreachable.set(
+                ip.peers
+                    .iter()
+                    .filter(|p| !p.reachable)
+                    .map(|p| p.owned as i64)
+                    .sum(),
+            );
+            m.ipam_pending.set(ip.pending as i64);
+        }
+        let m = &self.metrics;
         let c = &self.mesh.counters;
         m.topology_news
             .inc_by(c.topology_news.saturating_sub(m.topology_news.get()));
