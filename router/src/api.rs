@@ -6,7 +6,7 @@
 //! | GET | `/status` | | [`Status`](crate::api_types::Status) |
 //! | POST | `/connect` | `{"addrs": ["host:port", ...]}` | `{}` |
 //! | POST | `/forget` | `{"addrs": [...]}` | `{}`, or 404 for addresses that were not targets |
-//! | POST | `/ip/{id}` (optional `?addr=A.B.C.D` to claim) | | [`IpReply`]; waits up to 30 s for bootstrap or space, then 503 with the reason |
+//! | POST | `/ip/{id}` (`?ifname=eth0` keys by interface too, `?addr=A.B.C.D` claims) | | [`IpReply`]; waits up to 30 s for bootstrap or space, then 503 with the reason |
 //! | DELETE | `/ip/{id}` | | `{"id", "released": ip or null}`; an unknown id is not an error |
 //! | GET | `/ip/{id}` | | [`IpReply`], or 404 |
 //! | GET | `/ip` | | `[{"id", "ip"}]` |
@@ -120,6 +120,27 @@ fn ip_reply(h: &Handle, id: String, a: u32) -> Response {
 #[derive(serde::Deserialize)]
 struct AllocQuery {
     addr: Option<std::net::Ipv4Addr>,
+    ifname: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct KeyQuery {
+    ifname: Option<String>,
+}
+
+/// Allocations are keyed by container id and, when given, interface name.
+fn key_of(id: &str, ifname: Option<&str>) -> Result<String, Box<Response>> {
+    let bad = |m: &str| Box::new(error(StatusCode::BAD_REQUEST, m));
+    if id.is_empty() || id.len() > 256 || id.contains('/') {
+        return Err(bad("id must be 1 to 256 bytes, without '/'"));
+    }
+    match ifname {
+        None => Ok(id.to_owned()),
+        Some(i) if i.is_empty() || i.len() > 64 || i.contains('/') => {
+            Err(bad("ifname must be 1 to 64 bytes, without '/'"))
+        }
+        Some(i) => Ok(format!("{id}/{i}")),
+    }
 }
 
 async fn ip_allocate(
@@ -130,18 +151,19 @@ async fn ip_allocate(
     let Ok(Query(q)) = q else {
         return error(StatusCode::BAD_REQUEST, "addr must be an IPv4 address");
     };
-    if id.is_empty() || id.len() > 256 {
-        return error(StatusCode::BAD_REQUEST, "id must be 1 to 256 bytes");
-    }
+    let key = match key_of(&id, q.ifname.as_deref()) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
     let addr = q.addr.map(u32::from);
     match ask(&h, |reply| Command::Allocate {
-        key: id.clone(),
+        key: key.clone(),
         addr,
         reply,
     })
     .await
     {
-        Ok(Ok(a)) => ip_reply(&h, id, a),
+        Ok(Ok(a)) => ip_reply(&h, key, a),
         Ok(Err(f)) => error(
             StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             f.message,
@@ -150,30 +172,46 @@ async fn ip_allocate(
     }
 }
 
-async fn ip_release(State(h): State<Handle>, UrlPath(id): UrlPath<String>) -> Response {
+async fn ip_release(
+    State(h): State<Handle>,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<KeyQuery>,
+) -> Response {
+    let key = match key_of(&id, q.ifname.as_deref()) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
     match ask(&h, |reply| Command::Release {
-        key: id.clone(),
+        key: key.clone(),
         reply,
     })
     .await
     {
         Ok(Ok(a)) => {
-            Json(serde_json::json!({ "id": id, "released": a.map(fmt_addr) })).into_response()
+            Json(serde_json::json!({ "id": key, "released": a.map(fmt_addr) })).into_response()
         }
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(r) => *r,
     }
 }
 
-async fn ip_lookup(State(h): State<Handle>, UrlPath(id): UrlPath<String>) -> Response {
+async fn ip_lookup(
+    State(h): State<Handle>,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<KeyQuery>,
+) -> Response {
+    let key = match key_of(&id, q.ifname.as_deref()) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
     match ask(&h, |reply| Command::Lookup {
-        key: id.clone(),
+        key: key.clone(),
         reply,
     })
     .await
     {
-        Ok(Some(a)) => ip_reply(&h, id, a),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no address for {id}")),
+        Ok(Some(a)) => ip_reply(&h, key, a),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no address for {key}")),
         Err(r) => *r,
     }
 }
