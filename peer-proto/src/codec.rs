@@ -199,6 +199,11 @@ mod tests {
                     vec![PeerName(1), PeerName(2)],
                 )),
             }],
+            free: vec![FreeHint {
+                peer: PeerName(1),
+                seq: 4,
+                free: 100,
+            }],
         };
         let bytes = encode_ipam(&msg).expect("encode");
         assert_eq!(decode_ipam(&bytes).expect("decode"), msg);

@@ -38,6 +38,15 @@ pub struct ClaimsWire {
     pub accepted: Option<(BallotWire, Vec<PeerName>)>,
 }
 
+/// How many free addresses a router has, as it last said; the highest `seq`
+/// from a router wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreeHint {
+    pub peer: PeerName,
+    pub seq: u64,
+    pub free: u64,
+}
+
 /// Messages of the `ipam` channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IpamMsg {
@@ -45,6 +54,7 @@ pub enum IpamMsg {
     State {
         ring: RingWire,
         consensus: Vec<ClaimsWire>,
+        free: Vec<FreeHint>,
     },
     /// "I have no free address; please give me some" (unicast).
     SpaceRequest,
@@ -58,8 +68,14 @@ pub const MAX_IPAM_PEERS: usize = 1 << 14;
 impl IpamMsg {
     /// The limits serde cannot express.
     pub fn validate(&self) -> Result<(), crate::ValidationError> {
-        if let IpamMsg::State { ring, consensus } = self {
+        if let IpamMsg::State {
+            ring,
+            consensus,
+            free,
+        } = self
+        {
             let too_many = ring.entries.len() > MAX_RING_ENTRIES
+                || free.len() > MAX_IPAM_PEERS
                 || ring.removed.len() > MAX_IPAM_PEERS
                 || consensus.len() > MAX_IPAM_PEERS
                 || consensus.iter().any(|c| {

@@ -139,7 +139,7 @@ pub struct IpamPeer {
     pub share: f64,
     pub reachable: bool,
     pub is_self: bool,
-    /// Known for ourselves only.
+    /// Ours exactly; others' as they last gossiped it.
     pub free: Option<u64>,
     pub allocated: Option<usize>,
 }

@@ -16,7 +16,7 @@ use weft_ipam_crdt::wire::{knowledge_from_wire, knowledge_to_wire};
 use weft_ipam_crdt::{AddrRange, AllocError, Bootstrap, Init, Ring, Snapshot, Waiting};
 use weft_peer_proto::PeerName;
 use weft_peer_proto::codec::{decode_ipam, encode_ipam};
-use weft_peer_proto::ipam::{ClaimsWire, IpamMsg, RingWire};
+use weft_peer_proto::ipam::{ClaimsWire, FreeHint, IpamMsg, RingWire};
 
 use crate::mesh::{ChannelError, GossipChannel};
 
@@ -65,8 +65,9 @@ pub struct IpamService {
     /// Send our state straight to these peers (we donated to them).
     pub direct: Vec<PeerName>,
     pub bad_messages: u64,
+    /// Free addresses per router, as each last said: (seq, free).
+    hints: std::collections::BTreeMap<PeerName, (u64, u64)>,
 }
-
 impl IpamService {
     /// Opens (or creates) the persisted state in `data_dir`.
     pub fn open(me: PeerName, range: AddrRange, init: Init, data_dir: &Path) -> Result<Self> {
@@ -95,6 +96,7 @@ impl IpamService {
             dirty: true,
             direct: Vec::new(),
             bad_messages: 0,
+            hints: Default::default(),
         };
         s.persist()?;
         Ok(s)
@@ -128,13 +130,38 @@ impl IpamService {
         self.b.alloc().ring().range()
     }
 
-    /// The encoded state we gossip.
-    pub fn state_msg(&self) -> Option<Vec<u8>> {
+    /// The encoded state we gossip (our free count refreshed in it).
+    pub fn state_msg(&mut self) -> Option<Vec<u8>> {
+        let me = self.b.alloc().me();
+        let free = self.b.alloc().free_count();
+        if self.hints.get(&me).is_none_or(|(_, f)| *f != free) {
+            // Wall-clock milliseconds: larger after a restart too.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let seq = now.max(self.hints.get(&me).map_or(0, |(s, _)| s + 1));
+            self.hints.insert(me, (seq, free));
+        }
         let msg = IpamMsg::State {
             ring: self.b.alloc().ring().to_wire(),
             consensus: knowledge_to_wire(self.b.knowledge()),
+            free: self
+                .hints
+                .iter()
+                .map(|(p, (seq, free))| FreeHint {
+                    peer: *p,
+                    seq: *seq,
+                    free: *free,
+                })
+                .collect(),
         };
         encode_ipam(&msg).ok()
+    }
+
+    /// Free addresses `peer` last reported.
+    pub fn free_of(&self, peer: PeerName) -> Option<u64> {
+        self.hints.get(&peer).map(|(_, f)| *f)
     }
 
     pub fn space_request() -> Option<Vec<u8>> {
@@ -206,24 +233,25 @@ impl IpamService {
         }
     }
 
-    /// The peer to ask for space: the one owning the most addresses, among
-    /// those `reachable`.
+    /// The peer to ask for space: the reachable one with the most free
+    /// addresses as far as we know, else the one owning the most.
     pub fn donor(&self, reachable: impl Fn(PeerName) -> bool) -> Option<PeerName> {
         let me = self.b.alloc().me();
-        self.b
-            .alloc()
-            .ring()
-            .ownership()
-            .into_iter()
+        let own = self.b.alloc().ring().ownership();
+        own.into_iter()
             .filter(|(p, _)| *p != me && reachable(*p))
-            .max_by_key(|(_, n)| *n)
+            .max_by_key(|(p, owned)| (self.free_of(*p).unwrap_or(0), *owned))
             .map(|(p, _)| p)
     }
 
     fn on_state(&mut self, payload: &[u8]) -> Result<bool, ChannelError> {
         let bad = |e: String| ChannelError(e);
         match decode_ipam(payload).map_err(|e| bad(e.to_string()))? {
-            IpamMsg::State { ring, consensus } => {
+            IpamMsg::State {
+                ring,
+                consensus,
+                free,
+            } => {
                 let range = self.range();
                 let ring = Ring::from_wire(&ring, range).map_err(|e| bad(e.to_string()))?;
                 let now = self.now_ms();
@@ -234,6 +262,16 @@ impl IpamService {
                 if changed {
                     self.changed()?;
                 }
+                // Hints only for routers that own space, so they stay bounded.
+                let owners = self.b.alloc().ring().ownership();
+                let me = self.b.alloc().me();
+                for h in free {
+                    let newer = self.hints.get(&h.peer).is_none_or(|(s, _)| *s < h.seq);
+                    if h.peer != me && owners.contains_key(&h.peer) && newer {
+                        self.hints.insert(h.peer, (h.seq, h.free));
+                    }
+                }
+                self.hints.retain(|p, _| owners.contains_key(p) || *p == me);
                 Ok(changed)
             }
             IpamMsg::SpaceRequest => Err(bad("space request gossiped instead of unicast".into())),

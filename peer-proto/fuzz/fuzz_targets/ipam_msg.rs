@@ -11,7 +11,7 @@ use weft_peer_proto::ipam::IpamMsg;
 
 fuzz_target!(|data: &[u8]| {
     let range = AddrRange::new(1000, 2024);
-    if let Ok(IpamMsg::State { ring, consensus }) = decode_ipam(data) {
+    if let Ok(IpamMsg::State { ring, consensus, .. }) = decode_ipam(data) {
         let _ = knowledge_from_wire(&consensus);
         if let Ok(theirs) = Ring::from_wire(&ring, range) {
             let mut ours = Ring::seeded(range, &[PeerName(1), PeerName(2)], theirs.cluster().unwrap_or(7));

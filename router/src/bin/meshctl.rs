@@ -212,9 +212,10 @@ fn ipam_text(s: &IpamStatus) -> String {
         } else {
             "UNREACHABLE"
         };
+        let free = p.free.map(|f| format!(", {f} free")).unwrap_or_default();
         let _ = writeln!(
             out,
-            "  {}({}) owns {} ({:.1}%) [{reach}]",
+            "  {}({}) owns {} ({:.1}%){free} [{reach}]",
             p.name,
             p.nickname,
             p.owned,

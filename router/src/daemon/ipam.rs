@@ -198,7 +198,11 @@ impl Loop {
                     share: owned as f64 / range.len() as f64,
                     reachable: ok || p == me,
                     is_self: p == me,
-                    free: (p == me).then(|| b.alloc().free_count()),
+                    free: if p == me {
+                        Some(b.alloc().free_count())
+                    } else {
+                        svc.free_of(p)
+                    },
                     allocated: (p == me).then(|| b.alloc().allocations().count()),
                 }
             })
