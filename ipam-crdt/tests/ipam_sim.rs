@@ -11,24 +11,9 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
+mod common;
+use common::Rng;
 use weft_ipam_crdt::{AddrRange, AllocError, Allocator, PeerName, Ring, Snapshot};
-
-/// xorshift64*: small, seeded, deterministic.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-}
 
 #[derive(Clone)]
 enum Msg {
@@ -351,7 +336,7 @@ fn run(seed: u64, ops: u64) {
     let seeds: Vec<PeerName> = (1..=10).map(PeerName).collect();
     let ring = Ring::seeded(range, &seeds, 42);
     let mut w = World {
-        rng: Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+        rng: Rng::new(seed),
         seed,
         now: 0,
         nodes: Vec::new(),

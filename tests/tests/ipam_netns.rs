@@ -122,20 +122,7 @@ fn ready(lab: &Lab, nodes: &[usize]) -> Result<bool> {
 fn rings_agree(lab: &Lab, nodes: &[usize]) -> Result<bool> {
     let mut views = BTreeSet::new();
     for &i in nodes {
-        let s = ipam(lab, i)?;
-        let own: Vec<(String, u64)> = s["peers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|p| {
-                (
-                    p["name"].as_str().unwrap_or_default().to_owned(),
-                    p["owned"].as_u64().unwrap_or(0),
-                )
-            })
-            .collect();
-        views.insert(format!("{own:?}"));
+        views.insert(owners(&ipam(lab, i)?));
     }
     Ok(views.len() == 1)
 }

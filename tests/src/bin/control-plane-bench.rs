@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use weft_tests::bench::*;
 
 use anyhow::{Context, Result};
 use tokio::sync::{mpsc, watch};
@@ -125,11 +126,6 @@ async fn handshakes(k: usize, server: SocketAddr, n: usize) -> Result<f64> {
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let routers: usize = std::env::args()
@@ -236,10 +232,7 @@ async fn main() -> Result<()> {
         "new router learns a {}-peer topology (all reachable) in: median {:.2} s  [runs: {:?}]",
         routers + 1,
         median(learn.clone()),
-        learn
-            .iter()
-            .map(|v| (v * 100.0).round() / 100.0)
-            .collect::<Vec<_>>()
+        rounded(&learn)
     );
     let _ = stop_tx.send(true);
     for t in tasks {

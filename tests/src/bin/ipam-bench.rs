@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use weft_tests::bench::*;
 
 use anyhow::{Result, bail};
 use hyper::Method;
@@ -49,16 +50,6 @@ async fn post(sock: &Path, path: &str) -> Result<()> {
         .map(|_| ())
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let _ = std::fs::remove_dir_all(scratch());
@@ -86,19 +77,15 @@ async fn main() -> Result<()> {
             post(&sock_a, &format!("/ip/seq{round}-{k}")).await?;
             lat.push(t.elapsed().as_secs_f64() * 1e3);
         }
-        p50s.push(pct(&mut lat, 0.50));
-        p99s.push(pct(&mut lat, 0.99));
+        p50s.push(quantile(&mut lat, 0.50));
+        p99s.push(quantile(&mut lat, 0.99));
     }
     println!(
         "allocation latency, one client (3 x 1000): p50 {:.2} ms, p99 {:.2} ms  [p50s {:?}, p99s {:?}]",
         median(p50s.clone()),
         median(p99s.clone()),
-        p50s.iter()
-            .map(|v| (v * 100.0).round() / 100.0)
-            .collect::<Vec<_>>(),
-        p99s.iter()
-            .map(|v| (v * 100.0).round() / 100.0)
-            .collect::<Vec<_>>()
+        rounded(&p50s),
+        rounded(&p99s)
     );
 
     // 2. Throughput with 32 concurrent clients.
@@ -154,10 +141,7 @@ async fn main() -> Result<()> {
     println!(
         "new router, start to first address: median {:.2} s  [runs {:?}]",
         median(first.clone()),
-        first
-            .iter()
-            .map(|v| (v * 100.0).round() / 100.0)
-            .collect::<Vec<_>>()
+        rounded(&first)
     );
     let _ = stop_tx.send(true);
     let _ = a.await;

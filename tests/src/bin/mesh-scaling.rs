@@ -6,12 +6,8 @@
 
 use weft_peer_proto::PeerName;
 use weft_router::mesh::Config;
+use weft_tests::bench::*;
 use weft_tests::sim::{SimConfig, converge_from_seed};
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn main() {
     let ns: Vec<usize> = std::env::args()
