@@ -220,8 +220,36 @@ impl Allocator {
 
     /// Merges a ring from a peer; inherits the ranges of removed peers whose
     /// heir we are. Returns what the merge did (with `changed` also set when
-    /// we inherited, so the caller gossips).
+    /// we inherited, so the caller gossips). Refuses a ring that changes or
+    /// splits a range we own: only we do that, unless we were removed.
     pub fn merge(&mut self, other: &Ring) -> Result<MergeOutcome, RingError> {
+        // Another cluster's ring is refused as such, before anything else.
+        if let (Some(ours), Some(theirs)) = (self.ring.cluster(), other.cluster())
+            && ours != theirs
+        {
+            return Err(RingError::ClusterMismatch { ours, theirs });
+        }
+        if !other.removed().contains(&self.me) {
+            for (t, theirs) in other.entries() {
+                match self.ring.entry(t) {
+                    Some(ours)
+                        if ours.owner == self.me
+                            && theirs != ours
+                            && (theirs.version, theirs.owner) > (ours.version, ours.owner) =>
+                    {
+                        return Err(RingError::Invariant(format!(
+                            "a peer's ring takes our range at token {t}"
+                        )));
+                    }
+                    None if self.ring.is_seeded() && self.ring.owner_of(t) == Some(self.me) => {
+                        return Err(RingError::Invariant(format!(
+                            "a peer's ring splits our range at token {t}"
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+        }
         let mut out = self.ring.merge(other)?;
         out.changed |= self.inherit();
         if out.changed {
@@ -241,17 +269,7 @@ impl Allocator {
     }
 
     fn inherit(&mut self) -> bool {
-        if self.ring.removed().contains(&self.me) {
-            return false;
-        }
-        let dead: Vec<PeerName> = self.ring.removed().iter().copied().collect();
-        let mut changed = false;
-        for d in dead {
-            if self.ring.heir_of(d) == Some(self.me) {
-                changed |= self.ring.inherit(self.me, d) > 0;
-            }
-        }
-        changed
+        self.ring.inherit_removed(self.me) > 0
     }
 
     /// Checks the invariants in the module docs.
@@ -386,6 +404,27 @@ mod tests {
         // The removed peer cannot allocate any more.
         alloc[2].merge(&r1).expect("merge");
         assert_eq!(alloc[2].allocate("x"), Err(AllocError::Removed));
+    }
+
+    #[test]
+    fn a_peer_cannot_take_or_split_our_range() {
+        let (mut a, b) = pair();
+        let mut forged = b.ring().clone();
+        forged
+            .transfer(PeerName(1), AddrRange::new(100, 110), PeerName(2))
+            .expect("forging as the owner");
+        assert!(matches!(a.merge(&forged), Err(RingError::Invariant(_))));
+        assert_eq!(
+            a.ring().owner_of(105),
+            Some(PeerName(1)),
+            "our range untouched"
+        );
+        // Once we are removed, our ranges go to the heir: that is accepted.
+        let mut removed = b.ring().clone();
+        removed.remove_peer(PeerName(1));
+        removed.inherit_removed(PeerName(2));
+        assert!(a.merge(&removed).is_ok());
+        assert_eq!(a.allocate("x"), Err(AllocError::Removed));
     }
 
     #[test]

@@ -161,12 +161,16 @@ impl Bootstrap {
     }
 
     fn seed_from_decision(&mut self, now_ms: u64) -> bool {
-        if self.alloc.ring().is_seeded() {
+        // Only voters know the quorum; everyone else adopts rings.
+        if self.alloc.ring().is_seeded() || !matches!(self.init, Init::Consensus(_)) {
             return false;
         }
         let Some((_, value)) = self.paxos.decision() else {
             return false;
         };
+        if value.is_empty() {
+            return false;
+        }
         let ring = Ring::seeded(self.range, &value, cluster_id(self.range, &value));
         let ok = self.alloc.merge(&ring).is_ok_and(|o| o.changed);
         if ok {
@@ -279,6 +283,43 @@ mod tests {
         assert_eq!(back.waiting(), Waiting::Ready);
         assert_eq!(back.alloc().lookup("c1"), Some(a));
         assert_eq!(back.knowledge().get(&PeerName(2)), k.get(&PeerName(2)));
+    }
+
+    /// An observer does not know N: one voter's acceptance is not a decision
+    /// to it. (It used to seed a ring from it, a second cluster in the making.)
+    #[test]
+    fn an_observer_never_seeds_from_claims() {
+        let mut now = 0;
+        let mut a = Bootstrap::new(PeerName(1), R, Init::Consensus(3), now);
+        let mut b = Bootstrap::new(PeerName(2), R, Init::Consensus(3), now);
+        let mut o = Bootstrap::new(PeerName(9), R, Init::Observer, now);
+        // Until voter 1 has accepted a value (a quorum of 2 promised it).
+        for _ in 0..100 {
+            now += 500;
+            a.tick(now, 1);
+            b.tick(now, 2);
+            let (ka, kb) = (a.knowledge().clone(), b.knowledge().clone());
+            let _ = b.on_state(None, &ka, now);
+            let _ = a.on_state(None, &kb, now);
+            if a.knowledge()
+                .get(&PeerName(1))
+                .is_some_and(|c| c.accepted.is_some())
+            {
+                break;
+            }
+        }
+        assert!(
+            a.knowledge()
+                .get(&PeerName(1))
+                .is_some_and(|c| c.accepted.is_some()),
+            "voter 1 never accepted"
+        );
+        let _ = o.on_state(None, a.knowledge(), now);
+        assert_eq!(
+            o.waiting(),
+            Waiting::Ring,
+            "the observer seeded a ring from claims alone"
+        );
     }
 
     #[test]

@@ -91,7 +91,10 @@ impl Paxos {
             if *voter == self.me && !self.voter {
                 continue;
             }
-            // Claims only grow, so the larger is the later. (Our own come back
+            // A value must name who splits the range; an empty one is forged.
+            if theirs.accepted.as_ref().is_some_and(|(_, v)| v.is_empty()) {
+                continue;
+            } // Claims only grow, so the larger is the later. (Our own come back
             // larger only if we lost them, which persistence prevents.)
             match self.knows.get(voter) {
                 Some(ours) if ours.key() >= theirs.key() => {}
@@ -107,7 +110,7 @@ impl Paxos {
     /// Starts a proposal above every ballot seen, for `value` (the peers to
     /// split the range between).
     pub fn propose(&mut self, value: Vec<PeerName>) -> bool {
-        if !self.voter || self.decision().is_some() {
+        if !self.voter || self.decision().is_some() || value.is_empty() {
             return false;
         }
         let top = self

@@ -131,6 +131,11 @@ impl Ring {
         self.entries.iter().map(|(t, e)| (*t, *e))
     }
 
+    /// The entry at exactly `token`.
+    pub fn entry(&self, token: u32) -> Option<Entry> {
+        self.entries.get(&token).copied()
+    }
+
     pub fn removed(&self) -> &BTreeSet<PeerName> {
         &self.removed
     }
@@ -278,7 +283,7 @@ impl Ring {
         for t in tokens {
             if let Some(e) = self.entries.get_mut(&t) {
                 e.owner = to;
-                e.version += 1;
+                e.version = e.version.saturating_add(1);
             }
         }
         Ok(())
@@ -289,46 +294,57 @@ impl Ring {
         self.removed.insert(peer)
     }
 
-    /// Who inherits a removed peer's ranges: the owner of the nearest entry
-    /// before the dead peer's first entry (going backwards around the ring,
-    /// over the dead peer's own entries). If that owner is itself removed,
-    /// nobody yet: its own heir takes that entry first, and then inherits
-    /// this one too.
+    /// Who inherits a removed peer's entry at `token`: the owner of the entry
+    /// immediately before it (wrapping around the ring). If that owner is
+    /// removed too, nobody yet: its own heir takes that entry first, and then
+    /// this one.
     ///
-    /// Why this picks at most one peer: a router that sees itself as the
-    /// owner of that entry is right about it (only the owner of a range
-    /// changes it or adds tokens inside it, so its own view of its entries is
-    /// exact). Skipping removed owners instead would depend on whether their
-    /// ranges were already inherited, which differs between views.
-    pub fn heir_of(&self, dead: PeerName) -> Option<PeerName> {
-        let (first, _) = self.entries.iter().find(|(_, e)| e.owner == dead)?;
+    /// Why at most one router ever believes it is the heir of an entry: a
+    /// router is right about where its own entry ends, since only the owner
+    /// of a range adds tokens inside it (and a range changes hands with the
+    /// whole ring state). Deciding per entry matters: the dead peer's lowest
+    /// entry, say, depends on whether a donation *to* it was seen yet.
+    pub fn heir_of_entry(&self, token: u32) -> Option<PeerName> {
         let before = self
             .entries
-            .range(..*first)
-            .rev()
-            .chain(self.entries.range(*first..).rev());
-        let owner = before.map(|(_, e)| e.owner).find(|o| *o != dead)?;
+            .range(..token)
+            .next_back()
+            .or_else(|| self.entries.iter().next_back())?;
+        if *before.0 == token {
+            return None;
+        }
+        let owner = before.1.owner;
         (!self.removed.contains(&owner)).then_some(owner)
     }
 
-    /// `heir` takes every entry of the removed `dead` (version bumped).
+    /// `me` takes every entry of a removed peer whose heir it is (version
+    /// bumped), again and again while that makes it the heir of the next one.
     /// Returns the addresses taken.
-    pub fn inherit(&mut self, heir: PeerName, dead: PeerName) -> u64 {
-        let mut n = 0;
-        let tokens: Vec<u32> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.owner == dead)
-            .map(|(t, _)| *t)
-            .collect();
-        for t in tokens {
-            n += self.end_of(t) - u64::from(t);
-            if let Some(e) = self.entries.get_mut(&t) {
-                e.owner = heir;
-                e.version += 1;
+    pub fn inherit_removed(&mut self, me: PeerName) -> u64 {
+        if self.removed.contains(&me) {
+            return 0;
+        }
+        let mut taken = 0;
+        loop {
+            let mine: Vec<u32> = self
+                .entries
+                .iter()
+                .filter(|(t, e)| {
+                    self.removed.contains(&e.owner) && self.heir_of_entry(**t) == Some(me)
+                })
+                .map(|(t, _)| *t)
+                .collect();
+            if mine.is_empty() {
+                return taken;
+            }
+            for t in mine {
+                taken += self.end_of(t) - u64::from(t);
+                if let Some(e) = self.entries.get_mut(&t) {
+                    e.owner = me;
+                    e.version = e.version.saturating_add(1);
+                }
             }
         }
-        n
     }
 
     /// The structural invariants: a seeded ring starts at the range start and
@@ -437,9 +453,9 @@ mod tests {
     fn removed_peer_goes_to_exactly_one_heir() {
         let mut r = Ring::seeded(R, &[p(1), p(2), p(3)], 7);
         r.remove_peer(p(2));
-        // p2's range follows p1's: p1 inherits.
-        assert_eq!(r.heir_of(p(2)), Some(p(1)));
-        let n = r.inherit(p(1), p(2));
+        // p2's range follows p1's: p1 inherits, p3 does not.
+        assert_eq!(r.clone().inherit_removed(p(3)), 0);
+        let n = r.inherit_removed(p(1));
         assert_eq!(n, 341);
         assert!(r.ranges_of(p(2)).is_empty());
         // A stale copy of the old ring cannot bring p2's range back.
@@ -449,7 +465,40 @@ mod tests {
         // Wrapping around: the first peer's heir is the last owner.
         let mut r = Ring::seeded(R, &[p(1), p(2), p(3)], 7);
         r.remove_peer(p(1));
-        assert_eq!(r.heir_of(p(1)), Some(p(3)));
+        assert_eq!(r.inherit_removed(p(3)), 341);
+    }
+
+    /// The review's case: X gives D a range, D dies, B has not seen the gift.
+    /// Deciding per entry, X and B inherit different entries: no conflict.
+    #[test]
+    fn heirs_agree_even_when_a_gift_to_the_dead_peer_was_not_seen_everywhere() {
+        let (x, b, d) = (p(1), p(2), p(3));
+        let base = Ring::seeded(R, &[x, b, d], 7); // x [1000,1341), b [1341,1682), d [1682,2024)
+        let mut at_x = base.clone();
+        at_x.transfer(x, AddrRange::new(1300, 1341), d)
+            .expect("x owns it");
+        let mut at_b = base;
+        at_x.remove_peer(d);
+        at_b.remove_peer(d);
+        let gx = at_x.inherit_removed(x);
+        let gb = at_b.inherit_removed(b);
+        assert_eq!((gx, gb), (41, 342));
+        let mut merged = at_x.clone();
+        let out = merged.merge(&at_b).expect("merge");
+        assert_eq!(out.conflicts, 0, "two routers inherited the same entry");
+        let own = merged.ownership();
+        assert_eq!(own.get(&d), None);
+        assert_eq!(own.values().sum::<u64>(), 1024);
+    }
+
+    #[test]
+    fn chains_of_removed_peers_resolve() {
+        let mut r = Ring::seeded(R, &[p(1), p(2), p(3), p(4)], 7);
+        r.remove_peer(p(2));
+        r.remove_peer(p(3));
+        assert_eq!(r.inherit_removed(p(4)), 0, "p4 precedes only p1");
+        assert_eq!(r.inherit_removed(p(1)), 512, "p1 takes p2's, then p3's");
+        assert_eq!(r.ownership().len(), 2);
     }
 
     fn random_ring(seed: u64) -> Ring {

@@ -9,6 +9,10 @@ use crate::paxos::{Ballot, Claims, Knowledge};
 use crate::range::AddrRange;
 use crate::ring::{Entry, Ring, RingError};
 
+/// Versions grow by one per change of one range; no real ring comes near
+/// this, and refusing larger ones keeps `u32` far from overflowing.
+pub const MAX_VERSION: u32 = 1 << 30;
+
 impl Ring {
     pub fn to_wire(&self) -> RingWire {
         RingWire {
@@ -43,6 +47,12 @@ impl Ring {
                 return Err(RingError::Invariant(format!(
                     "token {} outside the range",
                     e.token
+                )));
+            }
+            if e.version > MAX_VERSION {
+                return Err(RingError::Invariant(format!(
+                    "version {} of token {} is implausible",
+                    e.version, e.token
                 )));
             }
             if entries
