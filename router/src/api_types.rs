@@ -129,6 +129,8 @@ pub struct IpamStatus {
     pub pending: usize,
     /// Allocations that fell outside our ranges (should stay empty).
     pub lost: Vec<String>,
+    /// Set when a write of the IPAM state failed: allocation has stopped.
+    pub stopped: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -67,6 +67,8 @@ pub struct IpamService {
     pub bad_messages: u64,
     /// Free addresses per router, as each last said: (seq, free).
     hints: std::collections::BTreeMap<PeerName, (u64, u64)>,
+    /// Set when persisting failed: we neither gossip nor allocate any more.
+    broken: Option<String>,
 }
 impl IpamService {
     /// Opens (or creates) the persisted state in `data_dir`.
@@ -97,6 +99,7 @@ impl IpamService {
             direct: Vec::new(),
             bad_messages: 0,
             hints: Default::default(),
+            broken: None,
         };
         s.persist()?;
         Ok(s)
@@ -116,10 +119,26 @@ impl IpamService {
         crate::store::write_json(&self.path, &p)
     }
 
+    /// Persists a change, and only then marks our state for gossip. If the
+    /// write fails, the service stops gossiping and allocating (nothing
+    /// that is not on disk may leave the process); the error is logged by
+    /// the mesh and shown in status.
     fn changed(&mut self) -> Result<(), ChannelError> {
-        self.dirty = true;
-        self.persist()
-            .map_err(|e| ChannelError(format!("persisting IPAM state: {e:#}")))
+        match self.persist() {
+            Ok(()) => {
+                self.dirty = true;
+                Ok(())
+            }
+            Err(e) => {
+                self.broken = Some(format!("{e:#}"));
+                Err(ChannelError(format!("persisting IPAM state: {e:#}")))
+            }
+        }
+    }
+
+    /// Why the service stopped (a failed write), if it did.
+    pub fn broken(&self) -> Option<&str> {
+        self.broken.as_deref()
     }
 
     pub fn bootstrap(&self) -> &Bootstrap {
@@ -143,9 +162,19 @@ impl IpamService {
             let seq = now.max(self.hints.get(&me).map_or(0, |(s, _)| s + 1));
             self.hints.insert(me, (seq, free));
         }
+        if self.broken.is_some() {
+            return None;
+        }
+        // Once the ring is seeded nobody needs the claims (a late router
+        // adopts the ring), and they grow with the square of the voters.
+        let consensus = if self.b.alloc().ring().is_seeded() {
+            Vec::new()
+        } else {
+            knowledge_to_wire(self.b.knowledge())
+        };
         let msg = IpamMsg::State {
             ring: self.b.alloc().ring().to_wire(),
-            consensus: knowledge_to_wire(self.b.knowledge()),
+            consensus,
             free: self
                 .hints
                 .iter()
@@ -170,6 +199,9 @@ impl IpamService {
 
     /// Allocates (or, with `addr`, claims) for `key`; persisted before it returns.
     pub fn allocate(&mut self, key: &str, addr: Option<u32>) -> Result<Result<u32, AllocError>> {
+        if let Some(why) = &self.broken {
+            bail!("IPAM stopped after a failed write: {why}");
+        }
         let before = self.b.alloc().lookup(key);
         let r = match addr {
             Some(a) => self.b.alloc_mut().claim(key, a).map(|()| a),
@@ -183,6 +215,9 @@ impl IpamService {
 
     /// Releases `key` (unknown keys are fine); persisted before it returns.
     pub fn release(&mut self, key: &str) -> Result<Option<u32>> {
+        if let Some(why) = &self.broken {
+            bail!("IPAM stopped after a failed write: {why}");
+        }
         let r = self.b.alloc_mut().release(key);
         if r.is_some() {
             self.persist()?;
@@ -255,10 +290,19 @@ impl IpamService {
                 let range = self.range();
                 let ring = Ring::from_wire(&ring, range).map_err(|e| bad(e.to_string()))?;
                 let now = self.now_ms();
-                let changed = self
-                    .b
-                    .on_state(Some(&ring), &knowledge_from_wire(&consensus), now)
-                    .map_err(|e| bad(e.to_string()))?;
+                let changed =
+                    match self
+                        .b
+                        .on_state(Some(&ring), &knowledge_from_wire(&consensus), now)
+                    {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // Our consensus claims may have moved before the ring
+                            // was refused: they must be on disk before they are sent.
+                            let _ = self.changed();
+                            return Err(bad(e.to_string()));
+                        }
+                    };
                 if changed {
                     self.changed()?;
                 }
@@ -293,9 +337,9 @@ impl GossipChannel for IpamService {
     fn on_unicast(&mut self, src: PeerName, payload: &[u8]) -> Result<(), ChannelError> {
         match decode_ipam(payload).map_err(|e| ChannelError(e.to_string()))? {
             IpamMsg::SpaceRequest => {
-                if self.b.alloc_mut().donate(src).is_some() {
-                    self.direct.push(src);
+                if self.broken.is_none() && self.b.alloc_mut().donate(src).is_some() {
                     self.changed()?;
+                    self.direct.push(src);
                 }
                 Ok(())
             }

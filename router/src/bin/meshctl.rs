@@ -193,6 +193,12 @@ fn ipam_text(s: &IpamStatus) -> String {
     } else {
         let _ = writeln!(out, "Status: {}", s.waiting);
     }
+    if let Some(why) = &s.stopped {
+        let _ = writeln!(
+            out,
+            "STOPPED: a write of the IPAM state failed ({why}); fix the disk and restart"
+        );
+    }
     if let Some(c) = &s.refused_cluster {
         let _ = writeln!(
             out,

@@ -132,11 +132,19 @@ impl Loop {
             .filter(|(_, ok, _)| *ok)
             .map(|(n, _, _)| n)
             .collect();
+        // Skip donors asked in the last few seconds: one that had nothing to
+        // give does not answer, and others may have space.
+        let now = Instant::now();
+        self.donors_asked
+            .retain(|_, at| now.duration_since(*at) < Duration::from_secs(3));
+        let asked: std::collections::HashSet<PeerName> =
+            self.donors_asked.keys().copied().collect();
         let donor = self
             .ipam()
-            .and_then(|s| s.donor(|p| reachable.contains(&p)));
+            .and_then(|s| s.donor(|p| reachable.contains(&p) && !asked.contains(&p)));
         if let (Some(d), Some(msg)) = (donor, IpamService::space_request()) {
-            self.space_asked = Some(Instant::now());
+            self.space_asked = Some(now);
+            self.donors_asked.insert(d, now);
             if self.mesh.unicast(channel(), d, msg).is_ok() {
                 info!(donor = %d, "asked a peer for address space");
             }
@@ -145,6 +153,20 @@ impl Loop {
 
     /// Serves waiting allocations that can be served now; fails those past
     /// their deadline with the reason they waited.
+    /// A release cancels an allocation still waiting for the same key.
+    pub(super) fn cancel_pending(&mut self, key: &str) {
+        for p in std::mem::take(&mut self.pending) {
+            if p.key == key {
+                let _ = p.reply.send(Err(IpamFailure::new(
+                    409,
+                    "released while waiting for an address",
+                )));
+            } else {
+                self.pending.push(p);
+            }
+        }
+    }
+
     pub(super) fn retry_pending(&mut self) {
         if self.pending.is_empty() {
             return;
@@ -152,6 +174,11 @@ impl Loop {
         let now = Instant::now();
         let pending = std::mem::take(&mut self.pending);
         for p in pending {
+            // The client gave up (a CNI ADD timed out, say): allocating now
+            // would leak the address.
+            if p.reply.is_closed() {
+                continue;
+            }
             match self.try_allocate(&p.key, p.addr) {
                 Ok(a) => {
                     let _ = p.reply.send(Ok(a));
@@ -230,6 +257,7 @@ impl Loop {
                 .iter()
                 .map(|(k, a)| format!("{k}={}", fmt_addr(*a)))
                 .collect(),
+            stopped: svc.broken().map(str::to_owned),
         })
     }
 

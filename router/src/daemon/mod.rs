@@ -125,8 +125,8 @@ struct Loop {
     status_base: Status,
     pending: Vec<ipam::Pending>,
     space_asked: Option<Instant>,
+    donors_asked: HashMap<weft_peer_proto::PeerName, Instant>,
 }
-
 fn transport_config(peer_timeout: Duration) -> Result<Arc<quinn::TransportConfig>> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(peer_timeout)?));
@@ -243,6 +243,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         status_base,
         pending: Vec::new(),
         space_asked: None,
+        donors_asked: HashMap::new(),
     };
     lp.save_targets();
 
@@ -382,6 +383,7 @@ impl Loop {
             }
             Command::Allocate { key, addr, reply } => self.allocate(key, addr, reply),
             Command::Release { key, reply } => {
+                self.cancel_pending(&key);
                 let r = match self.ipam() {
                     Some(svc) => svc.release(&key).map_err(|e| format!("{e:#}")),
                     None => Err("IPAM not running".into()),
