@@ -286,6 +286,27 @@ async fn run(args: Args) -> Result<()> {
                         Some(s) => section(&status, s),
                     }
                 );
+                if sec.is_none() {
+                    // One line on address space, as `weave status` had.
+                    if let Ok(body) = request(&args.socket, Method::GET, "/ipam", None).await
+                        && let Ok(ip) = serde_json::from_slice::<IpamStatus>(&body)
+                    {
+                        let here = ip
+                            .peers
+                            .iter()
+                            .find(|p| p.is_self)
+                            .map_or(0.0, |p| p.share * 100.0);
+                        let state = if ip.ready {
+                            "ready".to_owned()
+                        } else {
+                            ip.waiting.clone()
+                        };
+                        println!(
+                            "{:>15}: {} ({state}; {here:.1}% owned here, {} allocated)",
+                            "IPAM", ip.range, ip.allocated
+                        );
+                    }
+                }
             }
         }
         Cmd::Connect { addrs } => {
