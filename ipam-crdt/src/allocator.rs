@@ -212,7 +212,15 @@ impl Allocator {
         }
         let largest = self.free.largest()?;
         let half = largest.len() / 2;
-        let give = AddrRange::new((largest.end - half.max(1)) as u32, largest.end);
+        let mut give = AddrRange::new((largest.end - half.max(1)) as u32, largest.end);
+        // The range's last address is reserved, never free: when the half we
+        // give ends just before it, it goes along, rather than stay behind
+        // as a one-address range of ours (which on rmpeer would go to
+        // another heir than the rest).
+        let range = self.ring.range();
+        if give.end + 1 == range.end && self.ring.owner_of(give.end as u32) == Some(self.me) {
+            give.end = range.end;
+        }
         self.ring.transfer(self.me, give, to).ok()?;
         self.free.remove(give);
         Some(give)
@@ -371,8 +379,8 @@ mod tests {
         let given = b.donate(PeerName(1)).expect("b has space");
         assert_eq!(
             given.len(),
-            15,
-            "half of b's 31 free (its last address is reserved)"
+            16,
+            "half of b's 31 free, plus its reserved last address, which goes along"
         );
         b.check().expect("donor invariants");
         a.merge(b.ring()).expect("merge");
@@ -425,6 +433,20 @@ mod tests {
         removed.inherit_removed(PeerName(2));
         assert!(a.merge(&removed).is_ok());
         assert_eq!(a.allocate("x"), Err(AllocError::Removed));
+    }
+
+    /// The donor at the end of the range gives its reserved last address
+    /// along with the half it donates, keeping one range, not two.
+    #[test]
+    fn donating_from_the_end_of_the_range_leaves_no_stray_range() {
+        let (_, mut b) = pair();
+        let given = b.donate(PeerName(1)).expect("space");
+        assert_eq!(given.end, R.end, "the reserved last address went along");
+        assert_eq!(b.ring().ranges_of(PeerName(2)).len(), 1);
+        b.check().expect("donor invariants");
+        let mut a = Allocator::new(PeerName(1), b.ring().clone());
+        a.check().expect("receiver invariants");
+        assert!(a.allocate("x").is_ok());
     }
 
     #[test]
