@@ -56,6 +56,10 @@ impl Loop {
         let Some(svc) = self.ipam() else { return };
         let gossip = std::mem::take(&mut svc.dirty);
         let direct = std::mem::take(&mut svc.direct);
+        // This runs after every event: encode the state only when it goes out.
+        if !gossip && direct.is_empty() {
+            return;
+        }
         let state = svc.state_msg();
         let Some(state) = state else { return };
         if gossip {
