@@ -235,13 +235,12 @@ impl Ring {
         if r.is_empty() || !self.range.contains(r.start) || r.end > self.range.end {
             return false;
         }
-        let Some((first, e)) = self.entries.range(..=r.start).next_back() else {
+        let Some((_, e)) = self.entries.range(..=r.start).next_back() else {
             return false;
         };
         if e.owner != peer {
             return false;
         }
-        let _ = first;
         self.entries
             .range(r.start..)
             .take_while(|(t, _)| u64::from(**t) < r.end)

@@ -58,19 +58,18 @@ async fn targets(h: Handle, req: TargetRequest, connect: bool) -> Response {
         Ok(a) => a,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let (tx, rx) = oneshot::channel();
-    let cmd = if connect {
-        Command::Connect(addrs, tx)
-    } else {
-        Command::Forget(addrs, tx)
-    };
-    if h.commands.send(cmd).await.is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "router loop not answering");
-    }
-    match rx.await {
+    let answer = ask(&h, |tx| {
+        if connect {
+            Command::Connect(addrs, tx)
+        } else {
+            Command::Forget(addrs, tx)
+        }
+    })
+    .await;
+    match answer {
         Ok(Ok(())) => Json(serde_json::json!({})).into_response(),
         Ok(Err(e)) => error(StatusCode::NOT_FOUND, e),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "router loop not answering"),
+        Err(r) => *r,
     }
 }
 

@@ -93,7 +93,7 @@ fn a_router_with_the_wrong_password_is_rejected_on_both_sides() -> Result<()> {
     lab.start_meshd(2, PW, &fast(&["--peer", &first]))?;
     // The intruder knows everyone, and everyone is told about it.
     let all: Vec<String> = (0..3).map(|i| lab.nodes[i].addr().to_string()).collect();
-    let mut args = vec![
+    let args = vec![
         "--peer",
         all[0].as_str(),
         "--peer",
@@ -137,14 +137,13 @@ fn a_router_with_the_wrong_password_is_rejected_on_both_sides() -> Result<()> {
         known_peers(&s).len() == 1,
         "the intruder learned peers: {s}"
     );
-    args.clear();
     Ok(())
 }
 
 #[test]
 fn with_a_and_c_cut_off_c_is_routed_through_b() -> Result<()> {
     let mut lab = Lab::new("cut", 3)?;
-    let (a_ip, c_ip) = (lab.nodes[0].ip, lab.nodes[2].ip);
+    let c_ip = lab.nodes[2].ip;
     // Drop everything between A and C in A's namespace.
     let rules = format!(
         "table inet wtcut {{\n chain i {{ type filter hook input priority 0; ip saddr {c_ip} drop; }}\n \
@@ -187,7 +186,6 @@ fn with_a_and_c_cut_off_c_is_routed_through_b() -> Result<()> {
             .any(|l| l.contains(&c) && (l.contains("connecting") || l.contains("retrying"))),
         "A's dial to C is not shown as pending:\n{conns}"
     );
-    let _ = a_ip;
     Ok(())
 }
 

@@ -169,10 +169,8 @@ fn a_long_partition_heals_without_explicit_targets_across_it() {
         sim.run_until_converged(Duration::from_millis(500), Duration::from_secs(120))
             .unwrap_or_else(|| panic!("no convergence; seed {seed}"));
         for i in n / 2..n {
-            let now = sim.now;
             sim.with_node(i, |m, _| m.forget_target(addr_of(0)));
             sim.nodes[i].targets.clear();
-            let _ = now;
         }
         let group: Vec<usize> = (0..n).map(|i| usize::from(i >= n / 2)).collect();
         sim.partition(group);

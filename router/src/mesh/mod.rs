@@ -639,7 +639,7 @@ impl Mesh {
             Frame::Topology(TopologyMsg::Update { entries }) => {
                 self.merge_topology(now, conn, entries)
             }
-            Frame::Gossip(msg) => self.handle_gossip(now, conn, from, msg),
+            Frame::Gossip(msg) => self.handle_gossip(conn, from, msg),
         }
         Ok(())
     }
@@ -683,8 +683,7 @@ impl Mesh {
         self.schedule_flush(now);
     }
 
-    fn handle_gossip(&mut self, now: Instant, conn: ConnId, from: PeerName, msg: GossipMsg) {
-        let _ = now;
+    fn handle_gossip(&mut self, conn: ConnId, from: PeerName, msg: GossipMsg) {
         match msg.verb {
             Verb::Unicast { src, dst } => {
                 if dst == self.cfg.name {
@@ -898,7 +897,6 @@ impl Mesh {
                 });
             }
         }
-        let _ = now;
     }
 
     fn tick(&mut self, now: Instant) {
