@@ -146,6 +146,11 @@ mod tests {
                 },
                 payload: vec![1, 2, 3],
             }),
+            Frame::DataOffer(DataOffer {
+                port: 6784,
+                index: 0xdead_beef,
+                mtu: 1432,
+            }),
         ]
     }
 

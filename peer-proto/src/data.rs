@@ -1,36 +1,50 @@
 //! The header in front of every encrypted data packet (smoltcp-style view).
 //!
 //! ```text
-//!  0         1         2                   4                                  12
-//!  +---------+---------+-------------------+----------------------------------+
-//!  | version |  kind   |   key id (BE)     |   counter (BE u64, the nonce)    |
-//!  +---------+---------+-------------------+----------------------------------+
+//!  0         1         2         4                   8                                  16
+//!  +---------+---------+---------+-------------------+----------------------------------+
+//!  | version |  kind   | 0 0     | receiver index BE |   counter (BE u64, the nonce)    |
+//!  +---------+---------+---------+-------------------+----------------------------------+
+//!  | origin peer name (BE u64), only when kind = Relayed |
+//!  +-----------------------------------------------------+
 //!  | AEAD ciphertext of the inner IP packet, then the 16-byte tag ...
 //! ```
-//! The counter is the AEAD nonce and the replay-window position; the key id
-//! names the session key it was sealed with, so that keys can rotate.
+//! The receiver index names the receiving router's per-session state (chosen
+//! by the receiver and told to the sender over the session); the counter is the
+//! AEAD nonce and the replay-window position, and its top bits select the key
+//! epoch. The whole header is the AEAD's associated data, so a relay cannot
+//! change the origin without failing authentication on the next hop.
 
 /// Current data header version.
 pub const DATA_VERSION: u8 = 1;
 
 mod field {
-    use core::ops::{Range, RangeFrom};
+    use core::ops::Range;
     pub const VERSION: usize = 0;
     pub const KIND: usize = 1;
-    pub const KEY_ID: Range<usize> = 2..4;
-    pub const COUNTER: Range<usize> = 4..12;
-    pub const PAYLOAD: RangeFrom<usize> = 12..;
+    pub const RESERVED: Range<usize> = 2..4;
+    pub const INDEX: Range<usize> = 4..8;
+    pub const COUNTER: Range<usize> = 8..16;
+    pub const ORIGIN: Range<usize> = 16..24;
 }
 
-/// Bytes the header takes.
-pub const HEADER_LEN: usize = field::PAYLOAD.start;
+/// Bytes the header takes for direct packets.
+pub const HEADER_LEN: usize = field::COUNTER.end;
+/// Bytes the header takes for relayed packets (with the origin).
+pub const RELAYED_HEADER_LEN: usize = field::ORIGIN.end;
+/// The AEAD tag after the ciphertext.
+pub const TAG_LEN: usize = 16;
+/// Worst-case bytes a data packet adds to the inner packet, besides IP and UDP.
+pub const MAX_OVERHEAD: usize = RELAYED_HEADER_LEN + TAG_LEN;
 
 /// What a data packet carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataKind {
-    /// An IP packet from a pod or host.
+    /// An IP packet that the sending router took from its own TUN.
     Ip,
-    /// A keep-alive with no payload.
+    /// An IP packet forwarded on behalf of `origin`.
+    Relayed,
+    /// A keep-alive with no payload: proves the path works both ways.
     KeepAlive,
 }
 
@@ -38,14 +52,16 @@ impl DataKind {
     fn from_byte(b: u8) -> Option<Self> {
         match b {
             1 => Some(DataKind::Ip),
-            2 => Some(DataKind::KeepAlive),
+            2 => Some(DataKind::Relayed),
+            3 => Some(DataKind::KeepAlive),
             _ => None,
         }
     }
     fn to_byte(self) -> u8 {
         match self {
             DataKind::Ip => 1,
-            DataKind::KeepAlive => 2,
+            DataKind::Relayed => 2,
+            DataKind::KeepAlive => 3,
         }
     }
 }
@@ -54,12 +70,14 @@ impl DataKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataError {
-    #[error("data packet shorter than its header")]
+    #[error("data packet shorter than its header and tag")]
     Truncated,
     #[error("unknown data header version {0}")]
     Version(u8),
     #[error("unknown data packet kind {0}")]
     Kind(u8),
+    #[error("reserved data header bits are set")]
+    Reserved,
 }
 
 /// A read/write view of a data packet over any byte buffer.
@@ -74,17 +92,24 @@ impl<T: AsRef<[u8]>> DataPacket<T> {
         DataPacket { buffer }
     }
 
-    /// Wraps a buffer that came from the network; every accessor is then safe.
+    /// Wraps a buffer that came from the network; every accessor is then safe,
+    /// and the buffer holds at least the header and a tag.
     pub fn new_checked(buffer: T) -> Result<Self, DataError> {
         let p = Self::new_unchecked(buffer);
         let b = p.buffer.as_ref();
-        if b.len() < HEADER_LEN {
+        if b.len() < HEADER_LEN + TAG_LEN {
             return Err(DataError::Truncated);
         }
         if b[field::VERSION] != DATA_VERSION {
             return Err(DataError::Version(b[field::VERSION]));
         }
-        DataKind::from_byte(b[field::KIND]).ok_or(DataError::Kind(b[field::KIND]))?;
+        let kind = DataKind::from_byte(b[field::KIND]).ok_or(DataError::Kind(b[field::KIND]))?;
+        if b[field::RESERVED] != [0, 0] {
+            return Err(DataError::Reserved);
+        }
+        if kind == DataKind::Relayed && b.len() < RELAYED_HEADER_LEN + TAG_LEN {
+            return Err(DataError::Truncated);
+        }
         Ok(p)
     }
 
@@ -92,9 +117,9 @@ impl<T: AsRef<[u8]>> DataPacket<T> {
         DataKind::from_byte(self.buffer.as_ref()[field::KIND]).unwrap_or(DataKind::KeepAlive)
     }
 
-    pub fn key_id(&self) -> u16 {
-        let b = &self.buffer.as_ref()[field::KEY_ID];
-        u16::from_be_bytes([b[0], b[1]])
+    pub fn index(&self) -> u32 {
+        let b = &self.buffer.as_ref()[field::INDEX];
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
     }
 
     pub fn counter(&self) -> u64 {
@@ -103,8 +128,18 @@ impl<T: AsRef<[u8]>> DataPacket<T> {
         u64::from_be_bytes(c)
     }
 
-    pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[field::PAYLOAD]
+    /// The origin of a relayed packet.
+    pub fn origin(&self) -> Option<u64> {
+        (self.kind() == DataKind::Relayed).then(|| {
+            let mut c = [0u8; 8];
+            c.copy_from_slice(&self.buffer.as_ref()[field::ORIGIN]);
+            u64::from_be_bytes(c)
+        })
+    }
+
+    /// Bytes of header (the AEAD's associated data).
+    pub fn header_len(&self) -> usize {
+        header_len(self.kind())
     }
 
     pub fn into_inner(self) -> T {
@@ -112,9 +147,11 @@ impl<T: AsRef<[u8]>> DataPacket<T> {
     }
 }
 
-impl<T: AsRef<[u8]> + AsMut<[u8]>> DataPacket<T> {
-    pub fn payload_mut(&mut self) -> &mut [u8] {
-        &mut self.buffer.as_mut()[field::PAYLOAD]
+/// Header bytes for a kind.
+pub const fn header_len(kind: DataKind) -> usize {
+    match kind {
+        DataKind::Relayed => RELAYED_HEADER_LEN,
+        _ => HEADER_LEN,
     }
 }
 
@@ -122,32 +159,39 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> DataPacket<T> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DataRepr {
     pub kind: DataKind,
-    pub key_id: u16,
+    pub index: u32,
     pub counter: u64,
+    /// Present exactly when `kind` is `Relayed`.
+    pub origin: Option<u64>,
 }
 
 impl DataRepr {
     pub fn parse<T: AsRef<[u8]>>(p: &DataPacket<T>) -> Self {
         DataRepr {
             kind: p.kind(),
-            key_id: p.key_id(),
+            index: p.index(),
             counter: p.counter(),
+            origin: p.origin(),
         }
     }
 
     pub const fn buffer_len(&self) -> usize {
-        HEADER_LEN
+        header_len(self.kind)
     }
 
-    /// Writes the header into the first [`HEADER_LEN`] bytes of `buf`.
+    /// Writes the header into the first [`Self::buffer_len`] bytes of `buf`.
     pub fn emit(&self, buf: &mut [u8]) -> Result<(), DataError> {
-        if buf.len() < HEADER_LEN {
+        if buf.len() < self.buffer_len() {
             return Err(DataError::Truncated);
         }
         buf[field::VERSION] = DATA_VERSION;
         buf[field::KIND] = self.kind.to_byte();
-        buf[field::KEY_ID].copy_from_slice(&self.key_id.to_be_bytes());
+        buf[field::RESERVED].copy_from_slice(&[0, 0]);
+        buf[field::INDEX].copy_from_slice(&self.index.to_be_bytes());
         buf[field::COUNTER].copy_from_slice(&self.counter.to_be_bytes());
+        if self.kind == DataKind::Relayed {
+            buf[field::ORIGIN].copy_from_slice(&self.origin.unwrap_or(0).to_be_bytes());
+        }
         Ok(())
     }
 }
@@ -158,17 +202,23 @@ mod tests {
 
     #[test]
     fn emit_parse_roundtrip() {
-        let r = DataRepr {
-            kind: DataKind::Ip,
-            key_id: 0x0102,
-            counter: 0x0a0b_0c0d_0e0f_1011,
-        };
-        let mut buf = [0u8; HEADER_LEN + 3];
-        r.emit(&mut buf).expect("fits");
-        buf[HEADER_LEN..].copy_from_slice(b"abc");
-        let p = DataPacket::new_checked(&buf[..]).expect("valid");
-        assert_eq!(DataRepr::parse(&p), r);
-        assert_eq!(p.payload(), b"abc");
+        for (kind, origin) in [
+            (DataKind::Ip, None),
+            (DataKind::Relayed, Some(0x1122_3344_5566_7788)),
+            (DataKind::KeepAlive, None),
+        ] {
+            let r = DataRepr {
+                kind,
+                index: 0x0102_0304,
+                counter: 0x0a0b_0c0d_0e0f_1011,
+                origin,
+            };
+            let mut buf = vec![0u8; r.buffer_len() + TAG_LEN];
+            r.emit(&mut buf).expect("fits");
+            let p = DataPacket::new_checked(&buf[..]).expect("valid");
+            assert_eq!(DataRepr::parse(&p), r);
+            assert_eq!(p.header_len(), r.buffer_len());
+        }
     }
 
     #[test]
@@ -177,7 +227,7 @@ mod tests {
             DataPacket::new_checked(&[1u8; 5][..]).err(),
             Some(DataError::Truncated)
         );
-        let mut buf = [0u8; HEADER_LEN];
+        let mut buf = [0u8; HEADER_LEN + TAG_LEN];
         buf[0] = 9;
         assert_eq!(
             DataPacket::new_checked(&buf[..]).err(),
@@ -188,6 +238,19 @@ mod tests {
         assert_eq!(
             DataPacket::new_checked(&buf[..]).err(),
             Some(DataError::Kind(77))
+        );
+        buf[1] = 1;
+        buf[2] = 1;
+        assert_eq!(
+            DataPacket::new_checked(&buf[..]).err(),
+            Some(DataError::Reserved)
+        );
+        buf[2] = 0;
+        buf[1] = 2;
+        // A relayed packet needs room for its origin as well.
+        assert_eq!(
+            DataPacket::new_checked(&buf[..]).err(),
+            Some(DataError::Truncated)
         );
     }
 }

@@ -15,6 +15,21 @@ pub enum Frame {
     Topology(TopologyMsg),
     /// Any other named channel (IPAM and later ones).
     Gossip(GossipMsg),
+    /// How to reach the sender's data plane on this session: sent once each
+    /// way after the hello, and again whenever it changes.
+    DataOffer(DataOffer),
+}
+
+/// The sender's data-plane endpoint for one session. The keys themselves are
+/// never sent: both ends derive them from the session's TLS exporter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataOffer {
+    /// UDP port of the sender's data socket (on the session's address).
+    pub port: u16,
+    /// Put this in the header of every data packet sent to the sender.
+    pub index: u32,
+    /// Largest inner IP packet the sender accepts (its overlay MTU).
+    pub mtu: u16,
 }
 
 /// An inclusive range of control-protocol versions.
@@ -150,7 +165,12 @@ pub enum ValidationError {
     GoodbyeMessage,
     #[error("empty version range")]
     VersionRange,
+    #[error("data offer with port 0 or an MTU below {MIN_DATA_MTU}")]
+    DataOffer,
 }
+
+/// The smallest overlay MTU a peer may offer (the IPv4 minimum reassembly size).
+pub const MIN_DATA_MTU: u16 = 576;
 
 impl Frame {
     /// Checks the limits serde cannot express. [`crate::codec::decode_frame`]
@@ -193,6 +213,11 @@ impl Frame {
                 ChannelName::new(g.channel.as_str())?;
                 if g.payload.len() > MAX_GOSSIP_PAYLOAD {
                     return Err(ValidationError::PayloadTooLarge);
+                }
+            }
+            Frame::DataOffer(o) => {
+                if o.port == 0 || o.mtu < MIN_DATA_MTU {
+                    return Err(ValidationError::DataOffer);
                 }
             }
         }

@@ -24,7 +24,7 @@ pub mod topology;
 
 pub use codec::CodecError;
 pub use frame::{
-    ChannelName, Features, Frame, Goodbye, GoodbyeReason, GossipMsg, Hello, ValidationError, Verb,
+    ChannelName, DataOffer, Features, Frame, Goodbye, MIN_DATA_MTU, GoodbyeReason, GossipMsg, Hello, ValidationError, Verb,
     VersionRange,
 };
 pub use name::{PeerName, PeerNameParseError};

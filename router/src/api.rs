@@ -257,6 +257,14 @@ async fn rmpeer(
     }
 }
 
+async fn expose(State(h): State<Handle>) -> Response {
+    match ask(&h, Command::Expose).await {
+        Ok(Ok(addr)) => Json(serde_json::json!({ "address": addr })).into_response(),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(r) => *r,
+    }
+}
+
 async fn metrics(State(h): State<Handle>) -> Response {
     // Gauges are refreshed from the loop's state.
     let _ = h.status().await;
@@ -312,6 +320,7 @@ pub async fn serve_api(
         )
         .route("/ipam", get(ipam_status))
         .route("/rmpeer", post(rmpeer))
+        .route("/expose", post(expose))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(h);
     Ok(tokio::spawn(async move {

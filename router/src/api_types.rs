@@ -17,6 +17,52 @@ pub struct Status {
     pub discovery: bool,
     pub ready: bool,
     pub mesh: MeshStatus,
+    /// None when meshd runs without a data plane (`--no-dataplane`).
+    #[serde(default)]
+    pub dataplane: Option<DataPlaneStatus>,
+}
+
+/// The data plane: devices, MTU and per-peer traffic.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DataPlaneStatus {
+    pub tun: String,
+    pub bridge: String,
+    /// UDP port of the encrypted data path.
+    pub port: u16,
+    /// Overlay MTU (TUN, bridge and pods).
+    pub mtu: u16,
+    /// The host's overlay address (bridge gateway), once IPAM gave one.
+    pub gateway: Option<String>,
+    /// TUN offload (TSO/GRO super-packets) in use.
+    pub offload: bool,
+    /// UDP segments per GSO send (1: no GSO).
+    pub gso_segments: usize,
+    pub links: Vec<LinkStatus>,
+    /// Drops not tied to one peer, by reason.
+    pub drops: std::collections::BTreeMap<String, u64>,
+}
+
+/// One peer's data link.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LinkStatus {
+    pub peer: String,
+    pub nickname: String,
+    /// The peer's data socket.
+    pub remote: String,
+    /// e.g. `udp/aes-256-gcm`.
+    pub transport: String,
+    pub encrypted: bool,
+    /// Largest inner packet on this link.
+    pub mtu: u16,
+    /// A packet from the peer authenticated recently.
+    pub up: bool,
+    /// Seconds since the last authenticated packet, if any.
+    pub last_rx_secs: Option<f64>,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub drops: std::collections::BTreeMap<String, u64>,
 }
 
 /// The mesh core's part of the status.

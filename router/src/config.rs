@@ -81,6 +81,26 @@ pub struct MeshdArgs {
     /// this router and the peers given.
     #[arg(long, env = "WEFT_IPALLOC_INIT")]
     pub ipalloc_init: Option<String>,
+    /// Run the control plane only: no TUN, bridge, routes or data port
+    /// (for routers that only relay gossip, and for tests).
+    #[arg(long, env = "WEFT_NO_DATAPLANE")]
+    pub no_dataplane: bool,
+    /// UDP port of the encrypted data path.
+    #[arg(long, env = "WEFT_DATA_PORT", default_value_t = 6784)]
+    pub data_port: u16,
+    /// Overlay MTU for the TUN, the bridge and pods [default: the underlay
+    /// interface's MTU minus 68 bytes of tunnel overhead].
+    #[arg(long, env = "WEFT_MTU", value_parser = clap::value_parser!(u16).range(576..=65000))]
+    pub mtu: Option<u16>,
+    /// Name of the TUN device.
+    #[arg(long, env = "WEFT_TUN", default_value = "weft-tun")]
+    pub tun: String,
+    /// Name of the bridge pods attach to.
+    #[arg(long, env = "WEFT_BRIDGE", default_value = "weft")]
+    pub bridge: String,
+    /// Do not masquerade pod traffic that leaves the overlay.
+    #[arg(long, env = "WEFT_NO_MASQUERADE")]
+    pub no_masquerade: bool,
     /// Log line format.
     #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -181,7 +201,25 @@ impl MeshdArgs {
         if self.peer_timeout < Duration::from_millis(500) {
             bail!("--peer-timeout must be at least 500ms");
         }
+        let ipalloc_range: weft_ipam_crdt::AddrRange = self
+            .ipalloc_range
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--ipalloc-range: {e}"))?;
+        for (flag, name) in [("--tun", &self.tun), ("--bridge", &self.bridge)] {
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+                bail!("{flag} {name:?} is not a valid interface name (1-15 bytes, no '/' or spaces)");
+            }
+        }
+        let dataplane = (!self.no_dataplane).then(|| crate::dataplane::DataPlaneConfig {
+            tun: self.tun.clone(),
+            bridge: self.bridge.clone(),
+            port: self.data_port,
+            mtu: self.mtu,
+            range: ipalloc_range,
+            masquerade: !self.no_masquerade,
+        });
         Ok(DaemonConfig {
+            dataplane,
             listen: self.listen,
             data_dir: self.data_dir.clone(),
             api_socket: self.api_socket.clone(),
@@ -197,10 +235,7 @@ impl MeshdArgs {
             peer_timeout: self.peer_timeout,
             gossip_interval: self.gossip_interval.max(Duration::from_millis(100)),
             handshake_timeout: Duration::from_secs(10),
-            ipalloc_range: self
-                .ipalloc_range
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--ipalloc-range: {e}"))?,
+            ipalloc_range,
             ipalloc_init: match &self.ipalloc_init {
                 Some(s) => crate::ipam::parse_init(s)?,
                 None => weft_ipam_crdt::Init::Consensus(self.peers.len() + 1),

@@ -3,6 +3,7 @@
 //! - [`mesh`]: the gossip/topology core, a pure state machine.
 //! - [`identity`], [`tls`]: who a router is and how sessions are admitted.
 //! - [`daemon`]: the tokio shell that drives the core over QUIC sessions.
+//! - [`dataplane`]: the TUN, the encrypted UDP data path and host wiring.
 //! - [`api`], [`metrics`]: the local HTTP API and Prometheus endpoint.
 
 pub mod api;
@@ -10,6 +11,7 @@ pub mod api_types;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod dataplane;
 pub mod identity;
 pub mod ipam;
 pub mod mesh;

@@ -23,8 +23,18 @@ pub struct BytesLabel {
     pub direction: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerDirLabel {
+    pub peer: String,
+    pub direction: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
+    pub data_bytes: Family<PeerDirLabel, Counter>,
+    pub data_packets: Family<PeerDirLabel, Counter>,
+    pub data_drops: Family<ReasonLabel, Counter>,
+    pub data_links: Family<StateLabel, Gauge>,
     handshake_failures: Family<ReasonLabel, Counter>,
     bad_frames: Family<ReasonLabel, Counter>,
     gossip_bytes: Family<BytesLabel, Counter>,
@@ -43,6 +53,10 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("weft");
         let m = Metrics {
+            data_bytes: Family::default(),
+            data_packets: Family::default(),
+            data_drops: Family::default(),
+            data_links: Family::default(),
             handshake_failures: Family::default(),
             bad_frames: Family::default(),
             gossip_bytes: Family::default(),
@@ -112,6 +126,26 @@ impl Metrics {
             "ipam_pending",
             "Allocations waiting for bootstrap or space",
             m.ipam_pending.clone(),
+        );
+        registry.register(
+            "data_bytes",
+            "Inner IP bytes through the data plane, by peer (nickname) and direction",
+            m.data_bytes.clone(),
+        );
+        registry.register(
+            "data_packets",
+            "Inner IP packets through the data plane, by peer (nickname) and direction",
+            m.data_packets.clone(),
+        );
+        registry.register(
+            "data_drops",
+            "Data packets dropped, by reason",
+            m.data_drops.clone(),
+        );
+        registry.register(
+            "data_links",
+            "Data links to peers, by state (up: a packet authenticated recently)",
+            m.data_links.clone(),
         );
         Metrics { registry, ..m }
     }

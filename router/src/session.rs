@@ -143,7 +143,7 @@ const KNOWN_CHANNELS: &[&str] = &["ipam"];
 
 fn channel_label(frame: &Frame) -> &'static str {
     match frame {
-        Frame::Hello(_) | Frame::Goodbye(_) => "session",
+        Frame::Hello(_) | Frame::Goodbye(_) | Frame::DataOffer(_) => "session",
         Frame::Topology(_) => "topology",
         Frame::Gossip(g) => KNOWN_CHANNELS
             .iter()

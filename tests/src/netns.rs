@@ -280,6 +280,98 @@ impl Lab {
     }
 }
 
+/// A pod: a namespace wired onto a node's bridge the way the CNI plugin
+/// does it (veth, address from meshd's IPAM, default route via the gateway).
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub ns: String,
+    pub node: usize,
+    pub ip: Ipv4Addr,
+}
+
+impl Lab {
+    /// The node's overlay address, waiting for IPAM.
+    pub fn gateway(&self, i: usize) -> Result<Ipv4Addr> {
+        let out = self.meshctl(i, &["expose", "--wait", "30s"])?;
+        let s = String::from_utf8_lossy(&out.stdout);
+        let addr = s.trim().split('/').next().unwrap_or_default();
+        addr.parse().with_context(|| format!("meshctl expose printed {s:?}"))
+    }
+
+    /// Creates pod `j` on node `i`.
+    pub fn add_pod(&self, i: usize, j: usize) -> Result<Pod> {
+        let node = &self.nodes[i].ns;
+        let id = format!("pod-n{i}-{j}");
+        let out = run(Command::new("curl")
+            .args(["-sf", "-X", "POST", "--unix-socket"])
+            .arg(self.nodes[i].socket())
+            .arg(format!("http://meshd/ip/{id}")))?;
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        let cidr = v["cidr"].as_str().context("cidr")?.to_owned();
+        let addr: Ipv4Addr = v["ip"].as_str().context("ip")?.parse()?;
+        let gw = self.gateway(i)?;
+        let mtu = self.status(i)?["dataplane"]["mtu"]
+            .as_u64()
+            .context("data plane MTU")?
+            .to_string();
+        let ns = format!("wt-{}-n{i}p{j}", self.name);
+        let host_if = format!("vp{j}");
+        ip(&["netns", "add", &ns])?;
+        ip(&["-n", node, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+        ip(&["-n", node, "link", "set", &host_if, "master", "weft", "mtu", &mtu, "up"])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "mtu", &mtu, "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", &ns, "addr", "add", &cidr, "dev", "eth0"])?;
+        ip(&["-n", &ns, "route", "add", "default", "via", &gw.to_string()])?;
+        Ok(Pod { ns, node: i, ip: addr })
+    }
+
+    /// Runs a command inside namespace `ns` (a pod or an extra namespace).
+    pub fn exec_in(&self, ns: &str, args: &[&str]) -> Result<Output> {
+        run(Command::new("ip").args(["netns", "exec", ns]).args(args))
+    }
+
+    /// Whether `ns` gets an echo reply from `dst` (one try, 2 s).
+    pub fn pings(&self, ns: &str, dst: Ipv4Addr) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "2", "-q"])
+            .arg(dst.to_string())
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// A namespace on the underlay switch at `10.77.0.<host>` that is not a
+    /// node: "the outside world".
+    pub fn add_outside(&self, host: u8) -> Result<(String, Ipv4Addr)> {
+        let ns = format!("wt-{}-out", self.name);
+        let addr = Ipv4Addr::new(10, 77, 0, host);
+        ip(&["netns", "add", &ns])?;
+        ip(&["-n", &self.switch, "link", "add", "pout", "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+        ip(&["-n", &self.switch, "link", "set", "pout", "master", "br0", "up"])?;
+        ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok((ns, addr))
+    }
+
+    /// Drops underlay traffic between nodes `a` and `b` at the switch.
+    pub fn block(&self, a: usize, b: usize) -> Result<()> {
+        let (x, y) = (self.nodes[a].ip.to_string(), self.nodes[b].ip.to_string());
+        let script = format!(
+            "table bridge wtblock {{ chain forward_block {{ type filter hook forward priority 0; \
+             ip saddr {x} ip daddr {y} drop; ip saddr {y} ip daddr {x} drop; }} }}\n"
+        );
+        let mut c = Command::new("ip")
+            .args(["netns", "exec", &self.switch, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()?;
+        use std::io::Write;
+        c.stdin.take().context("stdin")?.write_all(script.as_bytes())?;
+        anyhow::ensure!(c.wait()?.success(), "nft block rule failed");
+        Ok(())
+    }
+}
+
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")

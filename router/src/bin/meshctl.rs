@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use hyper::Method;
-use weft_router::api_types::{IpamStatus, Status};
+use weft_router::api_types::{IpamStatus, LinkStatus, Status};
 use weft_router::client::request;
 
 /// meshctl: look inside and steer the local Weft router.
@@ -51,6 +51,25 @@ enum Cmd {
     Rmpeer {
         /// Peer name (as in `status peers`) or nickname.
         peer: String,
+    },
+    /// Print the host's overlay address (the bridge gateway), waiting for
+    /// IPAM if needed. Nodes reach pods, and pods nodes, from this address.
+    Expose {
+        /// How long to wait for IPAM.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
+    /// Remove everything meshd put in the kernel: the bridge, the TUN, the
+    /// routes (proto 119) and the nftables table `weft`. Pods on the bridge
+    /// lose their network. meshd must be stopped first.
+    Reset {
+        /// Reset even if meshd answers on its socket.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, env = "WEFT_TUN", default_value = "weft-tun")]
+        tun: String,
+        #[arg(long, env = "WEFT_BRIDGE", default_value = "weft")]
+        bridge: String,
     },
 }
 
@@ -119,7 +138,41 @@ fn summary(s: &Status) -> String {
             m.peers.len()
         ),
     );
+    if let Some(d) = &s.dataplane {
+        let up = d.links.iter().filter(|l| l.up).count();
+        line(
+            "DataPlane",
+            format!(
+                "{} mtu {}, {up}/{} links up, encrypted, offload {}",
+                d.tun,
+                d.mtu,
+                d.links.len(),
+                if d.offload { "on" } else { "off" }
+            ),
+        );
+        line("Overlay address", d.gateway.clone().unwrap_or_else(|| "(waiting for IPAM)".into()));
+    }
     out
+}
+
+fn link_line(l: &LinkStatus) -> String {
+    let drops = if l.drops.is_empty() {
+        String::new()
+    } else {
+        let d: Vec<String> = l.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!(", drops {}", d.join(" "))
+    };
+    format!(
+        "   data {} {} mtu {} {}, tx {} pkts {} B, rx {} pkts {} B{drops}",
+        l.remote,
+        l.transport,
+        l.mtu,
+        if l.up { "up" } else { "DOWN" },
+        l.tx_packets,
+        l.tx_bytes,
+        l.rx_packets,
+        l.rx_bytes
+    )
 }
 
 fn section(s: &Status, sec: Section) -> String {
@@ -159,6 +212,17 @@ fn section(s: &Status, sec: Section) -> String {
                     let _ = write!(tail, " retry in {r}s");
                 }
                 let _ = writeln!(out, "{dir} {:<22} {:<12} {who}{tail}", c.addr, c.state);
+                if let (Some(d), Some(p)) = (&s.dataplane, &c.peer)
+                    && let Some(l) = d.links.iter().find(|l| &l.peer == p)
+                {
+                    let _ = writeln!(out, "{}", link_line(l));
+                }
+            }
+            if let Some(d) = &s.dataplane
+                && !d.drops.is_empty()
+            {
+                let dr: Vec<String> = d.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let _ = writeln!(out, "data plane drops: {}", dr.join(" "));
             }
         }
         Section::Targets => {
@@ -272,7 +336,10 @@ async fn run(args: Args) -> Result<()> {
                 let v = match sec {
                     None => serde_json::to_value(&status)?,
                     Some(Section::Peers) => serde_json::to_value(&status.mesh.peers)?,
-                    Some(Section::Connections) => serde_json::to_value(&status.mesh.connections)?,
+                    Some(Section::Connections) => serde_json::json!({
+                        "sessions": status.mesh.connections,
+                        "dataplane": status.dataplane,
+                    }),
                     Some(Section::Targets) => serde_json::to_value(&status.mesh.targets)?,
                     Some(Section::Routes) => serde_json::to_value(&status.mesh.routes)?,
                     Some(Section::Ipam) => unreachable!("handled above"),
@@ -307,6 +374,30 @@ async fn run(args: Args) -> Result<()> {
                         );
                     }
                 }
+            }
+        }
+        Cmd::Expose { wait } => {
+            let deadline = std::time::Instant::now() + wait;
+            loop {
+                match request(&args.socket, Method::POST, "/expose", None).await {
+                    Ok(body) => {
+                        let v: serde_json::Value = serde_json::from_slice(&body)?;
+                        println!("{}", v["address"].as_str().unwrap_or_default());
+                        break;
+                    }
+                    Err(e) if std::time::Instant::now() < deadline && format!("{e:#}").contains("IPAM") => {
+                        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Cmd::Reset { force, tun, bridge } => {
+            if !force && request(&args.socket, Method::GET, "/healthz", None).await.is_ok() {
+                anyhow::bail!("meshd is running on {}; stop it first (or --force)", args.socket.display());
+            }
+            for line in weft_router::dataplane::reset(&tun, &bridge).await? {
+                println!("{line}");
             }
         }
         Cmd::Connect { addrs } => {

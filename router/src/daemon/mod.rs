@@ -41,6 +41,8 @@ pub struct DaemonConfig {
     pub handshake_timeout: Duration,
     pub ipalloc_range: weft_ipam_crdt::AddrRange,
     pub ipalloc_init: weft_ipam_crdt::Init,
+    /// None: control plane only.
+    pub dataplane: Option<crate::dataplane::DataPlaneConfig>,
 }
 
 /// Operator requests, answered by the loop.
@@ -69,6 +71,8 @@ pub enum Command {
         peer: String,
         reply: oneshot::Sender<Result<String, String>>,
     },
+    /// The host's overlay address, once it has one.
+    Expose(oneshot::Sender<Result<String, String>>),
 }
 
 /// A handle to the running loop, for the API servers.
@@ -126,7 +130,14 @@ struct Loop {
     pending: Vec<ipam::Pending>,
     space_asked: Option<Instant>,
     donors_asked: HashMap<weft_peer_proto::PeerName, Instant>,
+    dp: Option<crate::dataplane::DataPlane>,
+    ipam_prefix: u32,
+    /// The host's overlay address being allocated.
+    gateway_rx: Option<oneshot::Receiver<Result<u32, IpamFailure>>>,
 }
+
+/// The IPAM key of the host's own overlay address (the bridge gateway).
+pub const GATEWAY_KEY: &str = "weft:host-gateway";
 fn transport_config(peer_timeout: Duration) -> Result<Arc<quinn::TransportConfig>> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(peer_timeout)?));
@@ -199,6 +210,14 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         }
     }
 
+    let dp = match &cfg.dataplane {
+        Some(d) => Some(
+            crate::dataplane::DataPlane::start(identity.name, d.clone())
+                .await
+                .context("starting the data plane")?,
+        ),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new());
     let (ev_tx, ev_rx) = mpsc::channel(2048);
     let ctx = Arc::new(SessionCtx::new(
@@ -231,6 +250,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         discovery: cfg.discovery,
         ready: true,
         mesh: Default::default(),
+        dataplane: None,
     };
     let mut lp = Loop {
         mesh,
@@ -244,6 +264,9 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         pending: Vec::new(),
         space_asked: None,
         donors_asked: HashMap::new(),
+        dp,
+        ipam_prefix: crate::ipam::prefix_len(cfg.ipalloc_range),
+        gateway_rx: None,
     };
     lp.save_targets();
 
@@ -279,6 +302,7 @@ impl Loop {
     ) {
         let mut save_every = tokio::time::interval(Duration::from_secs(10));
         let mut ipam_tick = tokio::time::interval(Duration::from_millis(500));
+        let mut dp_tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             self.retry_pending();
             self.drain();
@@ -303,6 +327,7 @@ impl Loop {
                         svc.tick(jitter);
                     }
                 }
+                _ = dp_tick.tick(), if self.dp.is_some() => self.dataplane_tick(),
                 _ = shutdown.changed() => break,
             }
         }
@@ -324,6 +349,25 @@ impl Loop {
                 handle,
             } => {
                 let admit = self.mesh.connection_up(now, conn, &hello, addr, outbound);
+                if admit == Admit::Accept
+                    && let Some(dp) = &mut self.dp
+                {
+                    let mut secret = [0u8; 32];
+                    match handle.export_keying_material(&mut secret, crate::dataplane::EXPORTER_LABEL, b"") {
+                        Ok(()) => {
+                            let role = if outbound {
+                                crate::dataplane::SessionRole::Dialer
+                            } else {
+                                crate::dataplane::SessionRole::Acceptor
+                            };
+                            let offer = dp.session_up(conn, hello.name, hello.nickname.clone(), role, secret, addr.ip());
+                            if out.try_send(Outgoing::Frame(weft_peer_proto::Frame::DataOffer(offer))).is_err() {
+                                self.metrics.frames_dropped.inc();
+                            }
+                        }
+                        Err(e) => warn!(peer = %hello.name, error = ?e, "no data keys for this session"),
+                    }
+                }
                 self.sessions.insert(conn, Session { out, conn: handle });
                 if let Admit::Reject(reason) = admit {
                     self.metrics
@@ -339,6 +383,14 @@ impl Loop {
                     }
                 }
             }
+            SessionEvent::Frame {
+                conn,
+                frame: weft_peer_proto::Frame::DataOffer(offer),
+            } => {
+                if let Some(dp) = &mut self.dp {
+                    dp.offer_received(conn, offer);
+                }
+            }
             SessionEvent::Frame { conn, frame } => {
                 if let Err(e) = self.mesh.handle_frame(now, conn, frame) {
                     self.metrics.bad_frame("protocol");
@@ -349,6 +401,9 @@ impl Loop {
             }
             SessionEvent::Down { conn, reason } => {
                 self.sessions.remove(&conn);
+                if let Some(dp) = &mut self.dp {
+                    dp.session_down(conn);
+                }
                 self.mesh.connection_down(now, conn, reason);
             }
             SessionEvent::DialFailed { addr, error } => self.mesh.dial_failed(now, addr, error),
@@ -412,6 +467,16 @@ impl Loop {
             Command::RmPeer { peer, reply } => {
                 let _ = reply.send(self.rmpeer(&peer));
             }
+            Command::Expose(reply) => {
+                let r = match &self.dp {
+                    None => Err("meshd runs without a data plane (--no-dataplane)".into()),
+                    Some(dp) => dp
+                        .gateway()
+                        .map(|g| format!("{g}/{}", self.ipam_prefix))
+                        .ok_or_else(|| "no overlay address yet: IPAM is not ready".into()),
+                };
+                let _ = reply.send(r);
+            }
         }
     }
 
@@ -419,6 +484,10 @@ impl Loop {
         let mesh = self.mesh.status(now);
         let mut s = self.status_base.clone();
         s.mesh = mesh;
+        s.dataplane = self.dp.as_ref().map(|d| d.status());
+        if let Some(dp) = &mut self.dp {
+            dp.export_metrics(&self.metrics);
+        }
         // Refresh the gauges while we have the numbers.
         let m = &self.metrics;
         for state in ["established", "connecting", "retrying"] {
@@ -548,6 +617,52 @@ impl Loop {
                 }
             }
         }
+    }
+
+    /// Feeds the data plane the ring and the routes, keeps the host's
+    /// overlay address allocated, sends keep-alives.
+    fn dataplane_tick(&mut self) {
+        let tokens: Option<Vec<(u32, weft_peer_proto::PeerName)>> = self.ipam().map(|s| {
+            s.bootstrap()
+                .alloc()
+                .ring()
+                .entries()
+                .map(|(t, e)| (t, e.owner))
+                .collect()
+        });
+        let hops: Vec<_> = self
+            .mesh
+            .routes()
+            .table()
+            .into_iter()
+            .map(|(dst, via, _)| (dst, via))
+            .collect();
+        let Some(dp) = &mut self.dp else { return };
+        if let Some(t) = tokens {
+            dp.set_ring(t);
+        }
+        dp.set_hops(hops);
+        dp.tick(Instant::now());
+        if dp.gateway().is_some() {
+            return;
+        }
+        if let Some(rx) = &mut self.gateway_rx {
+            match rx.try_recv() {
+                Ok(Ok(a)) => {
+                    let gw = std::net::Ipv4Addr::from(a);
+                    info!(%gw, "host overlay address");
+                    dp.set_gateway(gw);
+                    self.gateway_rx = None;
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {}
+                // Not ready yet (or no space): ask again on the next tick.
+                Ok(Err(_)) | Err(_) => self.gateway_rx = None,
+            }
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.gateway_rx = Some(rx);
+        self.allocate(GATEWAY_KEY.into(), None, tx);
     }
 
     fn persisted(&self) -> PersistedTargets {

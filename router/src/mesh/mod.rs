@@ -601,8 +601,9 @@ impl Mesh {
         };
         match frame {
             Frame::Hello(_) => return Err(ProtocolError::UnexpectedHello),
-            // The driver closes the session on a goodbye.
-            Frame::Goodbye(_) => {}
+            // The driver closes the session on a goodbye, and hands data
+            // offers to the data plane before they get here.
+            Frame::Goodbye(_) | Frame::DataOffer(_) => {}
             Frame::Topology(TopologyMsg::Summary { hash, .. }) => {
                 if hash != self.topology.hash() && self.may_answer(now, conn, false) {
                     let entries = self.topology.digest();

@@ -33,6 +33,7 @@ fn scratch() -> PathBuf {
 fn router_cfg(i: usize, peers: Vec<SocketAddr>, port: u16) -> DaemonConfig {
     let dir = scratch().join(format!("r{i}"));
     DaemonConfig {
+        dataplane: None,
         listen: SocketAddr::from(([127, 0, 0, 1], port)),
         data_dir: dir.join("data"),
         api_socket: dir.join("api.sock"),

@@ -27,6 +27,7 @@ fn scratch() -> PathBuf {
 fn cfg(name: &str, port: u16, peers: Vec<SocketAddr>, init: Init) -> DaemonConfig {
     let dir = scratch().join(name);
     DaemonConfig {
+        dataplane: None,
         listen: SocketAddr::from(([127, 0, 0, 1], port)),
         data_dir: dir.join("data"),
         api_socket: dir.join("api.sock"),

@@ -1,0 +1,387 @@
+//! The packet threads: TUN -> seal -> UDP, and UDP -> open -> check -> TUN
+//! (or on to the next hop).
+//!
+//! Each is a plain OS thread doing blocking I/O in batches: the TUN side
+//! reads 64 KB TCP super-packets (virtio offload) that tun-rs splits into
+//! MTU-sized segments; consecutive packets for one peer are sealed into one
+//! buffer and sent as a single UDP GSO `sendmsg`. The receive side reads GRO
+//! batches, opens every datagram in place and coalesces what goes to the TUN
+//! back into super-packets (tun-rs's GRO table). Buffers are allocated once
+//! per thread; the per-packet path does not allocate.
+
+use std::io::IoSliceMut;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use tracing::warn;
+use tun_rs::{GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
+use weft_peer_proto::PeerName;
+use weft_peer_proto::data::{DataKind, DataPacket, DataRepr, TAG_LEN, header_len};
+
+use super::crypto::OpenError;
+use super::packet::{IcmpError, Ipv4Info, decrement_ttl, icmp_error};
+use super::stats::{DropReason, Drops};
+use super::table::{Link, Route, Table};
+
+/// Largest UDP payload we put in one GSO send.
+const MAX_GSO_BYTES: usize = 64_000;
+/// Receive buffers per receive call. The socket blocks, and a blocking
+/// `recvmmsg` waits until every buffer is full, so it is one: batching on
+/// this side comes from UDP GRO, which hands over up to 64 datagrams of a
+/// flow in one buffer.
+const RX_BATCH: usize = 1;
+/// Bytes per receive buffer: a full GRO batch.
+const RX_BUF: usize = 65_536;
+/// ICMP errors per second the router sends at most (and its burst).
+const ICMP_PER_SEC: f64 = 200.0;
+
+/// What both threads share.
+pub struct Shared {
+    pub table: ArcSwap<Table>,
+    pub drops: Drops,
+    pub tun: SyncDevice,
+    pub udp: UdpSocket,
+    pub udp_state: UdpSocketState,
+    pub started: Instant,
+}
+
+impl Shared {
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn drop(&self, link: Option<&Link>, why: DropReason) {
+        match link {
+            Some(l) => l.stats.drop(why),
+            None => self.drops.inc(why),
+        }
+    }
+}
+
+/// Sealed packets for one destination, sent as one GSO batch.
+pub struct TxBatch {
+    buf: Vec<u8>,
+    dst: Option<SocketAddr>,
+    seg: usize,
+    count: usize,
+    /// A segment shorter than `seg` was added: it must be the last.
+    closed: bool,
+}
+
+impl TxBatch {
+    pub fn new() -> Self {
+        TxBatch {
+            buf: Vec::with_capacity(MAX_GSO_BYTES + 2048),
+            dst: None,
+            seg: 0,
+            count: 0,
+            closed: false,
+        }
+    }
+
+    /// Seals `inner` for `link` and queues it; flushes first when the packet
+    /// cannot join the current batch.
+    pub fn push(&mut self, sh: &Shared, link: &Link, kind: DataKind, origin: Option<PeerName>, inner: &[u8]) {
+        let hlen = header_len(kind);
+        let size = hlen + inner.len() + TAG_LEN;
+        if self.count > 0
+            && (self.dst != Some(link.remote)
+                || size > self.seg
+                || self.closed
+                || self.buf.len() + size > MAX_GSO_BYTES
+                || self.count >= sh.udp_state.max_gso_segments())
+        {
+            self.flush(sh);
+        }
+        let start = self.buf.len();
+        self.buf.resize(start + size, 0);
+        let (hdr, rest) = self.buf[start..].split_at_mut(hlen);
+        let (body, tag_out) = rest.split_at_mut(inner.len());
+        body.copy_from_slice(inner);
+        let sealed = {
+            let mut sealer = match link.sealer.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            sealer.take().and_then(|counter| {
+                let repr = DataRepr {
+                    kind,
+                    index: link.send_index,
+                    counter,
+                    origin: origin.map(|o| o.0),
+                };
+                repr.emit(hdr).ok()?;
+                sealer.seal_with(counter, hdr, body)
+            })
+        };
+        let Some(tag) = sealed else {
+            self.buf.truncate(start);
+            link.stats.drop(DropReason::CounterExhausted);
+            return;
+        };
+        tag_out.copy_from_slice(tag.as_ref());
+        if self.count == 0 {
+            self.dst = Some(link.remote);
+            self.seg = size;
+        } else if size < self.seg {
+            self.closed = true;
+        }
+        self.count += 1;
+        link.stats.sent(1, inner.len() as u64);
+    }
+
+    pub fn flush(&mut self, sh: &Shared) {
+        if let (Some(dst), true) = (self.dst, self.count > 0) {
+            let t = Transmit {
+                destination: dst,
+                ecn: None,
+                contents: &self.buf,
+                segment_size: (self.count > 1).then_some(self.seg),
+                src_ip: None,
+            };
+            if let Err(e) = sh.udp_state.try_send((&sh.udp).into(), &t) {
+                for _ in 0..self.count {
+                    sh.drops.inc(DropReason::IoError);
+                }
+                if e.kind() != std::io::ErrorKind::WouldBlock {
+                    tracing::debug!(error = %e, %dst, "data send failed");
+                }
+            }
+        }
+        self.buf.clear();
+        self.dst = None;
+        self.count = 0;
+        self.closed = false;
+    }
+}
+
+/// Packets for our TUN, coalesced and written per batch.
+struct TunQueue {
+    bufs: Vec<Vec<u8>>,
+    used: usize,
+    gro: GROTable,
+}
+
+impl TunQueue {
+    fn new(slots: usize) -> Self {
+        TunQueue {
+            bufs: (0..slots)
+                .map(|_| Vec::with_capacity(VIRTIO_NET_HDR_LEN + RX_BUF))
+                .collect(),
+            used: 0,
+            gro: GROTable::default(),
+        }
+    }
+
+    fn push(&mut self, sh: &Shared, pkt: &[u8]) {
+        if self.used == self.bufs.len() {
+            self.flush(sh);
+        }
+        let b = &mut self.bufs[self.used];
+        b.clear();
+        b.resize(VIRTIO_NET_HDR_LEN, 0);
+        b.extend_from_slice(pkt);
+        self.used += 1;
+    }
+
+    fn flush(&mut self, sh: &Shared) {
+        if self.used == 0 {
+            return;
+        }
+        if let Err(e) = sh
+            .tun
+            .send_multiple(&mut self.gro, &mut self.bufs[..self.used], VIRTIO_NET_HDR_LEN)
+        {
+            sh.drops.inc(DropReason::IoError);
+            tracing::debug!(error = %e, "TUN write failed");
+        }
+        self.used = 0;
+    }
+}
+
+/// ICMP errors, rate-limited, written to our TUN: the kernel routes them
+/// to a local pod or back into the overlay.
+struct IcmpSender {
+    tokens: f64,
+    last: Instant,
+    buf: Vec<u8>,
+}
+
+impl IcmpSender {
+    fn new() -> Self {
+        IcmpSender {
+            tokens: ICMP_PER_SEC / 4.0,
+            last: Instant::now(),
+            buf: Vec::with_capacity(128),
+        }
+    }
+
+    fn send(&mut self, sh: &Shared, q: &mut TunQueue, from: Option<Ipv4Addr>, pkt: &[u8], info: &Ipv4Info, what: IcmpError) {
+        let Some(from) = from else { return };
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * ICMP_PER_SEC)
+            .min(ICMP_PER_SEC / 4.0);
+        self.last = now;
+        if self.tokens < 1.0 {
+            return;
+        }
+        if icmp_error(pkt, info, from, what, &mut self.buf) {
+            self.tokens -= 1.0;
+            q.push(sh, &self.buf);
+        }
+    }
+}
+
+/// TUN -> peers. Returns when the TUN is gone.
+pub fn tun_loop(sh: Arc<Shared>, mtu: usize) {
+    let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65_536];
+    let mut bufs = vec![vec![0u8; mtu.max(1500) + 64]; IDEAL_BATCH_SIZE];
+    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+    let mut tx = TxBatch::new();
+    let mut back = TunQueue::new(4);
+    let mut icmp = IcmpSender::new();
+    loop {
+        let n = match sh.tun.recv_multiple(&mut original, &mut bufs, &mut sizes, 0) {
+            Ok(n) => n,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBADFD) | Some(libc::EBADF)) => {
+                warn!(error = %e, "TUN closed; data plane stopped");
+                return;
+            }
+            Err(e) => {
+                // A bad virtio header or a segment that does not split.
+                sh.drops.inc(DropReason::MalformedTun);
+                tracing::debug!(error = %e, "TUN read");
+                continue;
+            }
+        };
+        let table = sh.table.load();
+        for i in 0..n {
+            let pkt = &bufs[i][..sizes[i]];
+            let Some(info) = Ipv4Info::parse(pkt) else {
+                sh.drops.inc(DropReason::MalformedTun);
+                continue;
+            };
+            match table.route(info.dst) {
+                Route::Via(link) => {
+                    if pkt.len() > usize::from(link.mtu) {
+                        link.stats.drop(DropReason::TooBig);
+                        if info.dont_fragment {
+                            icmp.send(&sh, &mut back, table.gateway, pkt, &info, IcmpError::FragmentationNeeded(link.mtu));
+                        }
+                        continue;
+                    }
+                    tx.push(&sh, link, DataKind::Ip, None, pkt);
+                }
+                Route::Local | Route::Unreachable => {
+                    sh.drops.inc(DropReason::NoRoute);
+                    icmp.send(&sh, &mut back, table.gateway, pkt, &info, IcmpError::HostUnreachable);
+                }
+            }
+        }
+        tx.flush(&sh);
+        back.flush(&sh);
+    }
+}
+
+/// Peers -> TUN (or the next hop).
+pub fn udp_loop(sh: Arc<Shared>) {
+    let mut storage = vec![0u8; RX_BATCH * RX_BUF];
+    let mut metas = [RecvMeta::default(); RX_BATCH];
+    let mut q = TunQueue::new(IDEAL_BATCH_SIZE);
+    let mut tx = TxBatch::new();
+    let mut icmp = IcmpSender::new();
+    loop {
+        let n = {
+            let mut chunks = storage.chunks_mut(RX_BUF);
+            let mut iovs: [IoSliceMut<'_>; RX_BATCH] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+            match sh.udp_state.recv((&sh.udp).into(), &mut iovs, &mut metas) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    sh.drops.inc(DropReason::IoError);
+                    tracing::debug!(error = %e, "data socket receive");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                }
+            }
+        };
+        let table = sh.table.load();
+        let now_ms = sh.now_ms();
+        for (meta, chunk) in metas[..n].iter().zip(storage.chunks_mut(RX_BUF)) {
+            let stride = meta.stride.max(1);
+            let len = meta.len.min(chunk.len());
+            for dgram in chunk[..len].chunks_mut(stride) {
+                receive(&sh, &table, dgram, now_ms, &mut q, &mut tx, &mut icmp);
+            }
+        }
+        tx.flush(&sh);
+        q.flush(&sh);
+    }
+}
+
+/// One datagram from the network.
+fn receive(sh: &Shared, table: &Table, dgram: &mut [u8], now_ms: u64, q: &mut TunQueue, tx: &mut TxBatch, icmp: &mut IcmpSender) {
+    let Ok(p) = DataPacket::new_checked(&*dgram) else {
+        sh.drops.inc(DropReason::MalformedNet);
+        return;
+    };
+    let repr = DataRepr::parse(&p);
+    let Some(link) = table.link_by_index(repr.index) else {
+        sh.drops.inc(DropReason::UnknownIndex);
+        return;
+    };
+    let (hdr, body) = dgram.split_at_mut(repr.buffer_len());
+    let opened = {
+        let mut opener = match link.opener.lock() {
+            Ok(o) => o,
+            Err(p) => p.into_inner(),
+        };
+        opener.open(repr.counter, hdr, body)
+    };
+    let n = match opened {
+        Ok(n) => n,
+        Err(OpenError::Replay) => return link.stats.drop(DropReason::Replay),
+        Err(OpenError::Auth) => return link.stats.drop(DropReason::Auth),
+    };
+    link.stats.received(n as u64, now_ms);
+    if repr.kind == DataKind::KeepAlive {
+        return;
+    }
+    let inner = &mut body[..n];
+    let Some(info) = Ipv4Info::parse(inner) else {
+        return link.stats.drop(DropReason::MalformedNet);
+    };
+    // The packet's source must belong to the router it started from: the
+    // sender itself, or the origin a relay vouches for.
+    let origin = repr.origin.map_or(link.peer, PeerName);
+    if origin == table.me || table.owner(info.src) != Some(origin) {
+        return link.stats.drop(DropReason::Spoofed);
+    }
+    match table.route(info.dst) {
+        Route::Local => q.push(sh, inner),
+        Route::Via(next) if next.peer != link.peer => {
+            if !decrement_ttl(inner) {
+                link.stats.drop(DropReason::TtlExpired);
+                icmp.send(sh, q, table.gateway, inner, &info, IcmpError::TimeExceeded);
+                return;
+            }
+            if inner.len() > usize::from(next.mtu) {
+                next.stats.drop(DropReason::TooBig);
+                if info.dont_fragment {
+                    icmp.send(sh, q, table.gateway, inner, &info, IcmpError::FragmentationNeeded(next.mtu));
+                }
+                return;
+            }
+            tx.push(sh, next, DataKind::Relayed, Some(origin), inner);
+        }
+        // Back where it came from, or nowhere to go.
+        Route::Via(_) | Route::Unreachable => {
+            sh.drop(Some(link), DropReason::NoRoute);
+            icmp.send(sh, q, table.gateway, inner, &info, IcmpError::HostUnreachable);
+        }
+    }
+}

@@ -1,0 +1,551 @@
+//! The data plane: pod packets from a TUN device, sealed per hop with keys
+//! from the peer session, carried over UDP.
+//!
+//! The daemon loop owns a [`DataPlane`] and tells it what changes: a session
+//! came up (its exported secret), the peer's [`DataOffer`] arrived, a
+//! session went down, the ring or the routes changed. The data plane turns
+//! that into an immutable forwarding [`Table`] that its two packet threads
+//! read ([`engine`]), and into kernel state (bridge, routes, masquerade) that
+//! a wiring task keeps in sync ([`host`]).
+
+pub mod crypto;
+pub mod engine;
+pub mod host;
+pub mod packet;
+pub mod stats;
+pub mod table;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tracing::{info, warn};
+use weft_ipam_crdt::AddrRange;
+use weft_peer_proto::data::{DataKind, MAX_OVERHEAD};
+use weft_peer_proto::{DataOffer, PeerName};
+
+use self::crypto::{DirectionKeys, Opener, Role, Sealer};
+use self::engine::{Shared, TxBatch};
+use self::host::{Host, WantRoute};
+use self::table::{Link, Table, cidrs};
+use crate::api_types::{DataPlaneStatus, LinkStatus};
+use crate::mesh::ConnId;
+
+pub use self::crypto::{EXPORTER_LABEL, Role as SessionRole};
+
+/// Outer IPv4 and UDP headers.
+const UDP_IPV4_OVERHEAD: usize = 20 + 8;
+/// Keep-alives on an idle link, so that both ends know the path works.
+pub const KEEPALIVE: Duration = Duration::from_secs(5);
+/// A link with nothing heard for this long is shown as down.
+const LINK_DEAD: Duration = Duration::from_secs(16);
+/// The transport shown in status.
+pub const TRANSPORT: &str = "udp/aes-256-gcm";
+
+/// How the data plane is set up.
+#[derive(Debug, Clone)]
+pub struct DataPlaneConfig {
+    pub tun: String,
+    pub bridge: String,
+    pub port: u16,
+    /// Overrides the MTU derived from the underlay.
+    pub mtu: Option<u16>,
+    pub range: AddrRange,
+    pub masquerade: bool,
+}
+
+/// A session whose peer has not sent its offer yet.
+struct Pending {
+    peer: PeerName,
+    nickname: String,
+    role: Role,
+    secret: [u8; 32],
+    ip: IpAddr,
+    recv_index: u32,
+}
+
+/// What the wiring task keeps in the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct HostWant {
+    gateway: Option<Ipv4Addr>,
+    local: Vec<AddrRange>,
+}
+
+pub struct DataPlane {
+    me: PeerName,
+    cfg: DataPlaneConfig,
+    mtu: u16,
+    shared: Arc<Shared>,
+    pending: HashMap<ConnId, Pending>,
+    links: HashMap<ConnId, Arc<Link>>,
+    ring: Vec<(u32, PeerName)>,
+    hops: Vec<(PeerName, PeerName)>,
+    gateway: Option<Ipv4Addr>,
+    want: watch::Sender<HostWant>,
+    keepalive: TxBatch,
+    last_keepalive: Instant,
+    offload: bool,
+    /// What /metrics has already been told, per session, so that counters
+    /// only grow across reconnects.
+    reported: HashMap<ConnId, Reported>,
+    reported_global: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Default, Clone)]
+struct Reported {
+    tx_bytes: u64,
+    rx_bytes: u64,
+    tx_packets: u64,
+    rx_packets: u64,
+    drops: BTreeMap<&'static str, u64>,
+}
+
+impl DataPlane {
+    /// Creates the TUN and the bridge, binds the data socket, starts the
+    /// packet threads and the wiring task.
+    pub async fn start(me: PeerName, cfg: DataPlaneConfig) -> Result<Self> {
+        let host = Host::connect()?;
+        let mtu = match cfg.mtu {
+            Some(m) => m,
+            None => derive_mtu(&host, &cfg).await?,
+        };
+        if mtu < weft_peer_proto::MIN_DATA_MTU {
+            return Err(anyhow!("overlay MTU {mtu} is below {}", weft_peer_proto::MIN_DATA_MTU));
+        }
+        let tun = tun_rs::DeviceBuilder::new()
+            .name(&cfg.tun)
+            .mtu(mtu)
+            .offload(true)
+            .build_sync()
+            .with_context(|| format!("creating TUN {} (is another meshd running? is /dev/net/tun there?)", cfg.tun))?;
+        let offload = tun.tcp_gso();
+        let tun_index = host
+            .link_index(&cfg.tun)
+            .await?
+            .ok_or_else(|| anyhow!("TUN {} not found after creation", cfg.tun))?;
+        host.set_up(tun_index, u32::from(mtu)).await.context("bringing up the TUN")?;
+        // The overlay is IPv4: no IPv6 chatter on the TUN.
+        let _ = host::sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", cfg.tun), "1");
+        let bridge_index = host.ensure_bridge(&cfg.bridge, u32::from(mtu)).await?;
+        host::sysctl("net/ipv4/ip_forward", "1")?;
+        // Pods have the whole range on-link: the bridge answers ARP for
+        // remote pods (their route is the TUN), at once.
+        host::sysctl(&format!("net/ipv4/conf/{}/proxy_arp", cfg.bridge), "1")?;
+        host::sysctl(&format!("net/ipv4/neigh/{}/proxy_delay", cfg.bridge), "0")?;
+        let range_str = range_cidr(cfg.range);
+        host::apply_nft(&range_str, &cfg.bridge, &cfg.tun, cfg.masquerade).context("masquerade rules")?;
+
+        let udp = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, cfg.port)))
+            .with_context(|| format!("binding data port UDP {}", cfg.port))?;
+        let udp_state = quinn_udp::UdpSocketState::new((&udp).into()).context("data socket")?;
+        // quinn-udp makes the socket non-blocking; our threads block on it.
+        udp.set_nonblocking(false)?;
+        for bytes in [8 << 20, 4 << 20, 1 << 20] {
+            if udp_state.set_recv_buffer_size((&udp).into(), bytes).is_ok() {
+                break;
+            }
+        }
+        let _ = udp_state.set_send_buffer_size((&udp).into(), 4 << 20);
+        let port = udp.local_addr()?.port();
+        let shared = Arc::new(Shared {
+            table: ArcSwap::from_pointee(Table::new(me)),
+            drops: Default::default(),
+            tun,
+            udp,
+            udp_state,
+            started: Instant::now(),
+        });
+        {
+            let sh = shared.clone();
+            let mtu = usize::from(mtu);
+            std::thread::Builder::new()
+                .name("weft-tun-rx".into())
+                .spawn(move || engine::tun_loop(sh, mtu))?;
+            let sh = shared.clone();
+            std::thread::Builder::new()
+                .name("weft-udp-rx".into())
+                .spawn(move || engine::udp_loop(sh))?;
+        }
+        let (want, want_rx) = watch::channel(HostWant::default());
+        tokio::spawn(wire_host(host, cfg.clone(), tun_index, bridge_index, want_rx));
+        info!(tun = %cfg.tun, bridge = %cfg.bridge, mtu, port, offload, gso = shared.udp_state.max_gso_segments(), "data plane up");
+        let mut cfg = cfg;
+        cfg.port = port;
+        Ok(DataPlane {
+            me,
+            cfg,
+            mtu,
+            shared,
+            pending: HashMap::new(),
+            links: HashMap::new(),
+            ring: Vec::new(),
+            hops: Vec::new(),
+            gateway: None,
+            want,
+            keepalive: TxBatch::new(),
+            last_keepalive: Instant::now(),
+            offload,
+            reported: HashMap::new(),
+            reported_global: BTreeMap::new(),
+        })
+    }
+
+    pub fn mtu(&self) -> u16 {
+        self.mtu
+    }
+
+    pub fn gateway(&self) -> Option<Ipv4Addr> {
+        self.gateway
+    }
+
+    fn fresh_index(&self) -> u32 {
+        loop {
+            let i: u32 = rand::random();
+            let used = self.pending.values().any(|p| p.recv_index == i)
+                || self.links.values().any(|l| l.recv_index == i);
+            if i != 0 && !used {
+                return i;
+            }
+        }
+    }
+
+    /// A session came up: remember its secret and return the offer to send.
+    pub fn session_up(
+        &mut self,
+        conn: ConnId,
+        peer: PeerName,
+        nickname: String,
+        role: Role,
+        secret: [u8; 32],
+        ip: IpAddr,
+    ) -> DataOffer {
+        let recv_index = self.fresh_index();
+        self.pending.insert(
+            conn,
+            Pending {
+                peer,
+                nickname,
+                role,
+                secret,
+                ip,
+                recv_index,
+            },
+        );
+        DataOffer {
+            port: self.cfg.port,
+            index: recv_index,
+            mtu: self.mtu,
+        }
+    }
+
+    /// The peer's offer on `conn`: the link is complete.
+    pub fn offer_received(&mut self, conn: ConnId, offer: DataOffer) {
+        let Some(p) = self.pending.remove(&conn) else {
+            // A repeated offer (the peer's port or MTU changed): rebuild.
+            if let Some(old) = self.links.get(&conn) {
+                warn!(peer = %old.peer, "peer changed its data offer; ignoring until it reconnects");
+            }
+            return;
+        };
+        let link = Arc::new(Link {
+            peer: p.peer,
+            nickname: p.nickname,
+            conn,
+            remote: SocketAddr::new(p.ip, offer.port),
+            send_index: offer.index,
+            recv_index: p.recv_index,
+            mtu: self.mtu.min(offer.mtu),
+            sealer: Mutex::new(Sealer::new(DirectionKeys::new(&p.secret, p.role))),
+            opener: Mutex::new(Opener::new(DirectionKeys::new(&p.secret, p.role.other()))),
+            stats: Default::default(),
+        });
+        info!(peer = %link.peer, remote = %link.remote, mtu = link.mtu, "data link ready");
+        self.keepalive.push(&self.shared, &link, DataKind::KeepAlive, None, &[]);
+        self.keepalive.flush(&self.shared);
+        self.links.insert(conn, link);
+        self.publish();
+    }
+
+    pub fn session_down(&mut self, conn: ConnId) {
+        self.pending.remove(&conn);
+        if self.links.remove(&conn).is_some() {
+            self.publish();
+        }
+    }
+
+    /// The ring's tokens; republishes when they changed.
+    pub fn set_ring(&mut self, tokens: Vec<(u32, PeerName)>) {
+        if tokens != self.ring {
+            self.ring = tokens;
+            self.publish();
+            let local = self.local_ranges();
+            self.want.send_if_modified(|w| {
+                let changed = w.local != local;
+                w.local = local;
+                changed
+            });
+        }
+    }
+
+    /// (destination, next hop) pairs; republishes when they changed.
+    pub fn set_hops(&mut self, mut hops: Vec<(PeerName, PeerName)>) {
+        hops.sort_unstable();
+        if hops != self.hops {
+            self.hops = hops;
+            self.publish();
+        }
+    }
+
+    pub fn set_gateway(&mut self, gw: Ipv4Addr) {
+        if self.gateway != Some(gw) {
+            self.gateway = Some(gw);
+            self.publish();
+            self.want.send_modify(|w| w.gateway = Some(gw));
+        }
+    }
+
+    fn local_ranges(&self) -> Vec<AddrRange> {
+        let mut out: Vec<AddrRange> = Vec::new();
+        let end_of = |i: usize| {
+            self.ring
+                .get(i + 1)
+                .map_or(self.cfg.range.end, |(t, _)| u64::from(*t))
+        };
+        for (i, (t, owner)) in self.ring.iter().enumerate() {
+            if *owner != self.me {
+                continue;
+            }
+            let r = AddrRange::new(*t, end_of(i));
+            match out.last_mut() {
+                Some(last) if last.end == u64::from(r.start) => last.end = r.end,
+                _ => out.push(r),
+            }
+        }
+        out
+    }
+
+    fn publish(&self) {
+        // One link per peer: the newest session wins until the old one closes.
+        let mut by_peer: HashMap<PeerName, &Arc<Link>> = HashMap::new();
+        for l in self.links.values() {
+            match by_peer.get(&l.peer) {
+                Some(o) if o.conn > l.conn => {}
+                _ => {
+                    by_peer.insert(l.peer, l);
+                }
+            }
+        }
+        let mut t = Table::new(self.me)
+            .with_ring(self.cfg.range, self.ring.iter().copied())
+            .with_hops(self.hops.iter().copied())
+            .with_links(by_peer.into_values().cloned());
+        // Old sessions' links still receive until they close.
+        t.add_receivers(self.links.values().cloned());
+        t.gateway = self.gateway;
+        self.shared.table.store(Arc::new(t));
+    }
+
+    /// Keep-alives on every link, every [`KEEPALIVE`].
+    pub fn tick(&mut self, now: Instant) {
+        if now.duration_since(self.last_keepalive) < KEEPALIVE {
+            return;
+        }
+        self.last_keepalive = now;
+        for l in self.links.values() {
+            self.keepalive.push(&self.shared, l, DataKind::KeepAlive, None, &[]);
+            self.keepalive.flush(&self.shared);
+        }
+    }
+
+    /// Adds what happened since the last call to the Prometheus counters.
+    pub fn export_metrics(&mut self, m: &crate::metrics::Metrics) {
+        use std::sync::atomic::Ordering::Relaxed;
+        use crate::metrics::{PeerDirLabel, ReasonLabel, StateLabel};
+        let label = |peer: &str, dir: &str| PeerDirLabel {
+            peer: peer.to_string(),
+            direction: dir.to_string(),
+        };
+        let now_ms = self.shared.now_ms();
+        let mut up = 0;
+        for (conn, l) in &self.links {
+            let r = self.reported.entry(*conn).or_default();
+            let s = &l.stats;
+            let peer = if l.nickname.is_empty() { l.peer.to_string() } else { l.nickname.clone() };
+            for (now, last, fam, dir) in [
+                (s.tx_bytes.load(Relaxed), &mut r.tx_bytes, &m.data_bytes, "tx"),
+                (s.rx_bytes.load(Relaxed), &mut r.rx_bytes, &m.data_bytes, "rx"),
+                (s.tx_packets.load(Relaxed), &mut r.tx_packets, &m.data_packets, "tx"),
+                (s.rx_packets.load(Relaxed), &mut r.rx_packets, &m.data_packets, "rx"),
+            ] {
+                fam.get_or_create(&label(&peer, dir)).inc_by(now.saturating_sub(*last));
+                *last = now;
+            }
+            for why in stats::DropReason::ALL {
+                let n = s.drops.get(why);
+                let last = r.drops.entry(why.label()).or_default();
+                if n > *last {
+                    m.data_drops
+                        .get_or_create(&ReasonLabel { reason: why.label().into() })
+                        .inc_by(n - *last);
+                    *last = n;
+                }
+            }
+            let last = s.last_rx_ms.load(Relaxed);
+            if last > 0 && Duration::from_millis(now_ms.saturating_sub(last)) < LINK_DEAD {
+                up += 1;
+            }
+        }
+        self.reported.retain(|c, _| self.links.contains_key(c));
+        for why in stats::DropReason::ALL {
+            let n = self.shared.drops.get(why);
+            let last = self.reported_global.entry(why.label()).or_default();
+            if n > *last {
+                m.data_drops
+                    .get_or_create(&ReasonLabel { reason: why.label().into() })
+                    .inc_by(n - *last);
+                *last = n;
+            }
+        }
+        m.data_links.get_or_create(&StateLabel { state: "up".into() }).set(up);
+        m.data_links
+            .get_or_create(&StateLabel { state: "down".into() })
+            .set(self.links.len() as i64 - up);
+    }
+
+    pub fn status(&self) -> DataPlaneStatus {
+        let now_ms = self.shared.now_ms();
+        let mut links: Vec<LinkStatus> = self
+            .links
+            .values()
+            .map(|l| {
+                use std::sync::atomic::Ordering::Relaxed;
+                let s = &l.stats;
+                let last = s.last_rx_ms.load(Relaxed);
+                let ago = (last > 0).then(|| now_ms.saturating_sub(last) as f64 / 1000.0);
+                LinkStatus {
+                    peer: l.peer.to_string(),
+                    nickname: l.nickname.clone(),
+                    remote: l.remote.to_string(),
+                    transport: TRANSPORT.into(),
+                    encrypted: true,
+                    mtu: l.mtu,
+                    up: ago.is_some_and(|a| a < LINK_DEAD.as_secs_f64()),
+                    last_rx_secs: ago,
+                    tx_packets: s.tx_packets.load(Relaxed),
+                    tx_bytes: s.tx_bytes.load(Relaxed),
+                    rx_packets: s.rx_packets.load(Relaxed),
+                    rx_bytes: s.rx_bytes.load(Relaxed),
+                    drops: s.drops.nonzero().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                }
+            })
+            .collect();
+        links.sort_by(|a, b| a.nickname.cmp(&b.nickname).then(a.peer.cmp(&b.peer)));
+        DataPlaneStatus {
+            tun: self.cfg.tun.clone(),
+            bridge: self.cfg.bridge.clone(),
+            port: self.cfg.port,
+            mtu: self.mtu,
+            gateway: self.gateway.map(|g| g.to_string()),
+            offload: self.offload,
+            gso_segments: self.shared.udp_state.max_gso_segments(),
+            links,
+            drops: self
+                .shared
+                .drops
+                .nonzero()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+}
+
+/// `a.b.c.d/len` of the pod range.
+pub fn range_cidr(r: AddrRange) -> String {
+    match cidrs(r).as_slice() {
+        [(a, p)] => format!("{a}/{p}"),
+        _ => format!("{}-{}", Ipv4Addr::from(r.start), Ipv4Addr::from((r.end - 1) as u32)),
+    }
+}
+
+/// Underlay MTU minus what a data packet adds.
+async fn derive_mtu(host: &Host, cfg: &DataPlaneConfig) -> Result<u16> {
+    let underlay = match host.default_route_link().await? {
+        Some(i) => host.link_mtu(i).await?,
+        None => None,
+    };
+    let underlay = match underlay {
+        Some(m) => m,
+        None => host
+            .link_mtus()
+            .await?
+            .into_iter()
+            .filter(|(n, _)| *n != cfg.tun && *n != cfg.bridge)
+            .map(|(_, m)| m)
+            .max()
+            .unwrap_or(1500),
+    };
+    let mtu = (underlay as usize).saturating_sub(UDP_IPV4_OVERHEAD + MAX_OVERHEAD);
+    Ok(mtu.min(65_000) as u16)
+}
+
+/// Keeps the kernel in line with what the data plane wants: the gateway on
+/// the bridge, the overlay range into the TUN (fail-closed underneath), the
+/// local ranges onto the bridge.
+async fn wire_host(
+    host: Host,
+    cfg: DataPlaneConfig,
+    tun: u32,
+    bridge: u32,
+    mut want: watch::Receiver<HostWant>,
+) {
+    let prefix = cidrs(cfg.range);
+    loop {
+        let w = want.borrow_and_update().clone();
+        let mut routes: Vec<WantRoute> = Vec::new();
+        for (a, p) in &prefix {
+            routes.push(WantRoute::via(*a, *p, tun, w.gateway));
+            routes.push(WantRoute::unreachable(AddrRange::new(u32::from(*a), 0), *p));
+        }
+        for r in &w.local {
+            for (a, p) in cidrs(*r) {
+                routes.push(WantRoute::via(a, p, bridge, w.gateway));
+            }
+        }
+        let result = async {
+            if let Some(gw) = w.gateway {
+                host.ensure_addr(bridge, gw).await?;
+            }
+            host.sync_routes(&routes).await
+        }
+        .await;
+        if let Err(e) = result {
+            warn!(error = %format!("{e:#}"), "host wiring failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        if want.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Removes what meshd put in the kernel; returns what it did, line by line.
+pub async fn reset(tun: &str, bridge: &str) -> Result<Vec<String>> {
+    let host = Host::connect()?;
+    let mut done = Vec::new();
+    host.sync_routes(&[]).await?;
+    done.push("removed weft routes (proto 119)".to_string());
+    for name in [tun, bridge] {
+        if host.delete_link(name).await? {
+            done.push(format!("deleted link {name}"));
+        }
+    }
+    host::remove_nft()?;
+    done.push(format!("removed nftables table ip {}", host::NFT_TABLE));
+    Ok(done)
+}

@@ -1,0 +1,85 @@
+//! Drop counters by reason, shared by the packet threads and the metrics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a packet was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not a well-formed IPv4 packet, read from our TUN.
+    MalformedTun,
+    /// Not a well-formed data packet or inner packet, from the network.
+    MalformedNet,
+    /// A receiver index we never gave out (stale session or garbage).
+    UnknownIndex,
+    /// A counter already seen, or too old.
+    Replay,
+    /// Failed authentication.
+    Auth,
+    /// Inner source address not owned by the router it came from.
+    Spoofed,
+    /// Nobody reachable owns the destination (answered with ICMP).
+    NoRoute,
+    /// Larger than the path MTU (answered with ICMP when DF is set).
+    TooBig,
+    /// TTL ran out while relaying.
+    TtlExpired,
+    /// The UDP socket or the TUN refused the packet.
+    IoError,
+    /// A link's counter ran out (the session must be re-established).
+    CounterExhausted,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 11] = [
+        DropReason::MalformedTun,
+        DropReason::MalformedNet,
+        DropReason::UnknownIndex,
+        DropReason::Replay,
+        DropReason::Auth,
+        DropReason::Spoofed,
+        DropReason::NoRoute,
+        DropReason::TooBig,
+        DropReason::TtlExpired,
+        DropReason::IoError,
+        DropReason::CounterExhausted,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::MalformedTun => "malformed_tun",
+            DropReason::MalformedNet => "malformed_net",
+            DropReason::UnknownIndex => "unknown_index",
+            DropReason::Replay => "replay",
+            DropReason::Auth => "auth",
+            DropReason::Spoofed => "spoofed",
+            DropReason::NoRoute => "no_route",
+            DropReason::TooBig => "too_big",
+            DropReason::TtlExpired => "ttl_expired",
+            DropReason::IoError => "io_error",
+            DropReason::CounterExhausted => "counter_exhausted",
+        }
+    }
+}
+
+/// One counter per reason.
+#[derive(Default)]
+pub struct Drops([AtomicU64; DropReason::ALL.len()]);
+
+impl Drops {
+    pub fn inc(&self, why: DropReason) {
+        self.0[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, why: DropReason) -> u64 {
+        self.0[why as usize].load(Ordering::Relaxed)
+    }
+
+    /// (label, count) for every reason with a non-zero count.
+    pub fn nonzero(&self) -> Vec<(&'static str, u64)> {
+        DropReason::ALL
+            .iter()
+            .map(|r| (r.label(), self.get(*r)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
