@@ -358,8 +358,8 @@ impl Lab {
     pub fn block(&self, a: usize, b: usize) -> Result<()> {
         let (x, y) = (self.nodes[a].ip.to_string(), self.nodes[b].ip.to_string());
         let script = format!(
-            "table bridge wtblock {{ chain forward_block {{ type filter hook forward priority 0; \
-             ip saddr {x} ip daddr {y} drop; ip saddr {y} ip daddr {x} drop; }} }}\n"
+            "table bridge wtblock {{\n chain forward_block {{\n type filter hook forward priority 0;\n \
+             ip saddr {x} ip daddr {y} drop\n ip saddr {y} ip daddr {x} drop\n }}\n}}\n"
         );
         let mut c = Command::new("ip")
             .args(["netns", "exec", &self.switch, "nft", "-f", "-"])

@@ -209,7 +209,7 @@ fn pods_nodes_and_the_outside_world() -> Result<()> {
     let u = std::fs::read(&under)?;
     let p = std::fs::read(&podcap)?;
     ensure!(occurrences(&p, needle) >= 5, "the pod capture should hold the plaintext (control)");
-    ensure!(u.len() > 2000, "the underlay capture is empty ({} bytes)", u.len());
+    ensure!(u.len() > 1500, "the underlay capture is (nearly) empty ({} bytes)", u.len());
     ensure!(occurrences(&u, needle) == 0, "plaintext pod payload on the underlay");
 
     // Counters: bytes and packets both ways on a link, and the masquerade.
@@ -253,7 +253,13 @@ fn relays_through_a_third_node_and_survives_a_restart() -> Result<()> {
     let mut lab = Lab::new("dpr", 3)?;
     // Node 0 and node 2 cannot reach each other in the underlay.
     lab.block(0, 2)?;
-    start_all(&mut lab, &[])?;
+    for i in 0..3 {
+        let mut args = vec!["--ipalloc-init=consensus=3".to_string()];
+        if i > 0 {
+            args.push(format!("--peer={}", lab.nodes[i - 1].addr()));
+        }
+        lab.start_meshd(i, PW, &args)?;
+    }
     lab.wait_for("data links via node 1", SETTLE, |l| links_up(l, &[(0, 1), (1, 0), (1, 2), (2, 1)]))?;
     let a = lab.add_pod(0, 0)?;
     let a2 = lab.add_pod(0, 1)?;

@@ -130,6 +130,9 @@ impl DataPlane {
         host.set_up(tun_index, u32::from(mtu)).await.context("bringing up the TUN")?;
         // The overlay is IPv4: no IPv6 chatter on the TUN.
         let _ = host::sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", cfg.tun), "1");
+        // ICMP errors meshd writes come from the host's own overlay address;
+        // without this the kernel drops them as martians.
+        host::sysctl(&format!("net/ipv4/conf/{}/accept_local", cfg.tun), "1")?;
         let bridge_index = host.ensure_bridge(&cfg.bridge, u32::from(mtu)).await?;
         host::sysctl("net/ipv4/ip_forward", "1")?;
         // Pods have the whole range on-link: the bridge answers ARP for
