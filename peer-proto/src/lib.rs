@@ -24,8 +24,8 @@ pub mod topology;
 
 pub use codec::CodecError;
 pub use frame::{
-    ChannelName, DataOffer, Features, Frame, Goodbye, MIN_DATA_MTU, GoodbyeReason, GossipMsg, Hello, ValidationError, Verb,
-    VersionRange,
+    ChannelName, DataOffer, Features, Frame, Goodbye, GoodbyeReason, GossipMsg, Hello,
+    MIN_DATA_MTU, ValidationError, Verb, VersionRange,
 };
 pub use name::{PeerName, PeerNameParseError};
 

@@ -207,7 +207,9 @@ impl MeshdArgs {
             .map_err(|e| anyhow::anyhow!("--ipalloc-range: {e}"))?;
         for (flag, name) in [("--tun", &self.tun), ("--bridge", &self.bridge)] {
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
-                bail!("{flag} {name:?} is not a valid interface name (1-15 bytes, no '/' or spaces)");
+                bail!(
+                    "{flag} {name:?} is not a valid interface name (1-15 bytes, no '/' or spaces)"
+                );
             }
         }
         let dataplane = (!self.no_dataplane).then(|| crate::dataplane::DataPlaneConfig {

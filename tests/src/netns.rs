@@ -295,7 +295,8 @@ impl Lab {
         let out = self.meshctl(i, &["expose", "--wait", "30s"])?;
         let s = String::from_utf8_lossy(&out.stdout);
         let addr = s.trim().split('/').next().unwrap_or_default();
-        addr.parse().with_context(|| format!("meshctl expose printed {s:?}"))
+        addr.parse()
+            .with_context(|| format!("meshctl expose printed {s:?}"))
     }
 
     /// Creates pod `j` on node `i`.
@@ -317,13 +318,22 @@ impl Lab {
         let ns = format!("wt-{}-n{i}p{j}", self.name);
         let host_if = format!("vp{j}");
         ip(&["netns", "add", &ns])?;
-        ip(&["-n", node, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
-        ip(&["-n", node, "link", "set", &host_if, "master", "weft", "mtu", &mtu, "up"])?;
+        ip(&[
+            "-n", node, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns",
+            &ns,
+        ])?;
+        ip(&[
+            "-n", node, "link", "set", &host_if, "master", "weft", "mtu", &mtu, "up",
+        ])?;
         ip(&["-n", &ns, "link", "set", "eth0", "mtu", &mtu, "up"])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         ip(&["-n", &ns, "addr", "add", &cidr, "dev", "eth0"])?;
         ip(&["-n", &ns, "route", "add", "default", "via", &gw.to_string()])?;
-        Ok(Pod { ns, node: i, ip: addr })
+        Ok(Pod {
+            ns,
+            node: i,
+            ip: addr,
+        })
     }
 
     /// Runs a command inside namespace `ns` (a pod or an extra namespace).
@@ -346,9 +356,39 @@ impl Lab {
         let ns = format!("wt-{}-out", self.name);
         let addr = Ipv4Addr::new(10, 77, 0, host);
         ip(&["netns", "add", &ns])?;
-        ip(&["-n", &self.switch, "link", "add", "pout", "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
-        ip(&["-n", &self.switch, "link", "set", "pout", "master", "br0", "up"])?;
-        ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "add",
+            "pout",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns,
+        ])?;
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            "pout",
+            "master",
+            "br0",
+            "up",
+        ])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         Ok((ns, addr))
@@ -366,7 +406,10 @@ impl Lab {
             .stdin(Stdio::piped())
             .spawn()?;
         use std::io::Write;
-        c.stdin.take().context("stdin")?.write_all(script.as_bytes())?;
+        c.stdin
+            .take()
+            .context("stdin")?
+            .write_all(script.as_bytes())?;
         anyhow::ensure!(c.wait()?.success(), "nft block rule failed");
         Ok(())
     }

@@ -34,11 +34,15 @@ fn start_all(lab: &mut Lab, extra: &[(usize, &[&str])]) -> Result<()> {
 /// Every node has an up data link to every other node in `pairs`.
 fn links_up(lab: &Lab, pairs: &[(usize, usize)]) -> Result<bool> {
     for &(a, b) in pairs {
-        let name = lab.status(b)?["name"].as_str().unwrap_or_default().to_owned();
+        let name = lab.status(b)?["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let s = lab.status(a)?;
-        let up = s["dataplane"]["links"]
-            .as_array()
-            .is_some_and(|ls| ls.iter().any(|l| l["peer"] == name.as_str() && l["up"] == true));
+        let up = s["dataplane"]["links"].as_array().is_some_and(|ls| {
+            ls.iter()
+                .any(|l| l["peer"] == name.as_str() && l["up"] == true)
+        });
         if !up {
             return Ok(false);
         }
@@ -48,7 +52,10 @@ fn links_up(lab: &Lab, pairs: &[(usize, usize)]) -> Result<bool> {
 
 /// Status JSON of node `a`'s link to node `b`.
 fn link(lab: &Lab, a: usize, b: usize) -> Result<Value> {
-    let name = lab.status(b)?["name"].as_str().unwrap_or_default().to_owned();
+    let name = lab.status(b)?["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let s = lab.status(a)?;
     s["dataplane"]["links"]
         .as_array()
@@ -60,7 +67,9 @@ fn link(lab: &Lab, a: usize, b: usize) -> Result<Value> {
 /// `to_ns`); returns the source address the server saw.
 fn tcp_stream(from: &str, to_ns: &str, to_ip: Ipv4Addr, bytes: &str) -> Result<Ipv4Addr> {
     let server = Command::new("timeout")
-        .args(["30", "ip", "netns", "exec", to_ns, "iperf3", "-s", "-1", "-J"])
+        .args([
+            "30", "ip", "netns", "exec", to_ns, "iperf3", "-s", "-1", "-J",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -75,7 +84,8 @@ fn tcp_stream(from: &str, to_ns: &str, to_ip: Ipv4Addr, bytes: &str) -> Result<I
         if out.status.success() {
             break;
         }
-        let last = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        let last = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
         if start.elapsed() > Duration::from_secs(10) {
             bail!("iperf3 {from} -> {to_ip} failed: {last}");
         }
@@ -118,6 +128,11 @@ fn occurrences(hay: &[u8], needle: &[u8]) -> usize {
 #[test]
 fn pods_nodes_and_the_outside_world() -> Result<()> {
     let mut lab = Lab::new("dp", 3)?;
+    // Every node filters by reverse path strictly, as many distributions do (the
+    // ICMP errors meshd writes must survive it).
+    for i in 0..3 {
+        lab.exec(i, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1"])?;
+    }
     // Node 2 sits behind a smaller MTU, so PMTU discovery has work to do.
     start_all(&mut lab, &[(2, &["--mtu=1300"])])?;
     let all = [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)];
@@ -137,7 +152,13 @@ fn pods_nodes_and_the_outside_world() -> Result<()> {
         for b in &pods {
             if a.ns != b.ns {
                 let seen = tcp_stream(&a.ns, &b.ns, b.ip, "256K")?;
-                ensure!(seen == a.ip, "{} -> {}: server saw {seen}, not {}", a.ns, b.ns, a.ip);
+                ensure!(
+                    seen == a.ip,
+                    "{} -> {}: server saw {seen}, not {}",
+                    a.ns,
+                    b.ns,
+                    a.ip
+                );
             }
         }
     }
@@ -148,18 +169,30 @@ fn pods_nodes_and_the_outside_world() -> Result<()> {
     let remote_pod = &pods[4]; // on node 2
     ping_ok(&lab, &n0, remote_pod.ip)?;
     let seen = tcp_stream(&n0, &remote_pod.ns, remote_pod.ip, "256K")?;
-    ensure!(seen == gw[0], "pod saw node 0 as {seen}, not its overlay address {}", gw[0]);
+    ensure!(
+        seen == gw[0],
+        "pod saw node 0 as {seen}, not its overlay address {}",
+        gw[0]
+    );
     let n1 = lab.nodes[1].ns.clone();
     ping_ok(&lab, &pods[0].ns, gw[1])?;
     let seen = tcp_stream(&pods[0].ns, &n1, gw[1], "256K")?;
-    ensure!(seen == pods[0].ip, "node 1 saw the pod as {seen}, not {}", pods[0].ip);
+    ensure!(
+        seen == pods[0].ip,
+        "node 1 saw the pod as {seen}, not {}",
+        pods[0].ip
+    );
 
     // The outside world (not a node, no route to the overlay) is reached
     // through the masquerade: it sees node 0's underlay address.
     let (out_ns, out_ip) = lab.add_outside(200)?;
     ping_ok(&lab, &pods[0].ns, out_ip)?;
     let seen = tcp_stream(&pods[0].ns, &out_ns, out_ip, "64K")?;
-    ensure!(seen == lab.nodes[0].ip, "outside saw {seen}, not node 0's {}", lab.nodes[0].ip);
+    ensure!(
+        seen == lab.nodes[0].ip,
+        "outside saw {seen}, not node 0's {}",
+        lab.nodes[0].ip
+    );
     ensure!(
         !lab.pings(&out_ns, pods[0].ip),
         "the outside must not reach pods (it has no route)"
@@ -167,9 +200,19 @@ fn pods_nodes_and_the_outside_world() -> Result<()> {
 
     // Path MTU discovery: node 2's links carry at most 1300-byte packets;
     // a larger DF packet gets "fragmentation needed" with that MTU.
-    let out = lab.exec_in(&pods[0].ns, &["sh", "-c", &format!("ping -c 2 -W 1 -M do -s 1350 {} 2>&1; true", pods[4].ip)])?;
+    let out = lab.exec_in(
+        &pods[0].ns,
+        &[
+            "sh",
+            "-c",
+            &format!("ping -c 2 -W 1 -M do -s 1350 {} 2>&1; true", pods[4].ip),
+        ],
+    )?;
     let text = String::from_utf8_lossy(&out.stdout);
-    ensure!(text.contains("mtu = 1300") || text.contains("mtu=1300"), "no frag-needed with MTU 1300: {text}");
+    ensure!(
+        text.contains("mtu = 1300") || text.contains("mtu=1300"),
+        "no frag-needed with MTU 1300: {text}"
+    );
     ensure!(link(&lab, 0, 2)?["mtu"] == 1300, "link MTU to node 2");
     ensure!(link(&lab, 0, 1)?["mtu"] == 1432, "link MTU to node 1");
     ping_ok(&lab, &pods[0].ns, pods[4].ip)?;
@@ -186,21 +229,45 @@ fn pods_nodes_and_the_outside_world() -> Result<()> {
     let under = dir.join("underlay.pcap");
     let podcap = dir.join("pod.pcap");
     let mut cap_u = Command::new("ip")
-        .args(["netns", "exec", &n0, "tcpdump", "-U", "-n", "-i", "eth0", "-w"])
+        .args([
+            "netns", "exec", &n0, "tcpdump", "-U", "-n", "-i", "eth0", "-w",
+        ])
         .arg(&under)
         .arg("udp")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
     let mut cap_p = Command::new("ip")
-        .args(["netns", "exec", &pods[0].ns, "tcpdump", "-U", "-n", "-i", "eth0", "-w"])
+        .args([
+            "netns",
+            "exec",
+            &pods[0].ns,
+            "tcpdump",
+            "-U",
+            "-n",
+            "-i",
+            "eth0",
+            "-w",
+        ])
         .arg(&podcap)
         .arg("icmp")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
     std::thread::sleep(Duration::from_millis(1500));
-    lab.exec_in(&pods[0].ns, &["ping", "-c", "5", "-i", "0.2", "-p", pattern, &pods[2].ip.to_string()])?;
+    lab.exec_in(
+        &pods[0].ns,
+        &[
+            "ping",
+            "-c",
+            "5",
+            "-i",
+            "0.2",
+            "-p",
+            pattern,
+            &pods[2].ip.to_string(),
+        ],
+    )?;
     std::thread::sleep(Duration::from_millis(500));
     let _ = Command::new("kill").arg(cap_u.id().to_string()).status();
     let _ = Command::new("kill").arg(cap_p.id().to_string()).status();
@@ -208,14 +275,30 @@ fn pods_nodes_and_the_outside_world() -> Result<()> {
     let _ = cap_p.wait();
     let u = std::fs::read(&under)?;
     let p = std::fs::read(&podcap)?;
-    ensure!(occurrences(&p, needle) >= 5, "the pod capture should hold the plaintext (control)");
-    ensure!(u.len() > 1500, "the underlay capture is (nearly) empty ({} bytes)", u.len());
-    ensure!(occurrences(&u, needle) == 0, "plaintext pod payload on the underlay");
+    ensure!(
+        occurrences(&p, needle) >= 5,
+        "the pod capture should hold the plaintext (control)"
+    );
+    ensure!(
+        u.len() > 1500,
+        "the underlay capture is (nearly) empty ({} bytes)",
+        u.len()
+    );
+    ensure!(
+        occurrences(&u, needle) == 0,
+        "plaintext pod payload on the underlay"
+    );
 
     // Counters: bytes and packets both ways on a link, and the masquerade.
     let l = link(&lab, 0, 2)?;
-    ensure!(l["tx_packets"].as_u64() > Some(0) && l["rx_packets"].as_u64() > Some(0), "{l}");
-    ensure!(l["transport"] == "udp/aes-256-gcm" && l["encrypted"] == true, "{l}");
+    ensure!(
+        l["tx_packets"].as_u64() > Some(0) && l["rx_packets"].as_u64() > Some(0),
+        "{l}"
+    );
+    ensure!(
+        l["transport"] == "udp/aes-256-gcm" && l["encrypted"] == true,
+        "{l}"
+    );
     let m = lab.metrics(0)?;
     ensure!(m.contains("weft_data_bytes_total"), "data metrics missing");
     let _ = std::fs::remove_dir_all(&dir);
@@ -233,7 +316,10 @@ fn spoofed_sources_are_dropped_at_the_receiver() -> Result<()> {
     // The pod on node 0 takes an address from node 1's space (one more
     // than its neighbour's) and pings with it as the source.
     let forged = Ipv4Addr::from(u32::from(b.ip) + 7);
-    lab.exec_in(&a.ns, &["ip", "addr", "add", &format!("{forged}/32"), "dev", "eth0"])?;
+    lab.exec_in(
+        &a.ns,
+        &["ip", "addr", "add", &format!("{forged}/32"), "dev", "eth0"],
+    )?;
     let before = link(&lab, 1, 0)?["drops"]["spoofed"].as_u64().unwrap_or(0);
     let out = Command::new("ip")
         .args(["netns", "exec", &a.ns, "ping", "-c", "3", "-W", "1", "-I"])
@@ -260,39 +346,73 @@ fn relays_through_a_third_node_and_survives_a_restart() -> Result<()> {
         }
         lab.start_meshd(i, PW, &args)?;
     }
-    lab.wait_for("data links via node 1", SETTLE, |l| links_up(l, &[(0, 1), (1, 0), (1, 2), (2, 1)]))?;
+    lab.wait_for("data links via node 1", SETTLE, |l| {
+        links_up(l, &[(0, 1), (1, 0), (1, 2), (2, 1)])
+    })?;
     let a = lab.add_pod(0, 0)?;
     let a2 = lab.add_pod(0, 1)?;
     let c = lab.add_pod(2, 0)?;
     ping_ok(&lab, &a.ns, c.ip)?;
     let seen = tcp_stream(&a.ns, &c.ns, c.ip, "1M")?;
     ensure!(seen == a.ip, "relayed stream seen from {seen}");
-    ensure!(link(&lab, 0, 2).is_err(), "node 0 must have no direct link to node 2");
+    ensure!(
+        link(&lab, 0, 2).is_err(),
+        "node 0 must have no direct link to node 2"
+    );
 
     // meshd on node 0 goes away: pods on node 0 still reach each other
     // over the bridge, and nothing leaks to the underlay unencrypted.
     lab.kill_meshd(0);
     ping_ok(&lab, &a.ns, a2.ip)?;
-    ensure!(!lab.pings(&a.ns, c.ip), "remote pods are unreachable while meshd is down");
+    ensure!(
+        !lab.pings(&a.ns, c.ip),
+        "remote pods are unreachable while meshd is down"
+    );
     let routes = lab.exec(0, &["ip", "route", "show", "proto", "119"])?;
     let routes = String::from_utf8_lossy(&routes.stdout);
-    ensure!(routes.contains("unreachable 10.32.0.0/12"), "fail-closed route missing: {routes}");
+    ensure!(
+        routes.contains("unreachable 10.32.0.0/12"),
+        "fail-closed route missing: {routes}"
+    );
     // It comes back: the same pods reach remote pods again.
-    let args = vec!["--ipalloc-init=consensus=3".to_string(), format!("--peer={}", lab.nodes[1].addr())];
+    let args = vec![
+        "--ipalloc-init=consensus=3".to_string(),
+        format!("--peer={}", lab.nodes[1].addr()),
+    ];
     lab.start_meshd(0, PW, &args)?;
-    lab.wait_for("pod traffic after restart", SETTLE, |l| Ok(l.pings(&a.ns, c.ip)))?;
+    lab.wait_for("pod traffic after restart", SETTLE, |l| {
+        Ok(l.pings(&a.ns, c.ip))
+    })?;
     ping_ok(&lab, &a.ns, a2.ip)?;
 
     // Reset removes everything meshd put in the kernel.
     lab.kill_meshd(0);
     let bin = weft_tests::netns::bin_dir().join("meshctl");
-    lab.exec(0, &[bin.to_str().unwrap_or("meshctl"), "--socket", "/nonexistent", "reset"])?;
+    lab.exec(
+        0,
+        &[
+            bin.to_str().unwrap_or("meshctl"),
+            "--socket",
+            "/nonexistent",
+            "reset",
+        ],
+    )?;
     let links = lab.exec(0, &["ip", "-o", "link"])?;
     let links = String::from_utf8_lossy(&links.stdout);
-    ensure!(!links.contains(" weft:") && !links.contains("weft-tun"), "links left: {links}");
+    ensure!(
+        !links.contains(" weft:") && !links.contains("weft-tun"),
+        "links left: {links}"
+    );
     let routes = lab.exec(0, &["ip", "route", "show", "proto", "119"])?;
-    ensure!(routes.stdout.is_empty(), "routes left: {}", String::from_utf8_lossy(&routes.stdout));
+    ensure!(
+        routes.stdout.is_empty(),
+        "routes left: {}",
+        String::from_utf8_lossy(&routes.stdout)
+    );
     let nft = lab.exec(0, &["nft", "list", "tables"])?;
-    ensure!(!String::from_utf8_lossy(&nft.stdout).contains("weft"), "nft table left");
+    ensure!(
+        !String::from_utf8_lossy(&nft.stdout).contains("weft"),
+        "nft table left"
+    );
     Ok(())
 }

@@ -150,7 +150,12 @@ fn summary(s: &Status) -> String {
                 if d.offload { "on" } else { "off" }
             ),
         );
-        line("Overlay address", d.gateway.clone().unwrap_or_else(|| "(waiting for IPAM)".into()));
+        line(
+            "Overlay address",
+            d.gateway
+                .clone()
+                .unwrap_or_else(|| "(waiting for IPAM)".into()),
+        );
     }
     out
 }
@@ -385,7 +390,10 @@ async fn run(args: Args) -> Result<()> {
                         println!("{}", v["address"].as_str().unwrap_or_default());
                         break;
                     }
-                    Err(e) if std::time::Instant::now() < deadline && format!("{e:#}").contains("IPAM") => {
+                    Err(e)
+                        if std::time::Instant::now() < deadline
+                            && format!("{e:#}").contains("IPAM") =>
+                    {
                         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                     }
                     Err(e) => return Err(e),
@@ -393,8 +401,15 @@ async fn run(args: Args) -> Result<()> {
             }
         }
         Cmd::Reset { force, tun, bridge } => {
-            if !force && request(&args.socket, Method::GET, "/healthz", None).await.is_ok() {
-                anyhow::bail!("meshd is running on {}; stop it first (or --force)", args.socket.display());
+            if !force
+                && request(&args.socket, Method::GET, "/healthz", None)
+                    .await
+                    .is_ok()
+            {
+                anyhow::bail!(
+                    "meshd is running on {}; stop it first (or --force)",
+                    args.socket.display()
+                );
             }
             for line in weft_router::dataplane::reset(&tun, &bridge).await? {
                 println!("{line}");

@@ -132,6 +132,7 @@ struct Loop {
     donors_asked: HashMap<weft_peer_proto::PeerName, Instant>,
     dp: Option<crate::dataplane::DataPlane>,
     ipam_prefix: u32,
+    offers_repeated: Instant,
     /// The host's overlay address being allocated.
     gateway_rx: Option<oneshot::Receiver<Result<u32, IpamFailure>>>,
 }
@@ -266,6 +267,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         donors_asked: HashMap::new(),
         dp,
         ipam_prefix: crate::ipam::prefix_len(cfg.ipalloc_range),
+        offers_repeated: Instant::now(),
         gateway_rx: None,
     };
     lp.save_targets();
@@ -353,19 +355,35 @@ impl Loop {
                     && let Some(dp) = &mut self.dp
                 {
                     let mut secret = [0u8; 32];
-                    match handle.export_keying_material(&mut secret, crate::dataplane::EXPORTER_LABEL, b"") {
+                    match handle.export_keying_material(
+                        &mut secret,
+                        crate::dataplane::EXPORTER_LABEL,
+                        b"",
+                    ) {
                         Ok(()) => {
                             let role = if outbound {
                                 crate::dataplane::SessionRole::Dialer
                             } else {
                                 crate::dataplane::SessionRole::Acceptor
                             };
-                            let offer = dp.session_up(conn, hello.name, hello.nickname.clone(), role, secret, addr.ip());
-                            if out.try_send(Outgoing::Frame(weft_peer_proto::Frame::DataOffer(offer))).is_err() {
+                            let offer = dp.session_up(
+                                conn,
+                                hello.name,
+                                hello.nickname.clone(),
+                                role,
+                                secret,
+                                addr.ip(),
+                            );
+                            if out
+                                .try_send(Outgoing::Frame(weft_peer_proto::Frame::DataOffer(offer)))
+                                .is_err()
+                            {
                                 self.metrics.frames_dropped.inc();
                             }
                         }
-                        Err(e) => warn!(peer = %hello.name, error = ?e, "no data keys for this session"),
+                        Err(e) => {
+                            warn!(peer = %hello.name, error = ?e, "no data keys for this session")
+                        }
                     }
                 }
                 self.sessions.insert(conn, Session { out, conn: handle });
@@ -642,7 +660,18 @@ impl Loop {
             dp.set_ring(t);
         }
         dp.set_hops(hops);
-        dp.tick(Instant::now());
+        let now = Instant::now();
+        dp.tick(now);
+        if now.duration_since(self.offers_repeated) >= Duration::from_secs(1) {
+            self.offers_repeated = now;
+            for (conn, offer) in dp.offers_to_repeat() {
+                if let Some(s) = self.sessions.get(&conn) {
+                    let _ = s
+                        .out
+                        .try_send(Outgoing::Frame(weft_peer_proto::Frame::DataOffer(offer)));
+                }
+            }
+        }
         if dp.gateway().is_some() {
             return;
         }

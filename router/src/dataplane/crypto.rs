@@ -139,57 +139,64 @@ pub enum OpenError {
     Auth,
 }
 
-/// The receiving half: keys of the current and previous epoch, and the window.
+/// The receiving half: keys of the previous, current and next epoch (all
+/// derived ahead of time, so a forged packet never costs a derivation), and
+/// the window.
 pub struct Opener {
     keys: DirectionKeys,
-    current: (u64, LessSafeKey),
     previous: Option<(u64, LessSafeKey)>,
+    current: (u64, LessSafeKey),
+    next: (u64, LessSafeKey),
     window: ReplayWindow,
 }
 
 impl Opener {
     pub fn new(keys: DirectionKeys) -> Self {
-        let k = keys.key(0);
+        let current = (0, keys.key(0));
+        let next = (1, keys.key(1));
         Opener {
             keys,
-            current: (0, k),
             previous: None,
+            current,
+            next,
             window: ReplayWindow::default(),
         }
     }
 
     /// Checks the counter, authenticates and decrypts `in_out` (ciphertext
-    /// then tag) in place; returns the plaintext length. The window only
-    /// moves for packets that authenticate.
-    pub fn open(&mut self, counter: u64, aad: &[u8], in_out: &mut [u8]) -> Result<usize, OpenError> {
+    /// then tag) in place; returns the plaintext length. The window and the
+    /// epoch only move for packets that authenticate.
+    pub fn open(
+        &mut self,
+        counter: u64,
+        aad: &[u8],
+        in_out: &mut [u8],
+    ) -> Result<usize, OpenError> {
         if counter >= COUNTER_LIMIT || !self.window.check(counter) {
             return Err(OpenError::Replay);
         }
         let epoch = counter >> EPOCH_BITS;
         let key = if epoch == self.current.0 {
             &self.current.1
-        } else if self.previous.as_ref().is_some_and(|p| p.0 == epoch) {
-            &self.previous.as_ref().map(|p| &p.1).unwrap_or(&self.current.1)
-        } else if epoch > self.current.0 {
-            // Derive the newer key; it only replaces the current one once a
-            // packet under it authenticates.
-            let k = self.keys.key(epoch);
-            let n = k
-                .open_in_place(nonce(counter), Aad::from(aad), in_out)
-                .map_err(|_| OpenError::Auth)?
-                .len();
-            let old = std::mem::replace(&mut self.current, (epoch, k));
-            self.previous = Some(old);
-            self.window.update(counter);
-            return Ok(n);
+        } else if epoch == self.next.0 {
+            &self.next.1
         } else {
-            return Err(OpenError::Replay);
+            match &self.previous {
+                Some((e, k)) if *e == epoch => k,
+                _ => return Err(OpenError::Replay),
+            }
         };
         let n = key
             .open_in_place(nonce(counter), Aad::from(aad), in_out)
             .map_err(|_| OpenError::Auth)?
             .len();
         self.window.update(counter);
+        if epoch == self.next.0 {
+            // The sender moved on: shift the keys by one epoch.
+            let following = (epoch + 1, self.keys.key(epoch + 1));
+            let now_current = std::mem::replace(&mut self.next, following);
+            self.previous = Some(std::mem::replace(&mut self.current, now_current));
+        }
         Ok(n)
     }
 }
@@ -308,6 +315,15 @@ mod tests {
         late.next = (1 << EPOCH_BITS) - 5;
         let (c, mut p) = seal(&mut late, b"late");
         assert!(o.open(c, b"hdr", &mut p).is_ok());
+    }
+
+    #[test]
+    fn far_future_epochs_are_refused_without_work() {
+        let (_, mut o) = pair();
+        let mut far = Sealer::new(DirectionKeys::new(&[7u8; 32], Role::Dialer));
+        far.next = 5 << EPOCH_BITS;
+        let (c, mut p) = seal(&mut far, b"from the future");
+        assert_eq!(o.open(c, b"hdr", &mut p), Err(OpenError::Replay));
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! MTU-sized segments; consecutive packets for one peer are sealed into one
 //! buffer and sent as a single UDP GSO `sendmsg`. The receive side reads GRO
 //! batches, opens every datagram in place and coalesces what goes to the TUN
-//! back into super-packets (tun-rs's GRO table). Buffers are allocated once
-//! per thread; the per-packet path does not allocate.
+//! back into super-packets (tun-rs's GRO table). Our buffers are allocated
+//! once per thread and our per-packet code does not allocate; tun-rs's GRO
+//! coalescing copies each merged super-packet into a new buffer.
 
 use std::io::IoSliceMut;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -71,6 +72,12 @@ pub struct TxBatch {
     closed: bool,
 }
 
+impl Default for TxBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl TxBatch {
     pub fn new() -> Self {
         TxBatch {
@@ -84,7 +91,14 @@ impl TxBatch {
 
     /// Seals `inner` for `link` and queues it; flushes first when the packet
     /// cannot join the current batch.
-    pub fn push(&mut self, sh: &Shared, link: &Link, kind: DataKind, origin: Option<PeerName>, inner: &[u8]) {
+    pub fn push(
+        &mut self,
+        sh: &Shared,
+        link: &Link,
+        kind: DataKind,
+        origin: Option<PeerName>,
+        inner: &[u8],
+    ) {
         let hlen = header_len(kind);
         let size = hlen + inner.len() + TAG_LEN;
         if self.count > 0
@@ -191,10 +205,11 @@ impl TunQueue {
         if self.used == 0 {
             return;
         }
-        if let Err(e) = sh
-            .tun
-            .send_multiple(&mut self.gro, &mut self.bufs[..self.used], VIRTIO_NET_HDR_LEN)
-        {
+        if let Err(e) = sh.tun.send_multiple(
+            &mut self.gro,
+            &mut self.bufs[..self.used],
+            VIRTIO_NET_HDR_LEN,
+        ) {
             sh.drops.inc(DropReason::IoError);
             tracing::debug!(error = %e, "TUN write failed");
         }
@@ -202,8 +217,11 @@ impl TunQueue {
     }
 }
 
-/// ICMP errors, rate-limited, written to our TUN: the kernel routes them
-/// to a local pod or back into the overlay.
+/// ICMP errors, rate-limited. Errors about packets from local pods go into
+/// our TUN with the unreachable destination as their source (a source the
+/// kernel routes through the TUN, so reverse-path filtering keeps them);
+/// errors a relay raises go back through the overlay from its own overlay
+/// address, which the origin's router accepts as owned by the relay.
 struct IcmpSender {
     tokens: f64,
     last: Instant,
@@ -219,18 +237,56 @@ impl IcmpSender {
         }
     }
 
-    fn send(&mut self, sh: &Shared, q: &mut TunQueue, from: Option<Ipv4Addr>, pkt: &[u8], info: &Ipv4Info, what: IcmpError) {
-        let Some(from) = from else { return };
+    /// The error packet, or None when rate-limited or not allowed.
+    fn build(
+        &mut self,
+        from: Ipv4Addr,
+        pkt: &[u8],
+        info: &Ipv4Info,
+        what: IcmpError,
+    ) -> Option<&[u8]> {
         let now = Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * ICMP_PER_SEC)
             .min(ICMP_PER_SEC / 4.0);
         self.last = now;
-        if self.tokens < 1.0 {
-            return;
+        if self.tokens < 1.0 || !icmp_error(pkt, info, from, what, &mut self.buf) {
+            return None;
         }
-        if icmp_error(pkt, info, from, what, &mut self.buf) {
-            self.tokens -= 1.0;
-            q.push(sh, &self.buf);
+        self.tokens -= 1.0;
+        Some(&self.buf)
+    }
+
+    /// To a local pod, through our TUN.
+    fn send_local(
+        &mut self,
+        sh: &Shared,
+        q: &mut TunQueue,
+        pkt: &[u8],
+        info: &Ipv4Info,
+        what: IcmpError,
+    ) {
+        if let Some(p) = self.build(Ipv4Addr::from(info.dst), pkt, info, what) {
+            q.push(sh, p);
+        }
+    }
+
+    /// To a remote sender, through the overlay.
+    fn send_remote(
+        &mut self,
+        sh: &Shared,
+        table: &Table,
+        tx: &mut TxBatch,
+        pkt: &[u8],
+        info: &Ipv4Info,
+        what: IcmpError,
+    ) {
+        let Some(gw) = table.gateway else { return };
+        let back = match table.route(info.src) {
+            Route::Via(l) => l.clone(),
+            _ => return,
+        };
+        if let Some(p) = self.build(gw, pkt, info, what) {
+            tx.push(sh, &back, DataKind::Ip, None, p);
         }
     }
 }
@@ -244,7 +300,10 @@ pub fn tun_loop(sh: Arc<Shared>, mtu: usize) {
     let mut back = TunQueue::new(4);
     let mut icmp = IcmpSender::new();
     loop {
-        let n = match sh.tun.recv_multiple(&mut original, &mut bufs, &mut sizes, 0) {
+        let n = match sh
+            .tun
+            .recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
+        {
             Ok(n) => n,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EBADFD) | Some(libc::EBADF)) => {
                 warn!(error = %e, "TUN closed; data plane stopped");
@@ -269,7 +328,13 @@ pub fn tun_loop(sh: Arc<Shared>, mtu: usize) {
                     if pkt.len() > usize::from(link.mtu) {
                         link.stats.drop(DropReason::TooBig);
                         if info.dont_fragment {
-                            icmp.send(&sh, &mut back, table.gateway, pkt, &info, IcmpError::FragmentationNeeded(link.mtu));
+                            icmp.send_local(
+                                &sh,
+                                &mut back,
+                                pkt,
+                                &info,
+                                IcmpError::FragmentationNeeded(link.mtu),
+                            );
                         }
                         continue;
                     }
@@ -277,7 +342,7 @@ pub fn tun_loop(sh: Arc<Shared>, mtu: usize) {
                 }
                 Route::Local | Route::Unreachable => {
                     sh.drops.inc(DropReason::NoRoute);
-                    icmp.send(&sh, &mut back, table.gateway, pkt, &info, IcmpError::HostUnreachable);
+                    icmp.send_local(&sh, &mut back, pkt, &info, IcmpError::HostUnreachable);
                 }
             }
         }
@@ -324,7 +389,15 @@ pub fn udp_loop(sh: Arc<Shared>) {
 }
 
 /// One datagram from the network.
-fn receive(sh: &Shared, table: &Table, dgram: &mut [u8], now_ms: u64, q: &mut TunQueue, tx: &mut TxBatch, icmp: &mut IcmpSender) {
+fn receive(
+    sh: &Shared,
+    table: &Table,
+    dgram: &mut [u8],
+    now_ms: u64,
+    q: &mut TunQueue,
+    tx: &mut TxBatch,
+    icmp: &mut IcmpSender,
+) {
     let Ok(p) = DataPacket::new_checked(&*dgram) else {
         sh.drops.inc(DropReason::MalformedNet);
         return;
@@ -356,7 +429,9 @@ fn receive(sh: &Shared, table: &Table, dgram: &mut [u8], now_ms: u64, q: &mut Tu
         return link.stats.drop(DropReason::MalformedNet);
     };
     // The packet's source must belong to the router it started from: the
-    // sender itself, or the origin a relay vouches for.
+    // sender itself, or the origin a relay names. Pods cannot forge the
+    // origin; a router relaying is trusted to name it honestly (routers are
+    // admitted members; the header is authenticated hop by hop).
     let origin = repr.origin.map_or(link.peer, PeerName);
     if origin == table.me || table.owner(info.src) != Some(origin) {
         return link.stats.drop(DropReason::Spoofed);
@@ -366,13 +441,20 @@ fn receive(sh: &Shared, table: &Table, dgram: &mut [u8], now_ms: u64, q: &mut Tu
         Route::Via(next) if next.peer != link.peer => {
             if !decrement_ttl(inner) {
                 link.stats.drop(DropReason::TtlExpired);
-                icmp.send(sh, q, table.gateway, inner, &info, IcmpError::TimeExceeded);
+                icmp.send_remote(sh, table, tx, inner, &info, IcmpError::TimeExceeded);
                 return;
             }
             if inner.len() > usize::from(next.mtu) {
                 next.stats.drop(DropReason::TooBig);
                 if info.dont_fragment {
-                    icmp.send(sh, q, table.gateway, inner, &info, IcmpError::FragmentationNeeded(next.mtu));
+                    icmp.send_remote(
+                        sh,
+                        table,
+                        tx,
+                        inner,
+                        &info,
+                        IcmpError::FragmentationNeeded(next.mtu),
+                    );
                 }
                 return;
             }
@@ -381,7 +463,7 @@ fn receive(sh: &Shared, table: &Table, dgram: &mut [u8], now_ms: u64, q: &mut Tu
         // Back where it came from, or nowhere to go.
         Route::Via(_) | Route::Unreachable => {
             sh.drop(Some(link), DropReason::NoRoute);
-            icmp.send(sh, q, table.gateway, inner, &info, IcmpError::HostUnreachable);
+            icmp.send_remote(sh, table, tx, inner, &info, IcmpError::HostUnreachable);
         }
     }
 }

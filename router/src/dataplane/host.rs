@@ -44,7 +44,15 @@ impl Host {
     }
 
     pub async fn link_index(&self, name: &str) -> Result<Option<u32>> {
-        match self.h.link().get().match_name(name.to_string()).execute().try_next().await {
+        match self
+            .h
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_next()
+            .await
+        {
             Ok(m) => Ok(m.map(|m| m.header.index)),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(anyhow!("looking up link {name}: {e}")),
@@ -56,8 +64,14 @@ impl Host {
         let mut out = Vec::new();
         let mut s = self.h.link().get().execute();
         while let Some(m) = s.try_next().await.context("listing links")? {
-            let up = m.header.flags.contains(rtnetlink::packet_route::link::LinkFlags::Up);
-            let lo = m.header.flags.contains(rtnetlink::packet_route::link::LinkFlags::Loopback);
+            let up = m
+                .header
+                .flags
+                .contains(rtnetlink::packet_route::link::LinkFlags::Up);
+            let lo = m
+                .header
+                .flags
+                .contains(rtnetlink::packet_route::link::LinkFlags::Loopback);
             let mut name = None;
             let mut mtu = None;
             for a in &m.attributes {
@@ -82,13 +96,14 @@ impl Host {
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
             .execute();
         while let Some(r) = s.try_next().await.context("listing routes")? {
-            if r.header.destination_prefix_length == 0 && r.header.table == 254 {
-                if let Some(oif) = r.attributes.iter().find_map(|a| match a {
+            if r.header.destination_prefix_length == 0
+                && r.header.table == 254
+                && let Some(oif) = r.attributes.iter().find_map(|a| match a {
                     RouteAttribute::Oif(i) => Some(*i),
                     _ => None,
-                }) {
-                    return Ok(Some(oif));
-                }
+                })
+            {
+                return Ok(Some(oif));
             }
         }
         Ok(None)
@@ -115,7 +130,13 @@ impl Host {
     /// Creates the bridge if it is missing; sets its MTU and brings it up.
     pub async fn ensure_bridge(&self, name: &str, mtu: u32) -> Result<u32> {
         if self.link_index(name).await?.is_none() {
-            match self.h.link().add(LinkBridge::new(name).build()).execute().await {
+            match self
+                .h
+                .link()
+                .add(LinkBridge::new(name).build())
+                .execute()
+                .await
+            {
                 Ok(()) => {}
                 Err(e) if errno(&e) == Some(libc::EEXIST) => {}
                 Err(e) => return Err(anyhow!("creating bridge {name}: {e}")),
@@ -125,7 +146,9 @@ impl Host {
             .link_index(name)
             .await?
             .ok_or_else(|| anyhow!("bridge {name} vanished after creation"))?;
-        self.set_up(index, mtu).await.with_context(|| format!("bringing up {name}"))?;
+        self.set_up(index, mtu)
+            .await
+            .with_context(|| format!("bringing up {name}"))?;
         Ok(index)
     }
 
@@ -181,12 +204,11 @@ impl Host {
     pub async fn sync_routes(&self, want: &[WantRoute]) -> Result<()> {
         let have = self.our_routes().await?;
         for r in &have {
-            if !want.iter().any(|w| w.matches(r)) {
-                if let Err(e) = self.h.route().del(r.clone()).execute().await
-                    && errno(&e) != Some(libc::ESRCH)
-                {
-                    return Err(anyhow!("removing a stale route: {e}"));
-                }
+            if !want.iter().any(|w| w.matches(r))
+                && let Err(e) = self.h.route().del(r.clone()).execute().await
+                && errno(&e) != Some(libc::ESRCH)
+            {
+                return Err(anyhow!("removing a stale route: {e}"));
             }
         }
         for w in want {
@@ -216,13 +238,13 @@ pub struct WantRoute {
 }
 
 impl WantRoute {
-    pub fn via(dst: Ipv4Addr, prefix: u8, oif: u32, src: Option<Ipv4Addr>) -> Self {
+    pub fn via(dst: Ipv4Addr, prefix: u8, oif: u32, src: Option<Ipv4Addr>, metric: u32) -> Self {
         WantRoute {
             dst,
             prefix,
             oif: Some(oif),
             src,
-            metric: 0,
+            metric,
         }
     }
 
@@ -291,7 +313,9 @@ pub fn sysctl(path: &str, value: &str) -> Result<()> {
 /// outside the overlay range, leave overlay traffic alone.
 pub fn apply_nft(range: &str, bridge: &str, tun: &str, masquerade: bool) -> Result<()> {
     let rule = if masquerade {
-        format!("ip saddr {range} ip daddr != {range} oifname != {{ \"{bridge}\", \"{tun}\" }} counter masquerade comment \"weft: pods to the world\"")
+        format!(
+            "ip saddr {range} ip daddr != {range} oifname != {{ \"{bridge}\", \"{tun}\" }} counter masquerade comment \"weft: pods to the world\""
+        )
     } else {
         String::new()
     };
@@ -310,7 +334,9 @@ pub fn apply_nft(range: &str, bridge: &str, tun: &str, masquerade: bool) -> Resu
 
 /// Removes our nftables table, if it is there.
 pub fn remove_nft() -> Result<()> {
-    run_nft(&format!("table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n"))
+    run_nft(&format!(
+        "table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n"
+    ))
 }
 
 fn run_nft(script: &str) -> Result<()> {
@@ -323,7 +349,9 @@ fn run_nft(script: &str) -> Result<()> {
         .spawn()
         .context("running nft (is the nftables package installed?)")?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).context("writing to nft")?;
+        stdin
+            .write_all(script.as_bytes())
+            .context("writing to nft")?;
     }
     let out = child.wait_with_output().context("waiting for nft")?;
     if !out.status.success() {

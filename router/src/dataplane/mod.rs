@@ -43,6 +43,8 @@ const UDP_IPV4_OVERHEAD: usize = 20 + 8;
 pub const KEEPALIVE: Duration = Duration::from_secs(5);
 /// A link with nothing heard for this long is shown as down.
 const LINK_DEAD: Duration = Duration::from_secs(16);
+/// Metric of the overlay route into the TUN.
+const TUN_METRIC: u32 = 100;
 /// The transport shown in status.
 pub const TRANSPORT: &str = "udp/aes-256-gcm";
 
@@ -114,25 +116,32 @@ impl DataPlane {
             None => derive_mtu(&host, &cfg).await?,
         };
         if mtu < weft_peer_proto::MIN_DATA_MTU {
-            return Err(anyhow!("overlay MTU {mtu} is below {}", weft_peer_proto::MIN_DATA_MTU));
+            return Err(anyhow!(
+                "overlay MTU {mtu} is below {}",
+                weft_peer_proto::MIN_DATA_MTU
+            ));
         }
         let tun = tun_rs::DeviceBuilder::new()
             .name(&cfg.tun)
             .mtu(mtu)
             .offload(true)
             .build_sync()
-            .with_context(|| format!("creating TUN {} (is another meshd running? is /dev/net/tun there?)", cfg.tun))?;
+            .with_context(|| {
+                format!(
+                    "creating TUN {} (is another meshd running? is /dev/net/tun there?)",
+                    cfg.tun
+                )
+            })?;
         let offload = tun.tcp_gso();
         let tun_index = host
             .link_index(&cfg.tun)
             .await?
             .ok_or_else(|| anyhow!("TUN {} not found after creation", cfg.tun))?;
-        host.set_up(tun_index, u32::from(mtu)).await.context("bringing up the TUN")?;
+        host.set_up(tun_index, u32::from(mtu))
+            .await
+            .context("bringing up the TUN")?;
         // The overlay is IPv4: no IPv6 chatter on the TUN.
         let _ = host::sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", cfg.tun), "1");
-        // ICMP errors meshd writes come from the host's own overlay address;
-        // without this the kernel drops them as martians.
-        host::sysctl(&format!("net/ipv4/conf/{}/accept_local", cfg.tun), "1")?;
         let bridge_index = host.ensure_bridge(&cfg.bridge, u32::from(mtu)).await?;
         host::sysctl("net/ipv4/ip_forward", "1")?;
         // Pods have the whole range on-link: the bridge answers ARP for
@@ -140,13 +149,17 @@ impl DataPlane {
         host::sysctl(&format!("net/ipv4/conf/{}/proxy_arp", cfg.bridge), "1")?;
         host::sysctl(&format!("net/ipv4/neigh/{}/proxy_delay", cfg.bridge), "0")?;
         let range_str = range_cidr(cfg.range);
-        host::apply_nft(&range_str, &cfg.bridge, &cfg.tun, cfg.masquerade).context("masquerade rules")?;
+        host::apply_nft(&range_str, &cfg.bridge, &cfg.tun, cfg.masquerade)
+            .context("masquerade rules")?;
 
         let udp = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, cfg.port)))
             .with_context(|| format!("binding data port UDP {}", cfg.port))?;
         let udp_state = quinn_udp::UdpSocketState::new((&udp).into()).context("data socket")?;
-        // quinn-udp makes the socket non-blocking; our threads block on it.
+        // quinn-udp makes the socket non-blocking; our threads block on it,
+        // but a send never blocks for long (the daemon loop sends keep-alives
+        // on it too): a full buffer for 50 ms drops the batch, counted.
         udp.set_nonblocking(false)?;
+        udp.set_write_timeout(Some(Duration::from_millis(50)))?;
         for bytes in [8 << 20, 4 << 20, 1 << 20] {
             if udp_state.set_recv_buffer_size((&udp).into(), bytes).is_ok() {
                 break;
@@ -174,7 +187,13 @@ impl DataPlane {
                 .spawn(move || engine::udp_loop(sh))?;
         }
         let (want, want_rx) = watch::channel(HostWant::default());
-        tokio::spawn(wire_host(host, cfg.clone(), tun_index, bridge_index, want_rx));
+        tokio::spawn(wire_host(
+            host,
+            cfg.clone(),
+            tun_index,
+            bridge_index,
+            want_rx,
+        ));
         info!(tun = %cfg.tun, bridge = %cfg.bridge, mtu, port, offload, gso = shared.udp_state.max_gso_segments(), "data plane up");
         let mut cfg = cfg;
         cfg.port = port;
@@ -247,13 +266,26 @@ impl DataPlane {
 
     /// The peer's offer on `conn`: the link is complete.
     pub fn offer_received(&mut self, conn: ConnId, offer: DataOffer) {
-        let Some(p) = self.pending.remove(&conn) else {
-            // A repeated offer (the peer's port or MTU changed): rebuild.
-            if let Some(old) = self.links.get(&conn) {
+        let Some(mut p) = self.pending.remove(&conn) else {
+            // Offers are repeated until the peer's packets arrive; a changed
+            // one (new port or MTU) takes effect when the session reconnects.
+            if let Some(old) = self.links.get(&conn)
+                && (old.send_index != offer.index || old.remote.port() != offer.port)
+            {
                 warn!(peer = %old.peer, "peer changed its data offer; ignoring until it reconnects");
             }
             return;
         };
+        if let IpAddr::V6(v6) = p.ip {
+            match v6.to_ipv4_mapped() {
+                Some(v4) => p.ip = IpAddr::V4(v4),
+                None => {
+                    // The data socket is IPv4; routes relay around this peer.
+                    warn!(peer = %p.peer, ip = %p.ip, "no data link over an IPv6 underlay yet");
+                    return;
+                }
+            }
+        }
         let link = Arc::new(Link {
             peer: p.peer,
             nickname: p.nickname,
@@ -267,7 +299,8 @@ impl DataPlane {
             stats: Default::default(),
         });
         info!(peer = %link.peer, remote = %link.remote, mtu = link.mtu, "data link ready");
-        self.keepalive.push(&self.shared, &link, DataKind::KeepAlive, None, &[]);
+        self.keepalive
+            .push(&self.shared, &link, DataKind::KeepAlive, None, &[]);
         self.keepalive.flush(&self.shared);
         self.links.insert(conn, link);
         self.publish();
@@ -352,6 +385,28 @@ impl DataPlane {
         self.shared.table.store(Arc::new(t));
     }
 
+    /// Our offer on every session whose peer has not shown it has it (no
+    /// packet from it authenticated yet): offers can be lost on a full
+    /// session queue. Called about once a second.
+    pub fn offers_to_repeat(&self) -> Vec<(ConnId, DataOffer)> {
+        let offer = |index| DataOffer {
+            port: self.cfg.port,
+            index,
+            mtu: self.mtu,
+        };
+        let silent = self.links.iter().filter(|(_, l)| {
+            l.stats
+                .last_rx_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+        });
+        self.pending
+            .iter()
+            .map(|(c, p)| (*c, offer(p.recv_index)))
+            .chain(silent.map(|(c, l)| (*c, offer(l.recv_index))))
+            .collect()
+    }
+
     /// Keep-alives on every link, every [`KEEPALIVE`].
     pub fn tick(&mut self, now: Instant) {
         if now.duration_since(self.last_keepalive) < KEEPALIVE {
@@ -359,15 +414,16 @@ impl DataPlane {
         }
         self.last_keepalive = now;
         for l in self.links.values() {
-            self.keepalive.push(&self.shared, l, DataKind::KeepAlive, None, &[]);
+            self.keepalive
+                .push(&self.shared, l, DataKind::KeepAlive, None, &[]);
             self.keepalive.flush(&self.shared);
         }
     }
 
     /// Adds what happened since the last call to the Prometheus counters.
     pub fn export_metrics(&mut self, m: &crate::metrics::Metrics) {
-        use std::sync::atomic::Ordering::Relaxed;
         use crate::metrics::{PeerDirLabel, ReasonLabel, StateLabel};
+        use std::sync::atomic::Ordering::Relaxed;
         let label = |peer: &str, dir: &str| PeerDirLabel {
             peer: peer.to_string(),
             direction: dir.to_string(),
@@ -377,14 +433,39 @@ impl DataPlane {
         for (conn, l) in &self.links {
             let r = self.reported.entry(*conn).or_default();
             let s = &l.stats;
-            let peer = if l.nickname.is_empty() { l.peer.to_string() } else { l.nickname.clone() };
+            let peer = if l.nickname.is_empty() {
+                l.peer.to_string()
+            } else {
+                l.nickname.clone()
+            };
             for (now, last, fam, dir) in [
-                (s.tx_bytes.load(Relaxed), &mut r.tx_bytes, &m.data_bytes, "tx"),
-                (s.rx_bytes.load(Relaxed), &mut r.rx_bytes, &m.data_bytes, "rx"),
-                (s.tx_packets.load(Relaxed), &mut r.tx_packets, &m.data_packets, "tx"),
-                (s.rx_packets.load(Relaxed), &mut r.rx_packets, &m.data_packets, "rx"),
+                (
+                    s.tx_bytes.load(Relaxed),
+                    &mut r.tx_bytes,
+                    &m.data_bytes,
+                    "tx",
+                ),
+                (
+                    s.rx_bytes.load(Relaxed),
+                    &mut r.rx_bytes,
+                    &m.data_bytes,
+                    "rx",
+                ),
+                (
+                    s.tx_packets.load(Relaxed),
+                    &mut r.tx_packets,
+                    &m.data_packets,
+                    "tx",
+                ),
+                (
+                    s.rx_packets.load(Relaxed),
+                    &mut r.rx_packets,
+                    &m.data_packets,
+                    "rx",
+                ),
             ] {
-                fam.get_or_create(&label(&peer, dir)).inc_by(now.saturating_sub(*last));
+                fam.get_or_create(&label(&peer, dir))
+                    .inc_by(now.saturating_sub(*last));
                 *last = now;
             }
             for why in stats::DropReason::ALL {
@@ -392,7 +473,9 @@ impl DataPlane {
                 let last = r.drops.entry(why.label()).or_default();
                 if n > *last {
                     m.data_drops
-                        .get_or_create(&ReasonLabel { reason: why.label().into() })
+                        .get_or_create(&ReasonLabel {
+                            reason: why.label().into(),
+                        })
                         .inc_by(n - *last);
                     *last = n;
                 }
@@ -408,14 +491,20 @@ impl DataPlane {
             let last = self.reported_global.entry(why.label()).or_default();
             if n > *last {
                 m.data_drops
-                    .get_or_create(&ReasonLabel { reason: why.label().into() })
+                    .get_or_create(&ReasonLabel {
+                        reason: why.label().into(),
+                    })
                     .inc_by(n - *last);
                 *last = n;
             }
         }
-        m.data_links.get_or_create(&StateLabel { state: "up".into() }).set(up);
         m.data_links
-            .get_or_create(&StateLabel { state: "down".into() })
+            .get_or_create(&StateLabel { state: "up".into() })
+            .set(up);
+        m.data_links
+            .get_or_create(&StateLabel {
+                state: "down".into(),
+            })
             .set(self.links.len() as i64 - up);
     }
 
@@ -442,7 +531,12 @@ impl DataPlane {
                     tx_bytes: s.tx_bytes.load(Relaxed),
                     rx_packets: s.rx_packets.load(Relaxed),
                     rx_bytes: s.rx_bytes.load(Relaxed),
-                    drops: s.drops.nonzero().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                    drops: s
+                        .drops
+                        .nonzero()
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect(),
                 }
             })
             .collect();
@@ -471,7 +565,11 @@ impl DataPlane {
 pub fn range_cidr(r: AddrRange) -> String {
     match cidrs(r).as_slice() {
         [(a, p)] => format!("{a}/{p}"),
-        _ => format!("{}-{}", Ipv4Addr::from(r.start), Ipv4Addr::from((r.end - 1) as u32)),
+        _ => format!(
+            "{}-{}",
+            Ipv4Addr::from(r.start),
+            Ipv4Addr::from((r.end - 1) as u32)
+        ),
     }
 }
 
@@ -511,12 +609,14 @@ async fn wire_host(
         let w = want.borrow_and_update().clone();
         let mut routes: Vec<WantRoute> = Vec::new();
         for (a, p) in &prefix {
-            routes.push(WantRoute::via(*a, *p, tun, w.gateway));
+            // Metric 100: a local range with the same prefix (one router owning
+            // everything) goes to the bridge.
+            routes.push(WantRoute::via(*a, *p, tun, w.gateway, TUN_METRIC));
             routes.push(WantRoute::unreachable(AddrRange::new(u32::from(*a), 0), *p));
         }
         for r in &w.local {
             for (a, p) in cidrs(*r) {
-                routes.push(WantRoute::via(a, p, bridge, w.gateway));
+                routes.push(WantRoute::via(a, p, bridge, w.gateway, 0));
             }
         }
         let result = async {

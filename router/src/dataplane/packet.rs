@@ -83,7 +83,13 @@ pub enum IcmpError {
 
 /// Writes an ICMP error about `pkt` from `from` into `out` (cleared first);
 /// false when none may be sent.
-pub fn icmp_error(pkt: &[u8], info: &Ipv4Info, from: Ipv4Addr, what: IcmpError, out: &mut Vec<u8>) -> bool {
+pub fn icmp_error(
+    pkt: &[u8],
+    info: &Ipv4Info,
+    from: Ipv4Addr,
+    what: IcmpError,
+    out: &mut Vec<u8>,
+) -> bool {
     if !info.may_answer(pkt) {
         return false;
     }
@@ -91,11 +97,17 @@ pub fn icmp_error(pkt: &[u8], info: &Ipv4Info, from: Ipv4Addr, what: IcmpError, 
     // The original header and the first 8 bytes of its payload (RFC 792).
     let quote = &pkt[..(info.header_len + 8).min(pkt.len())];
     let ty = match what {
-        IcmpError::HostUnreachable => Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host),
-        IcmpError::FragmentationNeeded(mtu) => Icmpv4Type::DestinationUnreachable(
-            DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
-        ),
-        IcmpError::TimeExceeded => Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit),
+        IcmpError::HostUnreachable => {
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host)
+        }
+        IcmpError::FragmentationNeeded(mtu) => {
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: mtu,
+            })
+        }
+        IcmpError::TimeExceeded => {
+            Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit)
+        }
     };
     PacketBuilder::ipv4(from.octets(), info.src.to_be_bytes(), 64)
         .icmpv4(ty)
@@ -123,7 +135,10 @@ mod tests {
         assert_eq!(Ipv4Addr::from(i.src), Ipv4Addr::new(10, 32, 0, 5));
         assert_eq!(Ipv4Addr::from(i.dst), Ipv4Addr::new(10, 40, 0, 9));
         assert_eq!(i.ttl, 9);
-        assert!(Ipv4Info::parse(&p[..p.len() - 1]).is_none(), "length mismatch");
+        assert!(
+            Ipv4Info::parse(&p[..p.len() - 1]).is_none(),
+            "length mismatch"
+        );
         assert!(Ipv4Info::parse(&[0x60; 40]).is_none(), "IPv6");
         assert!(Ipv4Info::parse(&[0x44; 40]).is_none(), "IHL below 5");
         assert!(Ipv4Info::parse(&[]).is_none());
@@ -145,11 +160,19 @@ mod tests {
         let p = udp_packet(64);
         let i = Ipv4Info::parse(&p).expect("valid");
         let mut out = Vec::new();
-        assert!(icmp_error(&p, &i, Ipv4Addr::new(10, 32, 0, 1), IcmpError::FragmentationNeeded(1300), &mut out));
+        assert!(icmp_error(
+            &p,
+            &i,
+            Ipv4Addr::new(10, 32, 0, 1),
+            IcmpError::FragmentationNeeded(1300),
+            &mut out
+        ));
         let e = etherparse::SlicedPacket::from_ip(&out).expect("icmp parses");
         match e.transport {
             Some(etherparse::TransportSlice::Icmpv4(icmp)) => match icmp.icmp_type() {
-                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu }) => {
+                Icmpv4Type::DestinationUnreachable(
+                    DestUnreachableHeader::FragmentationNeeded { next_hop_mtu },
+                ) => {
                     assert_eq!(next_hop_mtu, 1300)
                 }
                 other => panic!("unexpected {other:?}"),
@@ -159,6 +182,12 @@ mod tests {
         // Never an error about an error.
         let ei = Ipv4Info::parse(&out).expect("valid");
         let mut again = Vec::new();
-        assert!(!icmp_error(&out, &ei, Ipv4Addr::new(10, 32, 0, 2), IcmpError::HostUnreachable, &mut again));
+        assert!(!icmp_error(
+            &out,
+            &ei,
+            Ipv4Addr::new(10, 32, 0, 2),
+            IcmpError::HostUnreachable,
+            &mut again
+        ));
     }
 }

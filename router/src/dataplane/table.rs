@@ -130,7 +130,11 @@ impl Table {
         self.links.values()
     }
 
-    pub fn with_ring(mut self, range: AddrRange, tokens: impl Iterator<Item = (u32, PeerName)>) -> Self {
+    pub fn with_ring(
+        mut self,
+        range: AddrRange,
+        tokens: impl Iterator<Item = (u32, PeerName)>,
+    ) -> Self {
         self.range = Some(range);
         self.owners = tokens.collect();
         self.owners.sort_unstable_by_key(|(t, _)| *t);
@@ -165,7 +169,11 @@ pub fn cidrs(r: AddrRange) -> Vec<(Ipv4Addr, u8)> {
     let mut start = u64::from(r.start);
     while start < r.end {
         // The largest aligned block starting here that fits.
-        let align = if start == 0 { 32 } else { start.trailing_zeros().min(32) };
+        let align = if start == 0 {
+            32
+        } else {
+            start.trailing_zeros().min(32)
+        };
         let mut bits = align;
         while bits > 0 && start + (1u64 << bits) > r.end {
             bits -= 1;
