@@ -320,7 +320,12 @@ pub fn tun_loop(sh: Arc<Shared>, mtu: usize) {
         for i in 0..n {
             let pkt = &bufs[i][..sizes[i]];
             let Some(info) = Ipv4Info::parse(pkt) else {
-                sh.drops.inc(DropReason::MalformedTun);
+                let why = if pkt.first().is_some_and(|b| b >> 4 == 6) {
+                    DropReason::Ipv6
+                } else {
+                    DropReason::MalformedTun
+                };
+                sh.drops.inc(why);
                 continue;
             };
             match table.route(info.dst) {

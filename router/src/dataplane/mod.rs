@@ -90,6 +90,7 @@ pub struct DataPlane {
     want: watch::Sender<HostWant>,
     keepalive: TxBatch,
     last_keepalive: Instant,
+    last_probe: Instant,
     offload: bool,
     /// What /metrics has already been told, per session, so that counters
     /// only grow across reconnects.
@@ -137,11 +138,11 @@ impl DataPlane {
             .link_index(&cfg.tun)
             .await?
             .ok_or_else(|| anyhow!("TUN {} not found after creation", cfg.tun))?;
+        // The overlay is IPv4: no IPv6 chatter on the TUN (set before it is up).
+        let _ = host::sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", cfg.tun), "1");
         host.set_up(tun_index, u32::from(mtu))
             .await
             .context("bringing up the TUN")?;
-        // The overlay is IPv4: no IPv6 chatter on the TUN.
-        let _ = host::sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", cfg.tun), "1");
         let bridge_index = host.ensure_bridge(&cfg.bridge, u32::from(mtu)).await?;
         host::sysctl("net/ipv4/ip_forward", "1")?;
         // Pods have the whole range on-link: the bridge answers ARP for
@@ -210,6 +211,7 @@ impl DataPlane {
             want,
             keepalive: TxBatch::new(),
             last_keepalive: Instant::now(),
+            last_probe: Instant::now(),
             offload,
             reported: HashMap::new(),
             reported_global: BTreeMap::new(),
@@ -407,8 +409,21 @@ impl DataPlane {
             .collect()
     }
 
-    /// Keep-alives on every link, every [`KEEPALIVE`].
+    /// Keep-alives on every link every [`KEEPALIVE`], and every second on
+    /// links the peer has not answered yet (its side may have come up after
+    /// our first keep-alive).
     pub fn tick(&mut self, now: Instant) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if now.duration_since(self.last_probe) >= Duration::from_secs(1) {
+            self.last_probe = now;
+            for l in self.links.values() {
+                if l.stats.last_rx_ms.load(Relaxed) == 0 {
+                    self.keepalive
+                        .push(&self.shared, l, DataKind::KeepAlive, None, &[]);
+                    self.keepalive.flush(&self.shared);
+                }
+            }
+        }
         if now.duration_since(self.last_keepalive) < KEEPALIVE {
             return;
         }

@@ -7,6 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub enum DropReason {
     /// Not a well-formed IPv4 packet, read from our TUN.
     MalformedTun,
+    /// An IPv6 packet from our TUN (the overlay is IPv4; the kernel may
+    /// send one before IPv6 is turned off on the device).
+    Ipv6,
     /// Not a well-formed data packet or inner packet, from the network.
     MalformedNet,
     /// A receiver index we never gave out (stale session or garbage).
@@ -30,8 +33,9 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::MalformedTun,
+        DropReason::Ipv6,
         DropReason::MalformedNet,
         DropReason::UnknownIndex,
         DropReason::Replay,
@@ -47,6 +51,7 @@ impl DropReason {
     pub fn label(self) -> &'static str {
         match self {
             DropReason::MalformedTun => "malformed_tun",
+            DropReason::Ipv6 => "ipv6",
             DropReason::MalformedNet => "malformed_net",
             DropReason::UnknownIndex => "unknown_index",
             DropReason::Replay => "replay",
