@@ -138,43 +138,7 @@ impl Lab {
     fn add_node(&mut self, i: usize) -> Result<()> {
         let ns = format!("wt-{}-n{i}", self.name);
         let ipaddr = Ipv4Addr::new(10, 77, 0, i as u8 + 1);
-        ip(&["netns", "add", &ns])?;
-        let port = format!("p{i}");
-        ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &ns,
-        ])?;
-        ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            &port,
-            "master",
-            "br0",
-            "up",
-        ])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{ipaddr}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        self.plug(&ns, &format!("p{i}"), ipaddr)?;
         let dir = self.dir.join(format!("n{i}"));
         std::fs::create_dir_all(&dir)?;
         self.nodes.push(Node {
@@ -183,6 +147,29 @@ impl Lab {
             dir,
             meshd: None,
         });
+        Ok(())
+    }
+
+    /// Creates namespace `ns` with `eth0` at `addr/24`, plugged into the
+    /// switch at `port`.
+    fn plug(&self, ns: &str, port: &str, addr: Ipv4Addr) -> Result<()> {
+        ip(&["netns", "add", ns])?;
+        let sw = self.switch.as_str();
+        ip(&[
+            "-n", sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ])?;
+        ip(&["-n", sw, "link", "set", port, "master", "br0", "up"])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
         Ok(())
     }
 
@@ -355,42 +342,7 @@ impl Lab {
     pub fn add_outside(&self, host: u8) -> Result<(String, Ipv4Addr)> {
         let ns = format!("wt-{}-out", self.name);
         let addr = Ipv4Addr::new(10, 77, 0, host);
-        ip(&["netns", "add", &ns])?;
-        ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "add",
-            "pout",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &ns,
-        ])?;
-        ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            "pout",
-            "master",
-            "br0",
-            "up",
-        ])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        self.plug(&ns, "pout", addr)?;
         Ok((ns, addr))
     }
 

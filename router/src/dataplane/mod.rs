@@ -437,7 +437,7 @@ impl DataPlane {
 
     /// Adds what happened since the last call to the Prometheus counters.
     pub fn export_metrics(&mut self, m: &crate::metrics::Metrics) {
-        use crate::metrics::{PeerDirLabel, ReasonLabel, StateLabel};
+        use crate::metrics::{PeerDirLabel, StateLabel};
         use std::sync::atomic::Ordering::Relaxed;
         let label = |peer: &str, dir: &str| PeerDirLabel {
             peer: peer.to_string(),
@@ -483,36 +483,14 @@ impl DataPlane {
                     .inc_by(now.saturating_sub(*last));
                 *last = now;
             }
-            for why in stats::DropReason::ALL {
-                let n = s.drops.get(why);
-                let last = r.drops.entry(why.label()).or_default();
-                if n > *last {
-                    m.data_drops
-                        .get_or_create(&ReasonLabel {
-                            reason: why.label().into(),
-                        })
-                        .inc_by(n - *last);
-                    *last = n;
-                }
-            }
+            report_drops(&s.drops, &mut r.drops, m);
             let last = s.last_rx_ms.load(Relaxed);
             if last > 0 && Duration::from_millis(now_ms.saturating_sub(last)) < LINK_DEAD {
                 up += 1;
             }
         }
         self.reported.retain(|c, _| self.links.contains_key(c));
-        for why in stats::DropReason::ALL {
-            let n = self.shared.drops.get(why);
-            let last = self.reported_global.entry(why.label()).or_default();
-            if n > *last {
-                m.data_drops
-                    .get_or_create(&ReasonLabel {
-                        reason: why.label().into(),
-                    })
-                    .inc_by(n - *last);
-                *last = n;
-            }
-        }
+        report_drops(&self.shared.drops, &mut self.reported_global, m);
         m.data_links
             .get_or_create(&StateLabel { state: "up".into() })
             .set(up);
@@ -572,6 +550,26 @@ impl DataPlane {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect::<BTreeMap<_, _>>(),
+        }
+    }
+}
+
+/// Adds the drops since `last` to the Prometheus counter.
+fn report_drops(
+    drops: &stats::Drops,
+    last: &mut BTreeMap<&'static str, u64>,
+    m: &crate::metrics::Metrics,
+) {
+    for why in stats::DropReason::ALL {
+        let n = drops.get(why);
+        let seen = last.entry(why.label()).or_default();
+        if n > *seen {
+            m.data_drops
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    reason: why.label().into(),
+                })
+                .inc_by(n - *seen);
+            *seen = n;
         }
     }
 }
