@@ -374,6 +374,15 @@ fn relays_through_a_third_node_and_survives_a_restart() -> Result<()> {
         routes.contains("unreachable 10.32.0.0/12"),
         "fail-closed route missing: {routes}"
     );
+    // Once node 0's sessions time out, nobody reachable owns pod a's
+    // address: node 2's pod gets ICMP host unreachable, not silence.
+    lab.wait_for("ICMP unreachable for a dead node's pod", SETTLE, |l| {
+        let out = l.exec_in(
+            &c.ns,
+            &["sh", "-c", &format!("ping -c 1 -W 1 {} 2>&1; true", a.ip)],
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).contains("Unreachable"))
+    })?;
     // It comes back: the same pods reach remote pods again.
     let args = vec![
         "--ipalloc-init=consensus=3".to_string(),
