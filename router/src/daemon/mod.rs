@@ -640,13 +640,11 @@ impl Loop {
     /// Feeds the data plane the ring and the routes, keeps the host's
     /// overlay address allocated, sends keep-alives.
     fn dataplane_tick(&mut self) {
-        let tokens: Option<Vec<(u32, weft_peer_proto::PeerName)>> = self.ipam().map(|s| {
-            s.bootstrap()
-                .alloc()
-                .ring()
-                .entries()
-                .map(|(t, e)| (t, e.owner))
-                .collect()
+        let me = self.mesh.name();
+        let ring = self.ipam().map(|s| {
+            let ring = s.bootstrap().alloc().ring();
+            let tokens: Vec<_> = ring.entries().map(|(t, e)| (t, e.owner)).collect();
+            (tokens, ring.ranges_of(me))
         });
         let hops: Vec<_> = self
             .mesh
@@ -656,8 +654,8 @@ impl Loop {
             .map(|(dst, via, _)| (dst, via))
             .collect();
         let Some(dp) = &mut self.dp else { return };
-        if let Some(t) = tokens {
-            dp.set_ring(t);
+        if let Some((tokens, local)) = ring {
+            dp.set_ring(tokens, local);
         }
         dp.set_hops(hops);
         let now = Instant::now();

@@ -124,10 +124,6 @@ impl Sealer {
             .seal_in_place_separate_tag(nonce(counter), Aad::from(aad), in_out)
             .ok()
     }
-
-    pub fn sent(&self) -> u64 {
-        self.next
-    }
 }
 
 /// Why a packet did not open.

@@ -53,13 +53,6 @@ impl Shared {
     pub fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
-
-    fn drop(&self, link: Option<&Link>, why: DropReason) {
-        match link {
-            Some(l) => l.stats.drop(why),
-            None => self.drops.inc(why),
-        }
-    }
 }
 
 /// Sealed packets for one destination, sent as one GSO batch.
@@ -467,7 +460,7 @@ fn receive(
         }
         // Back where it came from, or nowhere to go.
         Route::Via(_) | Route::Unreachable => {
-            sh.drop(Some(link), DropReason::NoRoute);
+            link.stats.drop(DropReason::NoRoute);
             icmp.send_remote(sh, table, tx, inner, &info, IcmpError::HostUnreachable);
         }
     }

@@ -14,7 +14,6 @@ use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::{LinkBridge, LinkUnspec, RouteMessageBuilder};
-use weft_ipam_crdt::AddrRange;
 
 /// Marks the routes meshd owns (`proto 119` in `ip route`), so that it
 /// never touches anyone else's.
@@ -248,9 +247,9 @@ impl WantRoute {
         }
     }
 
-    pub fn unreachable(r: AddrRange, prefix: u8) -> Self {
+    pub fn unreachable(dst: Ipv4Addr, prefix: u8) -> Self {
         WantRoute {
-            dst: Ipv4Addr::from(r.start),
+            dst,
             prefix,
             oif: None,
             src: None,

@@ -149,7 +149,11 @@ impl DataPlane {
         // remote pods (their route is the TUN), at once.
         host::sysctl(&format!("net/ipv4/conf/{}/proxy_arp", cfg.bridge), "1")?;
         host::sysctl(&format!("net/ipv4/neigh/{}/proxy_delay", cfg.bridge), "0")?;
-        let range_str = range_cidr(cfg.range);
+        let range_str = format!(
+            "{}/{}",
+            Ipv4Addr::from(cfg.range.start),
+            crate::ipam::prefix_len(cfg.range)
+        );
         host::apply_nft(&range_str, &cfg.bridge, &cfg.tun, cfg.masquerade)
             .context("masquerade rules")?;
 
@@ -315,12 +319,12 @@ impl DataPlane {
         }
     }
 
-    /// The ring's tokens; republishes when they changed.
-    pub fn set_ring(&mut self, tokens: Vec<(u32, PeerName)>) {
+    /// The ring's tokens and the ranges we own in it; republishes (and
+    /// re-routes the local ranges) when they changed.
+    pub fn set_ring(&mut self, tokens: Vec<(u32, PeerName)>, local: Vec<AddrRange>) {
         if tokens != self.ring {
             self.ring = tokens;
             self.publish();
-            let local = self.local_ranges();
             self.want.send_if_modified(|w| {
                 let changed = w.local != local;
                 w.local = local;
@@ -344,26 +348,6 @@ impl DataPlane {
             self.publish();
             self.want.send_modify(|w| w.gateway = Some(gw));
         }
-    }
-
-    fn local_ranges(&self) -> Vec<AddrRange> {
-        let mut out: Vec<AddrRange> = Vec::new();
-        let end_of = |i: usize| {
-            self.ring
-                .get(i + 1)
-                .map_or(self.cfg.range.end, |(t, _)| u64::from(*t))
-        };
-        for (i, (t, owner)) in self.ring.iter().enumerate() {
-            if *owner != self.me {
-                continue;
-            }
-            let r = AddrRange::new(*t, end_of(i));
-            match out.last_mut() {
-                Some(last) if last.end == u64::from(r.start) => last.end = r.end,
-                _ => out.push(r),
-            }
-        }
-        out
     }
 
     fn publish(&self) {
@@ -574,18 +558,6 @@ fn report_drops(
     }
 }
 
-/// `a.b.c.d/len` of the pod range.
-pub fn range_cidr(r: AddrRange) -> String {
-    match cidrs(r).as_slice() {
-        [(a, p)] => format!("{a}/{p}"),
-        _ => format!(
-            "{}-{}",
-            Ipv4Addr::from(r.start),
-            Ipv4Addr::from((r.end - 1) as u32)
-        ),
-    }
-}
-
 /// Underlay MTU minus what a data packet adds.
 async fn derive_mtu(host: &Host, cfg: &DataPlaneConfig) -> Result<u16> {
     let underlay = match host.default_route_link().await? {
@@ -625,7 +597,7 @@ async fn wire_host(
             // Metric 100: a local range with the same prefix (one router owning
             // everything) goes to the bridge.
             routes.push(WantRoute::via(*a, *p, tun, w.gateway, TUN_METRIC));
-            routes.push(WantRoute::unreachable(AddrRange::new(u32::from(*a), 0), *p));
+            routes.push(WantRoute::unreachable(*a, *p));
         }
         for r in &w.local {
             for (a, p) in cidrs(*r) {

@@ -126,10 +126,6 @@ impl Table {
         self.by_index.get(&index)
     }
 
-    pub fn links(&self) -> impl Iterator<Item = &Arc<Link>> {
-        self.links.values()
-    }
-
     pub fn with_ring(
         mut self,
         range: AddrRange,
