@@ -31,20 +31,12 @@ fn start_all(lab: &mut Lab, extra: &[(usize, &[&str])]) -> Result<()> {
     Ok(())
 }
 
-/// Every node has an up data link to every other node in `pairs`.
+/// Node `a` has an up data link to node `b`, for every pair.
 fn links_up(lab: &Lab, pairs: &[(usize, usize)]) -> Result<bool> {
     for &(a, b) in pairs {
-        let name = lab.status(b)?["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let s = lab.status(a)?;
-        let up = s["dataplane"]["links"].as_array().is_some_and(|ls| {
-            ls.iter()
-                .any(|l| l["peer"] == name.as_str() && l["up"] == true)
-        });
-        if !up {
-            return Ok(false);
+        match link(lab, a, b) {
+            Ok(l) if l["up"] == true => {}
+            _ => return Ok(false),
         }
     }
     Ok(true)

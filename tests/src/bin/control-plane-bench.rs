@@ -32,28 +32,21 @@ fn scratch() -> PathBuf {
 
 fn router_cfg(i: usize, peers: Vec<SocketAddr>, port: u16) -> DaemonConfig {
     let dir = scratch().join(format!("r{i}"));
-    DaemonConfig {
-        dataplane: None,
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        data_dir: dir.join("data"),
-        api_socket: dir.join("api.sock"),
-        metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+    // Router 0 splits the range alone; the rest observe and learn its ring.
+    let init = if i == 0 {
+        weft_ipam_crdt::Init::Consensus(1)
+    } else {
+        weft_ipam_crdt::Init::Observer
+    };
+    loopback_router(
+        &dir,
+        &format!("r{i}"),
+        port,
         peers,
-        admission: Admission::Password(vec![PW.into()]),
-        nickname: format!("r{i}"),
-        conn_limit: 32,
-        discovery: true,
-        peer_timeout: Duration::from_secs(10),
-        gossip_interval: Duration::from_secs(2),
-        handshake_timeout: Duration::from_secs(10),
-        ipalloc_range: "10.32.0.0/12".parse().expect("valid range"),
-        // Router 0 splits the range alone; the rest observe and learn its ring.
-        ipalloc_init: if i == 0 {
-            weft_ipam_crdt::Init::Consensus(1)
-        } else {
-            weft_ipam_crdt::Init::Observer
-        },
-    }
+        PW,
+        Duration::from_secs(2),
+        init,
+    )
 }
 
 async fn status(sock: &std::path::Path) -> Result<weft_router::api_types::Status> {

@@ -18,7 +18,6 @@ use hyper::Method;
 use tokio::sync::watch;
 use weft_ipam_crdt::Init;
 use weft_router::daemon::DaemonConfig;
-use weft_router::tls::Admission;
 
 fn scratch() -> PathBuf {
     std::env::temp_dir().join(format!("weft-ipam-bench-{}", std::process::id()))
@@ -26,23 +25,15 @@ fn scratch() -> PathBuf {
 
 fn cfg(name: &str, port: u16, peers: Vec<SocketAddr>, init: Init) -> DaemonConfig {
     let dir = scratch().join(name);
-    DaemonConfig {
-        dataplane: None,
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        data_dir: dir.join("data"),
-        api_socket: dir.join("api.sock"),
-        metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+    loopback_router(
+        &dir,
+        name,
+        port,
         peers,
-        admission: Admission::Password(vec!["bench".into()]),
-        nickname: name.into(),
-        conn_limit: 32,
-        discovery: true,
-        peer_timeout: Duration::from_secs(10),
-        gossip_interval: Duration::from_millis(500),
-        handshake_timeout: Duration::from_secs(10),
-        ipalloc_range: "10.32.0.0/12".parse().expect("range"),
-        ipalloc_init: init,
-    }
+        "bench",
+        Duration::from_millis(500),
+        init,
+    )
 }
 
 async fn post(sock: &Path, path: &str) -> Result<()> {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use weft_router::dataplane::crypto::{DirectionKeys, Opener, Role, Sealer};
 use weft_router::tls::{Admission, TlsSetup};
+use weft_tests::bench::median;
 
 const PAYLOAD: usize = 1400;
 /// The datagram size quinn allowed (at most PAYLOAD), for the report.
@@ -186,23 +187,19 @@ fn main() -> Result<()> {
         q.push(rt.block_on(quic_datagrams(secs))?);
         w.push(weft_udp(secs)?);
     }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
-    let (mut qg, mut qc): (Vec<f64>, Vec<f64>) = q.into_iter().unzip();
-    let (mut wg, mut wc): (Vec<f64>, Vec<f64>) = w.into_iter().unzip();
+    let (qg, qc): (Vec<f64>, Vec<f64>) = q.into_iter().unzip();
+    let (wg, wc): (Vec<f64>, Vec<f64>) = w.into_iter().unzip();
     println!("medians of {rounds} rounds of {secs} s, {PAYLOAD}-byte payloads over loopback:");
     println!(
         "  QUIC datagrams (quinn, {} B):  {:.2} Gbit/s delivered, {:.2} CPU-s/GB",
         QUIC_SIZE.load(Ordering::Relaxed),
-        med(&mut qg),
-        med(&mut qc)
+        median(qg),
+        median(qc)
     );
     println!(
         "  Weft AES-GCM over UDP GSO/GRO: {:.2} Gbit/s delivered, {:.2} CPU-s/GB",
-        med(&mut wg),
-        med(&mut wc)
+        median(wg),
+        median(wc)
     );
     Ok(())
 }
