@@ -106,14 +106,27 @@ async fn ask<T>(
     rx.await.map_err(|_| unavailable())
 }
 
-fn ip_reply(h: &Handle, id: String, a: u32) -> Response {
+/// An address with what a pod needs to use it (bridge, MTU, gateway), so
+/// that the CNI plugin's ADD takes one request.
+async fn ip_reply(h: &Handle, id: String, a: u32) -> Response {
     let ip = fmt_addr(a);
+    let network = ask(h, Command::Network).await.ok().and_then(|n| n.network);
     Json(IpReply {
         id,
         cidr: format!("{ip}/{}", h.ipam_prefix),
         ip,
+        network,
     })
     .into_response()
+}
+
+/// `GET /network`: 200 when pods can be added here, 503 (same body) when not.
+async fn network(State(h): State<Handle>) -> Response {
+    match ask(&h, Command::Network).await {
+        Ok(n) if n.ready => Json(n).into_response(),
+        Ok(n) => (StatusCode::SERVICE_UNAVAILABLE, Json(n)).into_response(),
+        Err(r) => *r,
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -162,7 +175,7 @@ async fn ip_allocate(
     })
     .await
     {
-        Ok(Ok(a)) => ip_reply(&h, key, a),
+        Ok(Ok(a)) => ip_reply(&h, key, a).await,
         Ok(Err(f)) => error(
             StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             f.message,
@@ -209,7 +222,7 @@ async fn ip_lookup(
     })
     .await
     {
-        Ok(Some(a)) => ip_reply(&h, key, a),
+        Ok(Some(a)) => ip_reply(&h, key, a).await,
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no address for {key}")),
         Err(r) => *r,
     }
@@ -321,6 +334,7 @@ pub async fn serve_api(
         .route("/ipam", get(ipam_status))
         .route("/rmpeer", post(rmpeer))
         .route("/expose", post(expose))
+        .route("/network", get(network))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(h);
     Ok(tokio::spawn(async move {

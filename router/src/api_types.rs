@@ -152,6 +152,44 @@ pub struct IpReply {
     pub ip: String,
     /// `ip/prefix` of the whole pod range.
     pub cidr: String,
+    /// How a pod with this address is wired (None without a data plane).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<PodNetwork>,
+}
+
+/// What a pod needs from its node: the bridge to attach to, the MTU, and
+/// the default gateway (the host's overlay address on the bridge).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodNetwork {
+    pub bridge: String,
+    pub mtu: u16,
+    /// None until IPAM has given the host its overlay address.
+    pub gateway: Option<String>,
+}
+
+/// `GET /network`: whether meshd can take pods now (the CNI STATUS verb).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    /// IPAM is ready and the data plane has its gateway.
+    pub ready: bool,
+    /// Why not, when not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The pod range, e.g. `10.32.0.0/12`.
+    pub range: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<PodNetwork>,
+}
+
+/// IPAM keys the CNI plugin allocates under: `cni:<network>:<container id>`
+/// (and `/<ifname>` appended by the API).
+pub const CNI_KEY_PREFIX: &str = "cni:";
+
+/// One file in `<cni-state-dir>/release/`: a release the plugin could not
+/// make because meshd was down, for meshd to make when it is back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingRelease {
+    pub key: String,
 }
 
 /// `GET /ipam`: what `meshctl status ipam` shows.

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::{Method, Request};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use crate::api_types::ApiError;
@@ -17,6 +17,28 @@ pub async fn request(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Result<Bytes> {
+    let (status, bytes) = exchange(socket, method, path, body).await?;
+    if !status.is_success() {
+        bail!("meshd answered {status}: {}", error_message(&bytes));
+    }
+    Ok(bytes)
+}
+
+/// The `error` of an API error body, or the body itself.
+pub fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<ApiError>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).trim().to_owned())
+}
+
+/// Sends one request and returns whatever status meshd answered with; an
+/// error means meshd was not reached (or the exchange broke off).
+pub async fn exchange(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<(StatusCode, Bytes)> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .with_context(|| {
@@ -37,11 +59,5 @@ pub async fn request(
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let bytes = resp.into_body().collect().await?.to_bytes();
-    if !status.is_success() {
-        let msg = serde_json::from_slice::<ApiError>(&bytes)
-            .map(|e| e.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-        bail!("meshd answered {status}: {msg}");
-    }
-    Ok(bytes)
+    Ok((status, bytes))
 }

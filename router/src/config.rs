@@ -101,6 +101,10 @@ pub struct MeshdArgs {
     /// Do not masquerade pod traffic that leaves the overlay.
     #[arg(long, env = "WEFT_NO_MASQUERADE")]
     pub no_masquerade: bool,
+    /// Where the CNI plugin leaves releases it could not make while meshd
+    /// was down (`stateDir` in the plugin's config); meshd makes them.
+    #[arg(long, env = "WEFT_CNI_STATE_DIR", default_value = "/var/lib/cni/weft")]
+    pub cni_state_dir: PathBuf,
     /// Log line format.
     #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -222,6 +226,7 @@ impl MeshdArgs {
         });
         Ok(DaemonConfig {
             dataplane,
+            cni_state_dir: Some(self.cni_state_dir.clone()),
             listen: self.listen,
             data_dir: self.data_dir.clone(),
             api_socket: self.api_socket.clone(),

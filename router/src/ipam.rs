@@ -250,6 +250,18 @@ impl IpamService {
         )
     }
 
+    /// Why this router cannot take pods now (None when it can): the range
+    /// not split yet, or allocation stopped after a failed write.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if let Some(why) = &self.broken {
+            return Some(format!("IPAM stopped after a failed write: {why}"));
+        }
+        match self.waiting().0 {
+            Waiting::Ready => None,
+            _ => Some(self.waiting_reason()),
+        }
+    }
+
     /// Why an allocation cannot be served now, for humans.
     pub fn waiting_reason(&self) -> String {
         match self.waiting() {

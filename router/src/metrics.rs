@@ -47,6 +47,8 @@ pub struct Metrics {
     pub ipam_addresses: Family<StateLabel, Gauge>,
     pub ipam_unreachable: Gauge,
     pub ipam_pending: Gauge,
+    pub cni_bad_releases: Counter,
+    pub cni_releases: Counter,
 }
 
 impl Metrics {
@@ -69,6 +71,8 @@ impl Metrics {
             ipam_addresses: Family::default(),
             ipam_unreachable: Gauge::default(),
             ipam_pending: Gauge::default(),
+            cni_bad_releases: Counter::default(),
+            cni_releases: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -126,6 +130,16 @@ impl Metrics {
             "ipam_pending",
             "Allocations waiting for bootstrap or space",
             m.ipam_pending.clone(),
+        );
+        registry.register(
+            "cni_deferred_releases",
+            "Releases the CNI plugin left for meshd (DEL while meshd was down), done",
+            m.cni_releases.clone(),
+        );
+        registry.register(
+            "cni_bad_release_files",
+            "Files in the CNI release directory that were not valid and were removed",
+            m.cni_bad_releases.clone(),
         );
         registry.register(
             "data_bytes",

@@ -32,6 +32,7 @@ pub fn loopback_router(
     use std::time::Duration;
     weft_router::daemon::DaemonConfig {
         dataplane: None,
+        cni_state_dir: None,
         listen: SocketAddr::from(([127, 0, 0, 1], port)),
         data_dir: dir.join("data"),
         api_socket: dir.join("api.sock"),

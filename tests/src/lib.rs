@@ -1,6 +1,8 @@
 //! The cross-crate test harness: a deterministic simulation of many routers
-//! ([`sim`]) and real-kernel scenarios with network namespaces ([`netns`]).
+//! ([`sim`]), real-kernel scenarios with network namespaces ([`netns`]), and
+//! a CNI runtime driver ([`cni`]).
 
 pub mod bench;
+pub mod cni;
 pub mod netns;
 pub mod sim;

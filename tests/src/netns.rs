@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-/// Where meshd and meshctl are: `WEFT_BIN_DIR`, or the target directory the
+/// Where meshd, meshctl and the CNI plugin are: `WEFT_BIN_DIR`, or the target directory the
 /// test binary was built into, after making sure they are built and current
 /// there (`cargo test` and `cargo nextest` build test harnesses, not the
 /// router's executables, so a clean checkout has none and an old one may
@@ -35,12 +35,20 @@ pub fn bin_dir() -> PathBuf {
         let target = profile_dir.parent().expect("target root");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "weft-router", "--bins"])
-            .env("CARGO_TARGET_DIR", target);
+        cmd.args([
+            "build",
+            "-q",
+            "-p",
+            "weft-router",
+            "-p",
+            "weft-cni",
+            "--bins",
+        ])
+        .env("CARGO_TARGET_DIR", target);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
-        run(&mut cmd).expect("building meshd and meshctl for the real-kernel tests");
+        run(&mut cmd).expect("building meshd, meshctl and weft for the real-kernel tests");
         profile_dir
     })
     .clone()
@@ -335,6 +343,40 @@ impl Lab {
             .arg(dst.to_string())
             .output()
             .is_ok_and(|o| o.status.success())
+    }
+
+    /// The lab's scratch directory (node state lives in `n<i>/`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// An empty namespace `wt-<lab>-<suffix>` (a pod sandbox for a CNI
+    /// plugin to wire); deleted with the lab. Returns its name.
+    pub fn add_netns(&self, suffix: &str) -> Result<String> {
+        let ns = format!("wt-{}-{suffix}", self.name);
+        ip(&["netns", "add", &ns])?;
+        Ok(ns)
+    }
+
+    /// Node `i`'s allocations as meshd lists them: `(key, ip)`.
+    pub fn allocations(&self, i: usize) -> Result<Vec<(String, String)>> {
+        let out = run(Command::new("curl")
+            .args(["-sf", "--unix-socket"])
+            .arg(self.nodes[i].socket())
+            .arg("http://meshd/ip"))?;
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        Ok(v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| {
+                        (
+                            e["id"].as_str().unwrap_or_default().to_owned(),
+                            e["ip"].as_str().unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     /// A namespace on the underlay switch at `10.77.0.<host>` that is not a

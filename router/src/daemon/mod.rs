@@ -14,10 +14,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 use weft_peer_proto::GoodbyeReason;
 
+mod cni;
 mod ipam;
 
 pub use self::ipam::{ALLOC_WAIT, IpamFailure};
-use crate::api_types::{IpamStatus, Status};
+use crate::api_types::{IpamStatus, NetworkStatus, PodNetwork, Status};
 use crate::mesh::{Action, Admit, ConnId, Mesh, MeshEvent};
 use crate::metrics::{Metrics, ReasonLabel, StateLabel};
 use crate::session::{self, Outgoing, SessionCtx, SessionEvent};
@@ -43,6 +44,8 @@ pub struct DaemonConfig {
     pub ipalloc_init: weft_ipam_crdt::Init,
     /// None: control plane only.
     pub dataplane: Option<crate::dataplane::DataPlaneConfig>,
+    /// The CNI plugin's state directory, drained of pending releases.
+    pub cni_state_dir: Option<PathBuf>,
 }
 
 /// Operator requests, answered by the loop.
@@ -73,6 +76,8 @@ pub enum Command {
     },
     /// The host's overlay address, once it has one.
     Expose(oneshot::Sender<Result<String, String>>),
+    /// How pods are wired here, and whether meshd can take them now.
+    Network(oneshot::Sender<NetworkStatus>),
 }
 
 /// A handle to the running loop, for the API servers.
@@ -135,6 +140,8 @@ struct Loop {
     offers_repeated: Instant,
     /// The host's overlay address being allocated.
     gateway_rx: Option<oneshot::Receiver<Result<u32, IpamFailure>>>,
+    cni_state_dir: Option<PathBuf>,
+    range: String,
 }
 
 /// The IPAM key of the host's own overlay address (the bridge gateway).
@@ -269,6 +276,12 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         ipam_prefix: crate::ipam::prefix_len(cfg.ipalloc_range),
         offers_repeated: Instant::now(),
         gateway_rx: None,
+        cni_state_dir: cfg.cni_state_dir.clone(),
+        range: format!(
+            "{}/{}",
+            std::net::Ipv4Addr::from(cfg.ipalloc_range.start),
+            crate::ipam::prefix_len(cfg.ipalloc_range)
+        ),
     };
     lp.save_targets();
 
@@ -305,6 +318,7 @@ impl Loop {
         let mut save_every = tokio::time::interval(Duration::from_secs(10));
         let mut ipam_tick = tokio::time::interval(Duration::from_millis(500));
         let mut dp_tick = tokio::time::interval(Duration::from_millis(200));
+        let mut cni_tick = tokio::time::interval(Duration::from_secs(3));
         loop {
             self.retry_pending();
             self.drain();
@@ -330,6 +344,7 @@ impl Loop {
                     }
                 }
                 _ = dp_tick.tick(), if self.dp.is_some() => self.dataplane_tick(),
+                _ = cni_tick.tick() => self.drain_cni_releases(),
                 _ = shutdown.changed() => break,
             }
         }
@@ -495,6 +510,35 @@ impl Loop {
                 };
                 let _ = reply.send(r);
             }
+            Command::Network(reply) => {
+                let _ = reply.send(self.network_status());
+            }
+        }
+    }
+
+    fn network_status(&mut self) -> NetworkStatus {
+        let ipam_waiting = match self.ipam() {
+            None => Some("IPAM is not running".to_owned()),
+            Some(svc) => svc.not_ready_reason(),
+        };
+        let network = self.dp.as_ref().map(|dp| PodNetwork {
+            bridge: dp.bridge().to_owned(),
+            mtu: dp.mtu(),
+            gateway: dp.gateway().map(|g| g.to_string()),
+        });
+        let reason = match (&network, ipam_waiting) {
+            (None, _) => Some("meshd runs without a data plane (--no-dataplane)".to_owned()),
+            (_, Some(why)) => Some(why),
+            (Some(n), None) if n.gateway.is_none() => {
+                Some("the host has no overlay address yet".to_owned())
+            }
+            _ => None,
+        };
+        NetworkStatus {
+            ready: reason.is_none(),
+            reason,
+            range: self.range.clone(),
+            network,
         }
     }
 

@@ -230,6 +230,10 @@ impl DataPlane {
         self.gateway
     }
 
+    pub fn bridge(&self) -> &str {
+        &self.cfg.bridge
+    }
+
     fn fresh_index(&self) -> u32 {
         loop {
             let i: u32 = rand::random();
