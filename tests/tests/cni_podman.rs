@@ -1,0 +1,208 @@
+//! A real runtime: podman (CNI network backend, runc, cgroupfs) starts
+//! containers on two Weft nodes that are network namespaces. The containers
+//! reach each other across the mesh, a hostPort published with `-p` goes
+//! through the chained portmap plugin, and `podman rm` releases the
+//! addresses and the port rules.
+//!
+//! The image is made here from Debian's static busybox with `podman import`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use weft_tests::cni::{REFERENCE_PLUGINS, shipped_conflist};
+use weft_tests::netns::{Lab, bin_dir, run};
+
+const PW: &str = "correct horse battery staple";
+const IMAGE: &str = "localhost/weft-test-busybox";
+
+/// Podman for one node: its own storage, state, and CNI config directory.
+struct Podman {
+    ns: String,
+    dir: PathBuf,
+}
+
+impl Podman {
+    fn new(lab: &Lab, i: usize) -> Result<Podman> {
+        let dir = lab.nodes[i].dir.join("podman");
+        let net_d = dir.join("net.d");
+        std::fs::create_dir_all(&net_d)?;
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        let list = shipped_conflist(&lab.nodes[i].socket(), &lab.nodes[i].dir.join("cni"))?;
+        std::fs::write(net_d.join("10-weft.conflist"), list.to_string())?;
+        std::fs::write(
+            dir.join("containers.conf"),
+            format!(
+                "[containers]\n\
+                 default_ulimits = []\n\
+                 log_driver = \"k8s-file\"\n\
+                 [engine]\n\
+                 cgroup_manager = \"cgroupfs\"\n\
+                 events_logger = \"file\"\n\
+                 runtime = \"runc\"\n\
+                 tmp_dir = \"{tmp}\"\n\
+                 [network]\n\
+                 network_backend = \"cni\"\n\
+                 cni_plugin_dirs = [\"{bin}\", \"{REFERENCE_PLUGINS}\"]\n\
+                 network_config_dir = \"{net_d}\"\n",
+                tmp = dir.join("tmp").display(),
+                bin = bin_dir().display(),
+                net_d = net_d.display(),
+            ),
+        )?;
+        Ok(Podman {
+            ns: lab.nodes[i].ns.clone(),
+            dir,
+        })
+    }
+
+    /// podman in the node's network namespace. Through nsenter rather than
+    /// `ip netns exec`, which mounts a fresh /sys without the cgroup
+    /// hierarchy runc needs.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.ns))
+            .arg("podman")
+            .arg("--root")
+            .arg(self.dir.join("root"))
+            .arg("--runroot")
+            .arg(self.dir.join("runroot"))
+            .args(args)
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"));
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Result<Output> {
+        run(&mut self.cmd(args))
+    }
+
+    fn stdout(&self, args: &[&str]) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.run(args)?.stdout)
+            .trim()
+            .to_owned())
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["rm", "-fa", "-t", "0"]).output();
+    }
+}
+
+/// A busybox root filesystem as a tar, for `podman import`.
+fn busybox_tar(dir: &Path) -> Result<PathBuf> {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin"))?;
+    std::fs::create_dir_all(root.join("www"))?;
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("copying /bin/busybox (Debian package busybox-static)")?;
+    for applet in ["sh", "sleep", "ping", "httpd", "ip", "cat", "wget"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    std::fs::write(root.join("www/index.html"), "hello from podman\n")?;
+    let tar = dir.join("busybox.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."))?;
+    Ok(tar)
+}
+
+fn cni_keys(lab: &Lab, i: usize) -> Result<Vec<String>> {
+    Ok(lab
+        .allocations(i)?
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("cni:"))
+        .collect())
+}
+
+#[test]
+fn podman_containers_on_two_nodes() -> Result<()> {
+    let mut lab = Lab::new("pm", 2)?;
+    for i in 0..2 {
+        let mut args = vec![
+            "--ipalloc-init=consensus=2".to_owned(),
+            format!("--cni-state-dir={}", lab.nodes[i].dir.join("cni").display()),
+        ];
+        if i > 0 {
+            args.push(format!("--peer={}", lab.nodes[0].addr()));
+        }
+        lab.start_meshd(i, PW, &args)?;
+    }
+    lab.gateway(0)?;
+    lab.gateway(1)?;
+    let tar = busybox_tar(lab.dir())?;
+    let tar = tar.to_str().context("utf-8 path")?;
+    let pm = [Podman::new(&lab, 0)?, Podman::new(&lab, 1)?];
+    for p in &pm {
+        p.run(&["import", tar, IMAGE])?;
+    }
+
+    pm[0].run(&[
+        "run", "-d", "--name", "web", "--network", "weft", "-p", "18081:8080", IMAGE, "httpd",
+        "-f", "-p", "8080", "-h", "/www",
+    ])?;
+    pm[1].run(&[
+        "run", "-d", "--name", "client", "--network", "weft", IMAGE, "sleep", "600",
+    ])?;
+    let ip_of = |p: &Podman, name: &str| {
+        p.stdout(&[
+            "inspect",
+            "-f",
+            "{{.NetworkSettings.Networks.weft.IPAddress}}",
+            name,
+        ])
+    };
+    let web_ip = ip_of(&pm[0], "web")?;
+    let client_ip = ip_of(&pm[1], "client")?;
+    ensure!(
+        web_ip.starts_with("10.") && client_ip.starts_with("10."),
+        "container addresses: {web_ip:?} {client_ip:?}"
+    );
+    ensure!(cni_keys(&lab, 0)?.len() == 1 && cni_keys(&lab, 1)?.len() == 1);
+
+    // Across the mesh, both ways, and HTTP from one container to the other.
+    lab.wait_for("containers reach each other", Duration::from_secs(60), |_| {
+        Ok(pm[1]
+            .run(&["exec", "client", "ping", "-c1", "-W2", &web_ip])
+            .is_ok()
+            && pm[0]
+                .run(&["exec", "web", "ping", "-c1", "-W2", &client_ip])
+                .is_ok())
+    })?;
+    let page = pm[1].stdout(&[
+        "exec",
+        "client",
+        "wget",
+        "-qO-",
+        &format!("http://{web_ip}:8080/"),
+    ])?;
+    ensure!(page.contains("hello from podman"), "{page}");
+
+    // The hostPort, from outside the node, through portmap.
+    let (outside, _) = lab.add_outside(100)?;
+    let url = format!("http://{}:18081/", lab.nodes[0].ip);
+    lab.wait_for("the hostPort", Duration::from_secs(20), |l| {
+        let out = l.exec_in(&outside, &["curl", "-sf", "--max-time", "2", &url])?;
+        Ok(String::from_utf8_lossy(&out.stdout).contains("hello from podman"))
+    })?;
+
+    // podman rm: addresses released, port rules gone, veths gone.
+    pm[0].run(&["rm", "-f", "-t", "0", "web"])?;
+    pm[1].run(&["rm", "-f", "-t", "0", "client"])?;
+    ensure!(cni_keys(&lab, 0)?.is_empty(), "{:?}", cni_keys(&lab, 0)?);
+    ensure!(cni_keys(&lab, 1)?.is_empty(), "{:?}", cni_keys(&lab, 1)?);
+    let nat = lab.exec(0, &["iptables-save", "-t", "nat"])?;
+    let nat = String::from_utf8_lossy(&nat.stdout);
+    ensure!(!nat.contains("18081"), "hostPort rules left: {nat}");
+    let links = lab.exec(0, &["ip", "-o", "link", "show"])?;
+    ensure!(
+        !String::from_utf8_lossy(&links.stdout).contains(": wf"),
+        "a veth was left"
+    );
+    Ok(())
+}
