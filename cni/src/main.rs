@@ -120,7 +120,7 @@ fn run() -> Result<Option<Value>, CniError> {
     let v = Version::supported(&conf.cni_version)?;
     let _ = VERSION.set(conf.cni_version.clone());
     init_logging(&conf);
-    let env = verbs::Env::from_process()?;
+    let env = verbs::Env::from_process(&command)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -197,11 +197,12 @@ impl Meshd {
         Ok(path)
     }
 
-    /// Forgets a deferred release of `key` (before the key is allocated again).
-    pub fn cancel_deferred(&self, key: &str) -> Result<(), CniError> {
+    /// Forgets a deferred release of `key` (before the key is allocated
+    /// again); true if one was pending.
+    pub fn cancel_deferred(&self, key: &str) -> Result<bool, CniError> {
         match std::fs::remove_file(self.pending_path(key)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(CniError::new(
                 code::IO,
                 format!("cannot remove the deferred release of {key}"),
@@ -233,9 +234,9 @@ mod tests {
         let back: PendingRelease =
             serde_json::from_slice(&std::fs::read(&p).expect("read")).expect("json");
         assert_eq!(back.key, "cni:n:c/eth0");
-        m.cancel_deferred("cni:n:c/eth0").expect("remove");
+        assert!(m.cancel_deferred("cni:n:c/eth0").expect("remove"));
         assert!(!p.exists());
-        m.cancel_deferred("cni:n:c/eth0").expect("idempotent");
+        assert!(!m.cancel_deferred("cni:n:c/eth0").expect("idempotent"));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -47,9 +47,12 @@ impl NetNs {
         let home = File::open("/proc/thread-self/ns/net").map_err(|e| {
             CniError::new(code::IO, "cannot open our own netns").details(e.to_string())
         })?;
-        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
-            CniError::new(code::INVALID_ENV, "CNI_NETNS is not a network namespace")
-                .details(e.to_string())
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| match e {
+            nix::errno::Errno::EINVAL => {
+                CniError::new(code::INVALID_ENV, "CNI_NETNS is not a network namespace")
+            }
+            e => CniError::new(code::IO, "cannot enter the pod's network namespace")
+                .details(e.to_string()),
         })?;
         let r = f();
         if let Err(e) = setns(home.as_fd(), CloneFlags::CLONE_NEWNET) {

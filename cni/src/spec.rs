@@ -199,17 +199,22 @@ impl NetConf {
             CniError::new(code::DECODE, "cannot decode the network configuration")
                 .details(e.to_string())
         })?;
-        if !valid_name(&conf.name) || conf.name.len() > 128 {
+        if !valid_name(&conf.name) || conf.name.len() > 64 {
             return Err(CniError::new(
                 code::INVALID_CONFIG,
                 format!("network name {:?} is not valid", conf.name),
             ));
         }
-        if conf.ipam.as_ref().is_some_and(|v| !v.is_null()) {
+        // An empty section (as NetworkAttachmentDefinitions often carry) is
+        // no request for another IPAM.
+        if let Some(v) = &conf.ipam
+            && !(v.is_null() || v.as_object().is_some_and(|o| o.is_empty()))
+        {
             return Err(CniError::new(
                 code::UNSUPPORTED_FIELD,
-                "weft takes addresses from meshd: remove the ipam section",
-            ));
+                "unsupported field ipam: weft takes addresses from meshd",
+            )
+            .details(format!("ipam: {v}")));
         }
         if let Some(m) = conf.mtu
             && !(576..=65535).contains(&m)
@@ -467,6 +472,10 @@ mod tests {
         assert_eq!(
             c(r#"{"cniVersion":"1.0.0","name":"n","type":"weft","ipam":{"type":"host-local"}}"#),
             Err(code::UNSUPPORTED_FIELD)
+        );
+        assert_eq!(
+            c(r#"{"cniVersion":"1.0.0","name":"n","type":"weft","ipam":{}}"#),
+            Ok(())
         );
         assert_eq!(
             c(r#"{"cniVersion":"1.0.0","name":"n","type":"weft","mtu":10}"#),

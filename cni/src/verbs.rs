@@ -30,13 +30,23 @@ pub struct Env {
 }
 
 impl Env {
-    pub fn from_process() -> Result<Env, CniError> {
+    /// Reads the environment. DEL takes `CNI_ARGS` it cannot parse (it must
+    /// not fail over what ADD would have refused); the other verbs refuse it.
+    pub fn from_process(command: &str) -> Result<Env, CniError> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let args = match CniArgs::parse(&var("CNI_ARGS").unwrap_or_default()) {
+            Ok(a) => a,
+            Err(e) if command == "DEL" => {
+                warn!("ignoring CNI_ARGS on DEL: {e}");
+                CniArgs::default()
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Env {
             container_id: var("CNI_CONTAINERID"),
             netns: var("CNI_NETNS"),
             ifname: var("CNI_IFNAME"),
-            args: CniArgs::parse(&var("CNI_ARGS").unwrap_or_default())?,
+            args,
         })
     }
 
@@ -46,10 +56,12 @@ impl Env {
                 code::INVALID_ENV,
                 "CNI_CONTAINERID is not set",
             )),
-            Some(c) if valid_name(c) && c.len() <= 200 => Ok(c),
+            Some(c) if valid_name(c) && c.len() <= MAX_CONTAINER_ID => Ok(c),
             Some(c) => Err(CniError::new(
                 code::INVALID_ENV,
-                format!("CNI_CONTAINERID {c:?} is not a valid container id"),
+                format!(
+                    "CNI_CONTAINERID {c:?} is not a valid container id (1-{MAX_CONTAINER_ID} of A-Z a-z 0-9 _ . -)"
+                ),
             )),
         }
     }
@@ -71,6 +83,9 @@ impl Env {
             .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_NETNS is not set"))
     }
 }
+
+/// With the network name's limit, keeps IPAM keys within meshd's 256 bytes.
+const MAX_CONTAINER_ID: usize = 128;
 
 fn meshd(conf: &NetConf) -> Meshd {
     Meshd::new(&conf.socket, &conf.state_dir)
@@ -95,8 +110,8 @@ fn lease(r: &IpReply) -> Result<Lease, CniError> {
         .ok_or_else(|| bad("bad cidr"))?;
     let Some(net) = r.network.clone() else {
         return Err(CniError::new(
-            code::TRY_AGAIN_LATER,
-            "meshd runs without a data plane: pods cannot be wired",
+            code::MESHD,
+            "meshd runs without a data plane (--no-dataplane): pods cannot be wired on this node",
         ));
     };
     let Some(gateway) = net.gateway.as_deref().and_then(|g| g.parse().ok()) else {
@@ -125,13 +140,23 @@ pub async fn add(conf: &NetConf, v: Version, env: &Env) -> Result<CniResult, Cni
     let ns = NetNs::open(netns_path.as_ref())?;
     let m = meshd(conf);
     let id = key_id(&conf.name, cid);
-    m.cancel_deferred(&format!("{id}/{ifname}"))?;
-    let reply = m
-        .allocate(&id, ifname)
-        .await
-        .map_err(|e| e.to_cni("allocating an address"))?;
+    let key = format!("{id}/{ifname}");
+    let was_pending = m.cancel_deferred(&key)?;
+    let reply = match m.allocate(&id, ifname).await {
+        Ok(r) => r,
+        Err(e) => {
+            // The DEL that left the release still stands.
+            if was_pending {
+                m.defer_release(&key)?;
+            }
+            return Err(e.to_cni("allocating an address"));
+        }
+    };
     let wired = match lease(&reply) {
-        Ok(l) => wire(conf, &ns, netns_path, cid, ifname, &l).await,
+        Ok(l) => match check_state_dir(conf, &l.net) {
+            Ok(()) => wire(conf, &ns, netns_path, cid, ifname, &l).await,
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     let ours = match wired {
@@ -152,6 +177,23 @@ pub async fn add(conf: &NetConf, v: Version, env: &Env) -> Result<CniResult, Cni
     Ok(out.for_version(v))
 }
 
+/// A release deferred to a directory meshd does not read would never be
+/// made: refuse to wire pods until the two agree.
+fn check_state_dir(conf: &NetConf, net: &PodNetwork) -> Result<(), CniError> {
+    match &net.cni_state_dir {
+        Some(d) if std::path::Path::new(d) != std::path::Path::new(&conf.state_dir) => {
+            Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!(
+                    "stateDir {:?} differs from meshd's --cni-state-dir {d:?}",
+                    conf.state_dir
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Takes back what a failed ADD did: the veth, then the address.
 async fn undo(m: &Meshd, id: &str, cid: &str, ifname: &str) {
     if let Ok(nl) = Netlink::here() {
@@ -162,7 +204,12 @@ async fn undo(m: &Meshd, id: &str, cid: &str, ifname: &str) {
             id,
             "ADD failed and so did the release: {e:?}; leaving it for meshd"
         );
-        let _ = m.defer_release(&format!("{id}/{ifname}"));
+        if let Err(e) = m.defer_release(&format!("{id}/{ifname}")) {
+            tracing::error!(
+                id,
+                "the address of the failed ADD stays allocated until GC: {e}"
+            );
+        }
     }
 }
 
@@ -209,12 +256,23 @@ async fn wire(
         // A gratuitous ARP when the link comes up, so that neighbours drop a
         // stale MAC for a reused address at once.
         sysctl(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")?;
+        // Answer ARP only for this interface's own address, from it: a pod
+        // with two attachments in the range must not claim one address
+        // with the other's MAC (ARP flux).
+        sysctl(&format!("net/ipv4/conf/{ifname}/arp_ignore"), "1")?;
+        sysctl(&format!("net/ipv4/conf/{ifname}/arp_announce"), "2")?;
         let _ = sysctl(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1");
         Ok::<_, CniError>(())
     })??;
     pod.add_addr(pl.index, l.ip, l.prefix).await?;
     pod.up(pl.index).await?;
-    pod.add_default_route(pl.index, l.gateway).await?;
+    // A pod with another network's default route already (a second
+    // attachment) keeps it; this interface then serves the overlay range.
+    let route = pod.default_gateways().await?.is_empty();
+    if route {
+        pod.add_default_route(pl.index, l.gateway).await?;
+    }
+    failpoint("after-wiring")?;
     let pl = pod.link(ifname).await?.unwrap_or(pl);
 
     Ok(CniResult {
@@ -239,13 +297,26 @@ async fn wire(
             interface: Some(1),
             ..Default::default()
         }],
-        routes: vec![Route {
-            dst: "0.0.0.0/0".into(),
-            gw: Some(l.gateway.to_string()),
-            ..Default::default()
-        }],
+        routes: if route {
+            vec![Route {
+                dst: "0.0.0.0/0".into(),
+                gw: Some(l.gateway.to_string()),
+                ..Default::default()
+            }]
+        } else {
+            Vec::new()
+        },
         ..Default::default()
     })
+}
+
+/// Test builds fail on purpose at the step named in `WEFT_CNI_FAILPOINT`,
+/// so that the tests can show what a failure there undoes.
+fn failpoint(step: &str) -> Result<(), CniError> {
+    if cfg!(debug_assertions) && std::env::var("WEFT_CNI_FAILPOINT").is_ok_and(|s| s == step) {
+        return Err(CniError::new(code::INTERNAL, format!("failpoint {step}")));
+    }
+    Ok(())
 }
 
 pub async fn del(conf: &NetConf, env: &Env) -> Result<(), CniError> {
@@ -258,12 +329,12 @@ pub async fn del(conf: &NetConf, env: &Env) -> Result<(), CniError> {
     let id = key_id(&conf.name, cid);
     let key = format!("{id}/{ifname}");
     match m.release(&id, Some(ifname)).await {
-        Ok(()) => m.cancel_deferred(&key)?,
+        Ok(()) => {
+            m.cancel_deferred(&key)?;
+        }
+        // A key meshd refuses can hold no address: nothing to release.
         Err(MeshdError::Status(s, msg)) if s.is_client_error() => {
-            return Err(CniError::new(
-                code::MESHD,
-                format!("releasing the address: meshd answered {s}: {msg}"),
-            ));
+            warn!(%key, "meshd refused the release ({s}: {msg}); nothing to release");
         }
         Err(e) => {
             let p = m.defer_release(&key)?;
@@ -302,11 +373,12 @@ pub async fn check(conf: &NetConf, v: Version, env: &Env) -> Result<(), CniError
         .iter()
         .position(|i| i.name == ifname && i.sandbox.is_some())
         .ok_or_else(|| failed(format!("prevResult has no {ifname} in a sandbox")))?;
-    let want = prev
+    let wanted: Vec<&str> = prev
         .ips
         .iter()
-        .find(|ip| ip.interface == Some(pod_at))
-        .ok_or_else(|| failed(format!("prevResult has no address on {ifname}")))?;
+        .filter(|ip| ip.interface == Some(pod_at))
+        .map(|ip| ip.address.as_str())
+        .collect();
 
     let m = meshd(conf);
     let id = key_id(&conf.name, cid);
@@ -317,10 +389,9 @@ pub async fn check(conf: &NetConf, v: Version, env: &Env) -> Result<(), CniError
         .ok_or_else(|| failed(format!("meshd holds no address for {id}/{ifname}")))?;
     let l = lease(&reply)?;
     let addr = format!("{}/{}", l.ip, l.prefix);
-    if want.address != addr {
+    if !wanted.contains(&addr.as_str()) {
         return Err(failed(format!(
-            "meshd holds {addr} for this attachment, prevResult says {}",
-            want.address
+            "meshd holds {addr} for this attachment, prevResult says {wanted:?}"
         )));
     }
 
@@ -360,10 +431,15 @@ pub async fn check(conf: &NetConf, v: Version, env: &Env) -> Result<(), CniError
     if !pod.addrs(pl.index).await?.contains(&(l.ip, l.prefix)) {
         return Err(failed(format!("{ifname} lacks {addr}")));
     }
-    if !pod
-        .default_gateways()
-        .await?
-        .contains(&(l.gateway, Some(pl.index)))
+    let routed = prev
+        .routes
+        .iter()
+        .any(|r| r.dst == "0.0.0.0/0" && r.gw.as_deref() == Some(&l.gateway.to_string()));
+    if routed
+        && !pod
+            .default_gateways()
+            .await?
+            .contains(&(l.gateway, Some(pl.index)))
     {
         return Err(failed(format!(
             "the pod has no default route via {} on {ifname}",
@@ -405,6 +481,7 @@ pub async fn gc(conf: &NetConf, v: Version) -> Result<(), CniError> {
         .await
         .map_err(|e| e.to_cni("listing addresses"))?;
     let mut released = 0;
+    let mut errors = Vec::new();
     for (key, ip) in list {
         let Some(rest) = key.strip_prefix(&prefix) else {
             continue;
@@ -423,9 +500,11 @@ pub async fn gc(conf: &NetConf, v: Version) -> Result<(), CniError> {
             continue;
         }
         let id = key_id(&conf.name, cid);
-        m.release(&id, ifname)
-            .await
-            .map_err(|e| e.to_cni("releasing a stale address"))?;
+        // Release as much as possible; report what failed at the end.
+        if let Err(e) = m.release(&id, ifname).await {
+            errors.push(format!("{key}: {e:?}"));
+            continue;
+        }
         // The veth of an attachment the runtime has forgotten, if its
         // namespace outlived it.
         if let Some(i) = ifname {
@@ -434,7 +513,14 @@ pub async fn gc(conf: &NetConf, v: Version) -> Result<(), CniError> {
         info!(%key, %ip, "GC released");
         released += 1;
     }
-    info!(released, "GC done");
+    info!(released, failed = errors.len(), "GC done");
+    if !errors.is_empty() {
+        return Err(CniError::new(
+            code::TRY_AGAIN_LATER,
+            format!("GC could not release {} addresses", errors.len()),
+        )
+        .details(errors.join("; ")));
+    }
     Ok(())
 }
 

@@ -165,6 +165,10 @@ pub struct PodNetwork {
     pub mtu: u16,
     /// None until IPAM has given the host its overlay address.
     pub gateway: Option<String>,
+    /// Where meshd takes releases the plugin had to leave (its
+    /// `--cni-state-dir`); the plugin's `stateDir` must be the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_state_dir: Option<String>,
 }
 
 /// `GET /network`: whether meshd can take pods now (the CNI STATUS verb).

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod api_types;
 pub mod client;
+pub mod cni_install;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::netns::bin_dir;
 
@@ -64,6 +64,8 @@ pub struct Call {
     pub netns: Option<String>,
     pub ifname: Option<String>,
     pub args: Option<String>,
+    /// More environment (e.g. `WEFT_CNI_FAILPOINT` for test builds).
+    pub env: Vec<(String, String)>,
 }
 
 impl Call {
@@ -74,6 +76,7 @@ impl Call {
             netns: Some(netns.into()),
             ifname: Some("eth0".into()),
             args: Some("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=test".into()),
+            env: Vec::new(),
         }
     }
 
@@ -120,6 +123,7 @@ pub fn exec_plugin(host_ns: &str, plugin: &Path, call: &Call, stdin: &[u8]) -> R
             cmd.env(k, v);
         }
     }
+    cmd.envs(call.env.iter().map(|(k, v)| (k, v)));
     let mut child = cmd
         .spawn()
         .with_context(|| format!("running {}", plugin.display()))?;
@@ -183,7 +187,9 @@ fn plugin_conf(list: &Value, plugin: &Value, runtime: &Value, prev: Option<&Valu
 }
 
 /// Executes conflist `list` for `call`. ADD returns the last plugin's
-/// result; CHECK and DEL need that result as `added`.
+/// result; CHECK and DEL need that result as `added`. Like libcni before
+/// 1.2 (podman 4), it sends the list's `cniVersion` and ignores
+/// `cniVersions`: Debian's reference plugins (1.1.1) stop at 1.0.0.
 pub fn run_list(
     host_ns: &str,
     list: &Value,
@@ -222,14 +228,7 @@ pub fn run_list(
 
 /// The shipped conflist, pointed at a lab node's socket and state dir.
 pub fn shipped_conflist(socket: &Path, state_dir: &Path) -> Result<Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/10-weft.conflist");
-    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
-        .with_context(|| format!("parsing {}", path.display()))?;
-    let weft = v["plugins"]
-        .as_array_mut()
-        .and_then(|ps| ps.iter_mut().find(|p| p["type"] == "weft"))
-        .context("no weft plugin in the conflist")?;
-    weft["socket"] = json!(socket);
-    weft["stateDir"] = json!(state_dir);
-    Ok(v)
+    Ok(serde_json::from_str(&weft_router::cni_install::conflist(
+        socket, state_dir,
+    )?)?)
 }

@@ -292,8 +292,13 @@ fn lifecycle_across_two_nodes() -> Result<()> {
     weft(&lab.nodes[*node].ns, &del, &check_conf)?.expect_ok("second DEL")?;
 
     // DEL after the runtime already deleted the namespace.
-    let (node, ns, cid, _, c, _) = &pods[2];
-    Command::new("ip").args(["netns", "del", ns]).status()?;
+    let (node, ns, cid, _, c, r) = &pods[2];
+    ensure!(
+        Command::new("ip")
+            .args(["netns", "del", ns])
+            .status()?
+            .success()
+    );
     weft(
         &lab.nodes[*node].ns,
         &Call::new("DEL", cid, &netns_path(ns)),
@@ -301,6 +306,106 @@ fn lifecycle_across_two_nodes() -> Result<()> {
     )?
     .expect_ok("DEL without netns")?;
     ensure!(!has_key(&lab, *node, &format!("cni:{NET}:{cid}/eth0"))?);
+    let host_if = r["interfaces"][0]["name"]
+        .as_str()
+        .context("host if")?
+        .to_owned();
+    lab.wait_for(
+        "the veth of the deleted netns",
+        Duration::from_secs(10),
+        |l| Ok(!host_links(l, *node)?.contains(&host_if)),
+    )?;
+
+    // A second attachment: the pod keeps its default route, the result
+    // has none; DEL of it leaves the first alone.
+    let (node, ns, cid, ip, c, _) = &pods[0];
+    let mut eth1 = Call::new("ADD", cid, &netns_path(ns));
+    eth1.ifname = Some("eth1".into());
+    let r = weft(&lab.nodes[*node].ns, &eth1, c)?
+        .expect_ok("ADD eth1")?
+        .out;
+    ensure!(r.get("routes").is_none(), "second attachment routes: {r}");
+    ensure!(has_key(&lab, *node, &format!("cni:{NET}:{cid}/eth1"))?);
+    weft(&lab.nodes[*node].ns, &eth1.with_command("DEL"), c)?.expect_ok("DEL eth1")?;
+    lab.wait_for("eth0 after DEL of eth1", Duration::from_secs(10), |l| {
+        Ok(pings(l, &pods[1].1, &ip.to_string()))
+    })?;
+
+    // A stateDir meshd does not read is refused before wiring, and leaks nothing.
+    let ns = lab.add_netns("sd")?;
+    let mut c = conf(&lab, 0, "1.1.0");
+    c["stateDir"] = json!("/nonexistent/elsewhere");
+    let a = weft(
+        &lab.nodes[0].ns,
+        &Call::new("ADD", "sd", &netns_path(&ns)),
+        &c,
+    )?;
+    ensure!(a.code() == Some(7), "stateDir mismatch: {}", a.stdout);
+    ensure!(!has_key(&lab, 0, &format!("cni:{NET}:sd/eth0"))?);
+
+    // Garbage against a live meshd: spec errors or success, never a panic.
+    let ns = lab.add_netns("junk")?;
+    for (field, bad) in [
+        (
+            "prevResult",
+            json!({"cniVersion": "1.1.0", "interfaces": [{"name": "x"}], "ips": [{"address": "1.2.3.4/32", "interface": 18446744073709551615u64}]}),
+        ),
+        (
+            "prevResult",
+            json!({"cniVersion": "1.1.0", "routes": [{"dst": 5}]}),
+        ),
+        ("cni.dev/valid-attachments", json!("all")),
+        ("mtu", json!(70000)),
+    ] {
+        let mut c = conf(&lab, 0, "1.1.0");
+        c[field] = bad;
+        for verb in ["ADD", "CHECK", "DEL", "GC", "STATUS"] {
+            let a = weft(
+                &lab.nodes[0].ns,
+                &Call::new(verb, "junk", &netns_path(&ns)),
+                &c,
+            )?;
+            ensure!(
+                a.ok() || (a.status == Some(1) && a.code().is_some_and(|c| c != 999)),
+                "{field} {verb}: exit {:?} {}",
+                a.status,
+                a.stdout
+            );
+        }
+    }
+    weft(
+        &lab.nodes[0].ns,
+        &Call::new("DEL", "junk", &netns_path(&ns)),
+        &conf(&lab, 0, "1.1.0"),
+    )?
+    .expect_ok("DEL junk")?;
+
+    // ADD failing after the wiring (a test-build failpoint) undoes it all.
+    let ns = lab.add_netns("late")?;
+    let before = lab.allocations(0)?.len();
+    let veths_before = host_links(&lab, 0)?.matches(": wf").count();
+    let mut late = Call::new("ADD", "late", &netns_path(&ns));
+    late.env
+        .push(("WEFT_CNI_FAILPOINT".into(), "after-wiring".into()));
+    let a = weft(&lab.nodes[0].ns, &late, &conf(&lab, 0, "1.1.0"))?;
+    ensure!(
+        !a.ok() && a.out["msg"] == "failpoint after-wiring",
+        "{}",
+        a.stdout
+    );
+    ensure!(
+        lab.allocations(0)?.len() == before,
+        "the failed ADD leaked an address"
+    );
+    ensure!(
+        host_links(&lab, 0)?.matches(": wf").count() == veths_before,
+        "the failed ADD leaked a veth"
+    );
+    let pod_links = lab.exec_in(&ns, &["ip", "-o", "link", "show"])?;
+    ensure!(
+        !String::from_utf8_lossy(&pod_links.stdout).contains("eth0"),
+        "the failed ADD left eth0 in the pod"
+    );
 
     // ADD failing half-way (the pod already has eth0) undoes itself.
     let busy = lab.add_netns("busy")?;
@@ -370,15 +475,22 @@ fn gc_and_releases_while_meshd_is_down() -> Result<()> {
     for k in 0..3 {
         let ns = lab.add_netns(&format!("g{k}"))?;
         let cid = format!("gc{k}");
-        weft(&node, &Call::new("ADD", &cid, &netns_path(&ns)), &c)?.expect_ok("ADD")?;
-        added.push((cid, ns));
+        let r = weft(&node, &Call::new("ADD", &cid, &netns_path(&ns)), &c)?.expect_ok("ADD")?;
+        let host_if = r.out["interfaces"][0]["name"]
+            .as_str()
+            .context("host if")?
+            .to_owned();
+        added.push((cid, ns, host_if));
     }
     // An address someone else allocated (not a CNI key) must survive GC.
-    Command::new("curl")
-        .args(["-sf", "-X", "POST", "--unix-socket"])
-        .arg(lab.nodes[0].socket())
-        .arg("http://meshd/ip/operator-key")
-        .status()?;
+    ensure!(
+        Command::new("curl")
+            .args(["-sf", "-X", "POST", "--unix-socket"])
+            .arg(lab.nodes[0].socket())
+            .arg("http://meshd/ip/operator-key")
+            .status()?
+            .success()
+    );
     let mut gc = c.clone();
     gc["cni.dev/valid-attachments"] = json!([
         {"containerID": "gc0", "ifname": "eth0"},
@@ -396,15 +508,21 @@ fn gc_and_releases_while_meshd_is_down() -> Result<()> {
         "GC released a non-CNI key"
     );
 
+    let links = host_links(&lab, 0)?;
+    ensure!(!links.contains(&added[1].2), "GC left gc1's veth");
+    ensure!(links.contains(&added[0].2), "GC removed gc0's veth");
+
     // meshd down: DEL still succeeds, ADD and STATUS say so.
     lab.kill_meshd(0);
-    let (cid, ns) = &added[2];
+    let (cid, ns, _) = &added[2];
     weft(&node, &Call::new("DEL", cid, &netns_path(ns)), &c)?.expect_ok("DEL, meshd down")?;
     let a = weft(&node, &Call::verb("STATUS"), &c)?;
     ensure!(a.code() == Some(50), "STATUS: {}", a.stdout);
-    let ns3 = lab.add_netns("g3")?;
-    let a = weft(&node, &Call::new("ADD", "gc3", &netns_path(&ns3)), &c)?;
+    // An ADD of the same attachment that cannot reach meshd must not
+    // cancel the release its DEL left.
+    let a = weft(&node, &Call::new("ADD", cid, &netns_path(ns)), &c)?;
     ensure!(a.code() == Some(11), "ADD: {}", a.stdout);
+    let ns3 = lab.add_netns("g3")?;
     // Back up: the release left behind is made, and pods can be added again.
     start(&mut lab, 0)?;
     lab.wait_for("the deferred release", Duration::from_secs(30), |l| {

@@ -143,11 +143,32 @@ fn podman_containers_on_two_nodes() -> Result<()> {
     }
 
     pm[0].run(&[
-        "run", "-d", "--name", "web", "--network", "weft", "-p", "18081:8080", IMAGE, "httpd",
-        "-f", "-p", "8080", "-h", "/www",
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "weft",
+        "-p",
+        "18081:8080",
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/www",
     ])?;
     pm[1].run(&[
-        "run", "-d", "--name", "client", "--network", "weft", IMAGE, "sleep", "600",
+        "run",
+        "-d",
+        "--name",
+        "client",
+        "--network",
+        "weft",
+        IMAGE,
+        "sleep",
+        "600",
     ])?;
     let ip_of = |p: &Podman, name: &str| {
         p.stdout(&[
@@ -166,14 +187,18 @@ fn podman_containers_on_two_nodes() -> Result<()> {
     ensure!(cni_keys(&lab, 0)?.len() == 1 && cni_keys(&lab, 1)?.len() == 1);
 
     // Across the mesh, both ways, and HTTP from one container to the other.
-    lab.wait_for("containers reach each other", Duration::from_secs(60), |_| {
-        Ok(pm[1]
-            .run(&["exec", "client", "ping", "-c1", "-W2", &web_ip])
-            .is_ok()
-            && pm[0]
-                .run(&["exec", "web", "ping", "-c1", "-W2", &client_ip])
-                .is_ok())
-    })?;
+    lab.wait_for(
+        "containers reach each other",
+        Duration::from_secs(60),
+        |_| {
+            Ok(pm[1]
+                .run(&["exec", "client", "ping", "-c1", "-W2", &web_ip])
+                .is_ok()
+                && pm[0]
+                    .run(&["exec", "web", "ping", "-c1", "-W2", &client_ip])
+                    .is_ok())
+        },
+    )?;
     let page = pm[1].stdout(&[
         "exec",
         "client",

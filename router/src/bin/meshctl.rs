@@ -59,6 +59,21 @@ enum Cmd {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
     },
+    /// Install the CNI plugin: copy the `weft` binary into --bin-dir and
+    /// write 10-weft.conflist (weft, portmap, bandwidth) into --conf-dir,
+    /// each atomically. The conflist points the plugin at --socket.
+    InstallCni {
+        /// The plugin binary [default: `weft` beside meshctl].
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+        #[arg(long, env = "WEFT_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+        bin_dir: PathBuf,
+        #[arg(long, env = "WEFT_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
+        /// Where the plugin leaves releases for meshd (meshd's --cni-state-dir).
+        #[arg(long, env = "WEFT_CNI_STATE_DIR", default_value = "/var/lib/cni/weft")]
+        state_dir: PathBuf,
+    },
     /// Remove everything meshd put in the kernel: the bridge, the TUN, the
     /// routes (proto 119) and the nftables table `weft`. Pods on the bridge
     /// lose their network. meshd must be stopped first.
@@ -412,6 +427,29 @@ async fn run(args: Args) -> Result<()> {
                 );
             }
             for line in weft_router::dataplane::reset(&tun, &bridge).await? {
+                println!("{line}");
+            }
+        }
+        Cmd::InstallCni {
+            plugin,
+            bin_dir,
+            conf_dir,
+            state_dir,
+        } => {
+            let plugin = match plugin {
+                Some(p) => p,
+                None => std::env::current_exe()?
+                    .parent()
+                    .map(|d| d.join("weft"))
+                    .ok_or_else(|| anyhow::anyhow!("cannot tell meshctl's directory"))?,
+            };
+            for line in weft_router::cni_install::install(
+                &plugin,
+                &bin_dir,
+                &conf_dir,
+                &args.socket,
+                &state_dir,
+            )? {
                 println!("{line}");
             }
         }

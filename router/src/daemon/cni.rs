@@ -38,6 +38,20 @@ impl Loop {
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "tmp") {
+                // Left by a plugin killed mid-write: the DEL that wrote it
+                // failed, so the runtime retries it.
+                if entry
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(60))
+                {
+                    let _ = std::fs::remove_file(&path);
+                }
+                continue;
+            }
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
             let key = match read_pending(&path) {
@@ -59,8 +73,8 @@ impl Loop {
             let Some(svc) = self.ipam() else { return };
             match svc.release(&key) {
                 Ok(addr) => {
-                    self.metrics.cni_releases.inc();
                     if let Some(a) = addr {
+                        self.metrics.cni_releases.inc();
                         info!(%key, ip = %std::net::Ipv4Addr::from(a), "released for the CNI plugin (DEL while meshd was down)");
                     }
                     let _ = std::fs::remove_file(&path);

@@ -525,6 +525,10 @@ impl Loop {
             bridge: dp.bridge().to_owned(),
             mtu: dp.mtu(),
             gateway: dp.gateway().map(|g| g.to_string()),
+            cni_state_dir: self
+                .cni_state_dir
+                .as_ref()
+                .map(|d| d.to_string_lossy().into_owned()),
         });
         let reason = match (&network, ipam_waiting) {
             (None, _) => Some("meshd runs without a data plane (--no-dataplane)".to_owned()),

@@ -126,8 +126,9 @@ impl Host {
         }))
     }
 
-    /// Creates the bridge if it is missing; sets its MTU and brings it up.
-    pub async fn ensure_bridge(&self, name: &str, mtu: u32) -> Result<u32> {
+    /// Creates the bridge if it is missing; sets its MAC (so that it never
+    /// follows its ports'), its MTU, and brings it up.
+    pub async fn ensure_bridge(&self, name: &str, mtu: u32, mac: [u8; 6]) -> Result<u32> {
         if self.link_index(name).await?.is_none() {
             match self
                 .h
@@ -145,6 +146,16 @@ impl Host {
             .link_index(name)
             .await?
             .ok_or_else(|| anyhow!("bridge {name} vanished after creation"))?;
+        self.h
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .address(mac.to_vec())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| anyhow!("setting the MAC of {name}: {e}"))?;
         self.set_up(index, mtu)
             .await
             .with_context(|| format!("bringing up {name}"))?;

@@ -143,7 +143,9 @@ impl DataPlane {
         host.set_up(tun_index, u32::from(mtu))
             .await
             .context("bringing up the TUN")?;
-        let bridge_index = host.ensure_bridge(&cfg.bridge, u32::from(mtu)).await?;
+        let bridge_index = host
+            .ensure_bridge(&cfg.bridge, u32::from(mtu), bridge_mac(me))
+            .await?;
         host::sysctl("net/ipv4/ip_forward", "1")?;
         // Pods have the whole range on-link: the bridge answers ARP for
         // remote pods (their route is the TUN), at once.
@@ -563,6 +565,16 @@ fn report_drops(
 }
 
 /// Underlay MTU minus what a data packet adds.
+/// The bridge's MAC, fixed and derived from our name (locally
+/// administered, unicast). A bridge left to itself takes the lowest MAC of
+/// its ports and changes it as pods come and go; pods that cached the
+/// gateway's (and every proxy-ARPed address's) MAC would then send into
+/// the void until their neighbour entries expire.
+fn bridge_mac(me: PeerName) -> [u8; 6] {
+    let b = me.0.to_be_bytes();
+    [(b[2] & 0xfe) | 0x02, b[3], b[4], b[5], b[6], b[7]]
+}
+
 async fn derive_mtu(host: &Host, cfg: &DataPlaneConfig) -> Result<u16> {
     let underlay = match host.default_route_link().await? {
         Some(i) => host.link_mtu(i).await?,
@@ -640,4 +652,19 @@ pub async fn reset(tun: &str, bridge: &str) -> Result<Vec<String>> {
     host::remove_nft()?;
     done.push(format!("removed nftables table ip {}", host::NFT_TABLE));
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_macs_are_unicast_locally_administered_and_per_router() {
+        for n in [0u64, u64::MAX, 0x0123_4567_89ab_cdef] {
+            let m = bridge_mac(PeerName(n));
+            assert_eq!(m[0] & 0x01, 0, "unicast");
+            assert_eq!(m[0] & 0x02, 0x02, "locally administered");
+        }
+        assert_ne!(bridge_mac(PeerName(1)), bridge_mac(PeerName(2)));
+    }
 }
