@@ -12,15 +12,10 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
+use weft_router::dataplane::host::errno;
+
 use crate::netns::NetNs;
 use crate::spec::{CniError, code};
-
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => Some(m.raw_code().abs()),
-        _ => None,
-    }
-}
 
 fn kernel(what: String) -> impl FnOnce(rtnetlink::Error) -> CniError {
     move |e| CniError::new(code::KERNEL, what).details(e.to_string())
@@ -261,8 +256,8 @@ impl Netlink {
 /// Writes a sysctl of the namespace the calling thread is in; `key` is its
 /// path under /proc/sys (slashes, since interface names may hold dots).
 pub fn sysctl(key: &str, value: &str) -> Result<(), CniError> {
-    std::fs::write(format!("/proc/sys/{key}"), value).map_err(|e| {
-        CniError::new(code::KERNEL, format!("setting {key} to {value}")).details(e.to_string())
+    weft_router::dataplane::host::sysctl(key, value).map_err(|e| {
+        CniError::new(code::KERNEL, format!("setting {key} to {value}")).details(format!("{e:#}"))
     })
 }
 

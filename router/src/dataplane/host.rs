@@ -23,7 +23,8 @@ const UNREACHABLE_METRIC: u32 = 4242;
 /// The nftables table meshd owns.
 pub const NFT_TABLE: &str = "weft";
 
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
+/// The errno of a netlink error answer, if it was one.
+pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(m) => Some(m.raw_code().abs()),
         _ => None,
