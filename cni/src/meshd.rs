@@ -116,9 +116,18 @@ impl Meshd {
             .map_err(|e| MeshdError::Status(status, format!("answer did not decode: {e}")))
     }
 
-    pub async fn allocate(&self, id: &str, ifname: &str) -> Result<IpReply, MeshdError> {
-        self.json(Method::POST, &ip_path(id, Some(ifname)), ALLOC_TIMEOUT)
-            .await
+    /// Allocates for `id`/`ifname`: any free address, or `want`.
+    pub async fn allocate(
+        &self,
+        id: &str,
+        ifname: &str,
+        want: Option<std::net::Ipv4Addr>,
+    ) -> Result<IpReply, MeshdError> {
+        let mut path = ip_path(id, Some(ifname));
+        if let Some(a) = want {
+            path.push_str(&format!("&addr={a}"));
+        }
+        self.json(Method::POST, &path, ALLOC_TIMEOUT).await
     }
 
     pub async fn lookup(&self, id: &str, ifname: &str) -> Result<Option<IpReply>, MeshdError> {

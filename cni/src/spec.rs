@@ -242,6 +242,9 @@ pub struct CniArgs {
     pub pod_name: Option<String>,
     pub pod_uid: Option<String>,
     pub infra_container_id: Option<String>,
+    /// `IP=a.b.c.d`: the address wanted (as the reference static and
+    /// host-local plugins take it); meshd refuses one it cannot give.
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 impl CniArgs {
@@ -266,6 +269,14 @@ impl CniArgs {
                 "K8S_POD_NAME" => args.pod_name = Some(v.into()),
                 "K8S_POD_UID" => args.pod_uid = Some(v.into()),
                 "K8S_POD_INFRA_CONTAINER_ID" => args.infra_container_id = Some(v.into()),
+                "IP" => {
+                    // host-local's form may carry a prefix length: drop it.
+                    let a = v.split('/').next().unwrap_or_default();
+                    args.ip =
+                        Some(a.parse().map_err(|_| {
+                            bad(format!("CNI_ARGS: IP={v:?} is not an IPv4 address"))
+                        })?)
+                }
                 _ => unknown.push(k.to_owned()),
             }
         }
@@ -455,6 +466,18 @@ mod tests {
             Err(code::INVALID_ENV)
         );
         assert_eq!(CniArgs::parse(""), Ok(CniArgs::default()));
+        assert_eq!(
+            CniArgs::parse("IP=10.32.0.9").map(|a| a.ip),
+            Ok(Some("10.32.0.9".parse().expect("valid")))
+        );
+        assert_eq!(
+            CniArgs::parse("IP=10.32.0.9/12").map(|a| a.ip),
+            Ok(Some("10.32.0.9".parse().expect("valid")))
+        );
+        assert_eq!(
+            CniArgs::parse("IP=nope").map_err(|e| e.code),
+            Err(code::INVALID_ENV)
+        );
     }
 
     #[test]

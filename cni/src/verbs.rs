@@ -142,7 +142,7 @@ pub async fn add(conf: &NetConf, v: Version, env: &Env) -> Result<CniResult, Cni
     let id = key_id(&conf.name, cid);
     let key = format!("{id}/{ifname}");
     let was_pending = m.cancel_deferred(&key)?;
-    let reply = match m.allocate(&id, ifname).await {
+    let reply = match m.allocate(&id, ifname, env.args.ip).await {
         Ok(r) => r,
         Err(e) => {
             // The DEL that left the release still stands.

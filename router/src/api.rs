@@ -291,10 +291,19 @@ async fn metrics(State(h): State<Handle>) -> Response {
         .into_response()
 }
 
+/// Ready when pods can be wired: IPAM has space to give and the host has its
+/// overlay address (for a control-plane-only router: IPAM is ready).
 async fn readyz(State(h): State<Handle>) -> Response {
-    match h.status().await {
-        Some(s) if s.ready => (StatusCode::OK, "ok\n").into_response(),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response(),
+    match ask(&h, Command::Network).await {
+        Ok(n) if n.ready || n.reason.as_deref() == Some(crate::daemon::NO_DATAPLANE) => {
+            (StatusCode::OK, "ok\n").into_response()
+        }
+        Ok(n) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", n.reason.unwrap_or_default()),
+        )
+            .into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: meshd busy\n").into_response(),
     }
 }
 

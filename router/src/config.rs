@@ -105,6 +105,28 @@ pub struct MeshdArgs {
     /// was down (`stateDir` in the plugin's config); meshd makes them.
     #[arg(long, env = "WEFT_CNI_STATE_DIR", default_value = "/var/lib/cni/weft")]
     pub cni_state_dir: PathBuf,
+    /// Run as a Kubernetes DaemonSet pod: peers from Node objects, the IPAM
+    /// bootstrap decided through the API (unless --ipalloc-init is given),
+    /// the space of deleted Nodes reclaimed, NetworkUnavailable=False set.
+    /// Uses the pod's service account, or KUBECONFIG.
+    #[arg(long, env = "WEFT_KUBE")]
+    pub kube: bool,
+    /// The Node this router runs on (the DaemonSet sets it from the
+    /// downward API, spec.nodeName). Required with --kube.
+    #[arg(long, env = "WEFT_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Kubeconfig to reach the API with [default: the pod's service account].
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the peer-list ConfigMap.
+    #[arg(long, env = "WEFT_KUBE_NAMESPACE", default_value = "kube-system")]
+    pub kube_namespace: String,
+    /// The ConfigMap meshd keeps its peer list in (created by the manifest).
+    #[arg(long, env = "WEFT_KUBE_CONFIGMAP", default_value = "weft-peers")]
+    pub kube_configmap: String,
+    /// Full reconcile period against the API (Node events also trigger one).
+    #[arg(long, env = "WEFT_KUBE_RESYNC", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub kube_resync: Duration,
     /// Log line format.
     #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -224,7 +246,24 @@ impl MeshdArgs {
             range: ipalloc_range,
             masquerade: !self.no_masquerade,
         });
+        let kube = match (self.kube, &self.node_name) {
+            (false, _) => None,
+            (true, None) => bail!("--kube needs --node-name (WEFT_NODE_NAME)"),
+            (true, Some(n)) if n.is_empty() || n.len() > 253 => {
+                bail!("--node-name {n:?} is not a Node name")
+            }
+            (true, Some(n)) => Some(crate::kube::KubeConfig {
+                node_name: n.clone(),
+                namespace: self.kube_namespace.clone(),
+                configmap: self.kube_configmap.clone(),
+                kubeconfig: self.kubeconfig.clone(),
+                decide_bootstrap: self.ipalloc_init.is_none(),
+                peer_port: self.listen.port(),
+                resync: self.kube_resync.max(Duration::from_secs(1)),
+            }),
+        };
         Ok(DaemonConfig {
+            kube,
             dataplane,
             cni_state_dir: Some(self.cni_state_dir.clone()),
             listen: self.listen,

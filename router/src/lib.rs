@@ -5,9 +5,11 @@
 //! - [`daemon`]: the tokio shell that drives the core over QUIC sessions.
 //! - [`dataplane`]: the TUN, the encrypted UDP data path and host wiring.
 //! - [`api`], [`metrics`]: the local HTTP API and Prometheus endpoint.
+//! - [`kube`]: peers, bootstrap and reclaim through the Kubernetes API.
 
 pub mod api;
 pub mod api_types;
+pub mod attach;
 pub mod client;
 pub mod cni_install;
 pub mod config;
@@ -15,6 +17,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod identity;
 pub mod ipam;
+pub mod kube;
 pub mod mesh;
 pub mod metrics;
 pub mod session;

@@ -49,6 +49,9 @@ pub struct Metrics {
     pub ipam_pending: Gauge,
     pub cni_bad_releases: Counter,
     pub cni_releases: Counter,
+    pub kube_reclaims: Counter,
+    pub kube_conflicts: Counter,
+    pub kube_errors: Counter,
 }
 
 impl Metrics {
@@ -73,6 +76,9 @@ impl Metrics {
             ipam_pending: Gauge::default(),
             cni_bad_releases: Counter::default(),
             cni_releases: Counter::default(),
+            kube_reclaims: Counter::default(),
+            kube_conflicts: Counter::default(),
+            kube_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -140,6 +146,21 @@ impl Metrics {
             "cni_bad_release_files",
             "Files in the CNI release directory that were not valid and were removed",
             m.cni_bad_releases.clone(),
+        );
+        registry.register(
+            "kube_reclaims",
+            "Routers of deleted Nodes whose address space this router reclaimed",
+            m.kube_reclaims.clone(),
+        );
+        registry.register(
+            "kube_conflicts",
+            "Writes of the peer list that lost to a concurrent writer and were retried",
+            m.kube_conflicts.clone(),
+        );
+        registry.register(
+            "kube_errors",
+            "Failed Kubernetes API calls and reconcile passes (each logged)",
+            m.kube_errors.clone(),
         );
         registry.register(
             "data_bytes",

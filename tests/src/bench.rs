@@ -33,6 +33,7 @@ pub fn loopback_router(
     weft_router::daemon::DaemonConfig {
         dataplane: None,
         cni_state_dir: None,
+        kube: None,
         listen: SocketAddr::from(([127, 0, 0, 1], port)),
         data_dir: dir.join("data"),
         api_socket: dir.join("api.sock"),

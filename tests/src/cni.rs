@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
 
-use crate::netns::bin_dir;
+use crate::netns::{bin_dir, run};
 
 /// Where the reference plugins (portmap, bandwidth, bridge, host-local) are.
 pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
@@ -231,4 +231,26 @@ pub fn shipped_conflist(socket: &Path, state_dir: &Path) -> Result<Value> {
     Ok(serde_json::from_str(&weft_router::cni_install::conflist(
         socket, state_dir,
     )?)?)
+}
+
+/// A busybox root filesystem as a tar, for `podman import` or
+/// `docker import`, serving `/www/index.html` = "hello from <who>".
+pub fn busybox_tar(dir: &Path, who: &str) -> Result<PathBuf> {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin"))?;
+    std::fs::create_dir_all(root.join("www"))?;
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("copying /bin/busybox (Debian package busybox-static)")?;
+    for applet in ["sh", "sleep", "ping", "httpd", "ip", "cat", "wget"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    std::fs::write(root.join("www/index.html"), format!("hello from {who}\n"))?;
+    let tar = dir.join("busybox.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."))?;
+    Ok(tar)
 }

@@ -6,12 +6,12 @@
 //!
 //! The image is made here from Debian's static busybox with `podman import`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use weft_tests::cni::{REFERENCE_PLUGINS, shipped_conflist};
+use weft_tests::cni::{REFERENCE_PLUGINS, busybox_tar, shipped_conflist};
 use weft_tests::netns::{Lab, bin_dir, run};
 
 const PW: &str = "correct horse battery staple";
@@ -90,27 +90,6 @@ impl Drop for Podman {
     }
 }
 
-/// A busybox root filesystem as a tar, for `podman import`.
-fn busybox_tar(dir: &Path) -> Result<PathBuf> {
-    let root = dir.join("rootfs");
-    std::fs::create_dir_all(root.join("bin"))?;
-    std::fs::create_dir_all(root.join("www"))?;
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .context("copying /bin/busybox (Debian package busybox-static)")?;
-    for applet in ["sh", "sleep", "ping", "httpd", "ip", "cat", "wget"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
-    }
-    std::fs::write(root.join("www/index.html"), "hello from podman\n")?;
-    let tar = dir.join("busybox.tar");
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg("."))?;
-    Ok(tar)
-}
-
 fn cni_keys(lab: &Lab, i: usize) -> Result<Vec<String>> {
     Ok(lab
         .allocations(i)?
@@ -135,7 +114,7 @@ fn podman_containers_on_two_nodes() -> Result<()> {
     }
     lab.gateway(0)?;
     lab.gateway(1)?;
-    let tar = busybox_tar(lab.dir())?;
+    let tar = busybox_tar(lab.dir(), "podman")?;
     let tar = tar.to_str().context("utf-8 path")?;
     let pm = [Podman::new(&lab, 0)?, Podman::new(&lab, 1)?];
     for p in &pm {

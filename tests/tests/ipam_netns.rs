@@ -5,8 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
-use serde_json::Value;
+use anyhow::{Result, ensure};
+use weft_tests::ipam::{
+    all_holdings, allocate_many, assert_no_duplicates, ipam, owners, ready, rings_agree,
+};
 use weft_tests::netns::Lab;
 
 const PW: &str = "ipam test password";
@@ -28,103 +30,6 @@ fn args(init: &str, peers: &[String]) -> Vec<String> {
         v.push(p.clone());
     }
     v
-}
-
-fn ipam(lab: &Lab, i: usize) -> Result<Value> {
-    let out = lab.meshctl(i, &["status", "ipam", "--json"])?;
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-/// `method path` on node `i`'s API; the JSON answer (errors for non-2xx).
-async fn api(lab_socket: std::path::PathBuf, method: hyper::Method, path: String) -> Result<Value> {
-    let body = weft_router::client::request(&lab_socket, method, &path, None).await?;
-    Ok(serde_json::from_slice(&body)?)
-}
-
-/// Allocates `n` ids on each of `nodes`, `conc` at a time per node; returns id -> ip.
-fn allocate_many(
-    lab: &Lab,
-    nodes: &[usize],
-    n: usize,
-    tag: &str,
-) -> Result<BTreeMap<String, Ipv4Addr>> {
-    rt().block_on(async {
-        let mut tasks = Vec::new();
-        for &i in nodes {
-            let sock = lab.nodes[i].socket();
-            let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
-            for k in 0..n {
-                let (sock, sem) = (sock.clone(), sem.clone());
-                let id = format!("{tag}-n{i}-{k}");
-                tasks.push(tokio::spawn(async move {
-                    let _permit = sem.acquire().await;
-                    let v = api(sock, hyper::Method::POST, format!("/ip/{id}")).await?;
-                    let ip: Ipv4Addr = v["ip"].as_str().context("ip")?.parse()?;
-                    anyhow::Ok((id, ip))
-                }));
-            }
-        }
-        let mut out = BTreeMap::new();
-        for t in tasks {
-            let (id, ip) = t.await??;
-            out.insert(id, ip);
-        }
-        Ok(out)
-    })
-}
-
-/// Every allocation every node holds: ip -> (node, id).
-fn all_holdings(lab: &Lab, nodes: &[usize]) -> Result<Vec<(Ipv4Addr, usize, String)>> {
-    let mut out = Vec::new();
-    for &i in nodes {
-        let list = rt().block_on(api(lab.nodes[i].socket(), hyper::Method::GET, "/ip".into()))?;
-        for e in list.as_array().cloned().unwrap_or_default() {
-            out.push((
-                e["ip"].as_str().unwrap_or_default().parse()?,
-                i,
-                e["id"].as_str().unwrap_or_default().to_owned(),
-            ));
-        }
-    }
-    Ok(out)
-}
-
-fn assert_no_duplicates(h: &[(Ipv4Addr, usize, String)]) -> Result<()> {
-    let mut seen: BTreeMap<Ipv4Addr, (usize, &str)> = BTreeMap::new();
-    for (ip, node, id) in h {
-        if let Some(prev) = seen.insert(*ip, (*node, id)) {
-            anyhow::bail!("{ip} held twice: {prev:?} and ({node}, {id})");
-        }
-    }
-    Ok(())
-}
-
-fn ready(lab: &Lab, nodes: &[usize]) -> Result<bool> {
-    let mut clusters = BTreeSet::new();
-    for &i in nodes {
-        let s = ipam(lab, i)?;
-        if s["ready"] != true {
-            return Ok(false);
-        }
-        clusters.insert(s["cluster"].to_string());
-    }
-    Ok(clusters.len() == 1)
-}
-
-/// Every node sees the same owners with the same amounts.
-fn rings_agree(lab: &Lab, nodes: &[usize]) -> Result<bool> {
-    let mut views = BTreeSet::new();
-    for &i in nodes {
-        views.insert(owners(&ipam(lab, i)?));
-    }
-    Ok(views.len() == 1)
 }
 
 fn start_three(lab: &mut Lab) -> Result<()> {
@@ -296,19 +201,4 @@ fn a_late_router_gets_space_and_rmpeer_gives_a_dead_routers_space_to_one_live_ro
         "addresses lost in the move"
     );
     assert_no_duplicates(&all_holdings(&lab, &[0, 1, 3])?)
-}
-
-fn owners(s: &Value) -> BTreeMap<String, u64> {
-    s["peers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|p| {
-            (
-                p["name"].as_str().unwrap_or_default().to_owned(),
-                p["owned"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect()
 }

@@ -59,6 +59,32 @@ enum Cmd {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
     },
+    /// Put a Docker container (run with `--network none`) or a network
+    /// namespace on the mesh: a veth on the bridge, an address from IPAM
+    /// (or ADDR), a default route via the host if it has none. Prints the
+    /// address. Runs the CNI plugin `weft` as a runtime would.
+    Attach {
+        /// Docker container name or id, a namespace name (/run/netns), or a
+        /// path to a namespace file.
+        target: String,
+        /// The address to give it (must be free and in this router's space).
+        addr: Option<std::net::Ipv4Addr>,
+        /// Interface name inside.
+        #[arg(long, default_value = "ethwe")]
+        ifname: String,
+        /// The plugin binary [default: `weft` beside meshctl].
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+    },
+    /// Undo `attach`: remove the interface and release the address (also
+    /// when the container or namespace is already gone).
+    Detach {
+        target: String,
+        #[arg(long, default_value = "ethwe")]
+        ifname: String,
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+    },
     /// Install the CNI plugin: copy the `weft` binary into --bin-dir and
     /// write 10-weft.conflist (weft, portmap, bandwidth) into --conf-dir,
     /// each atomically. The conflist points the plugin at --socket.
@@ -430,19 +456,57 @@ async fn run(args: Args) -> Result<()> {
                 println!("{line}");
             }
         }
+        Cmd::Attach {
+            target,
+            addr,
+            ifname,
+            plugin,
+        } => {
+            let t = weft_router::attach::resolve(&target)?;
+            if t.netns.is_none() {
+                anyhow::bail!("{target} is not running");
+            }
+            let state_dir = cni_state_dir(&args.socket).await?;
+            let r = weft_router::attach::run_plugin(
+                &plugin_path(plugin)?,
+                "ADD",
+                &t,
+                &ifname,
+                addr,
+                &args.socket,
+                &state_dir,
+            )?;
+            println!("{}", r["ips"][0]["address"].as_str().unwrap_or_default());
+        }
+        Cmd::Detach {
+            target,
+            ifname,
+            plugin,
+        } => {
+            let t = match weft_router::attach::resolve(&target) {
+                Ok(t) => t,
+                // Already gone: a full container id or a namespace name
+                // still names the attachment.
+                Err(e) => weft_router::attach::gone(&target).ok_or(e)?,
+            };
+            let state_dir = cni_state_dir(&args.socket).await?;
+            weft_router::attach::run_plugin(
+                &plugin_path(plugin)?,
+                "DEL",
+                &t,
+                &ifname,
+                None,
+                &args.socket,
+                &state_dir,
+            )?;
+        }
         Cmd::InstallCni {
             plugin,
             bin_dir,
             conf_dir,
             state_dir,
         } => {
-            let plugin = match plugin {
-                Some(p) => p,
-                None => std::env::current_exe()?
-                    .parent()
-                    .map(|d| d.join("weft"))
-                    .ok_or_else(|| anyhow::anyhow!("cannot tell meshctl's directory"))?,
-            };
+            let plugin = plugin_path(plugin)?;
             for line in weft_router::cni_install::install(
                 &plugin,
                 &bin_dir,
@@ -473,6 +537,26 @@ async fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The given plugin, or `weft` beside meshctl.
+fn plugin_path(given: Option<PathBuf>) -> Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p),
+        None => std::env::current_exe()?
+            .parent()
+            .map(|d| d.join("weft"))
+            .ok_or_else(|| anyhow::anyhow!("cannot tell meshctl's directory")),
+    }
+}
+
+/// meshd's CNI state directory (the plugin must use the same).
+async fn cni_state_dir(socket: &std::path::Path) -> Result<String> {
+    let (_, body) = weft_router::client::exchange(socket, Method::GET, "/network", None).await?;
+    let n: weft_router::api_types::NetworkStatus = serde_json::from_slice(&body)?;
+    n.network
+        .and_then(|n| n.cni_state_dir)
+        .ok_or_else(|| anyhow::anyhow!("meshd has no data plane here: nothing to attach to"))
 }
 
 #[tokio::main(flavor = "current_thread")]

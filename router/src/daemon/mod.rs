@@ -46,6 +46,8 @@ pub struct DaemonConfig {
     pub dataplane: Option<crate::dataplane::DataPlaneConfig>,
     /// The CNI plugin's state directory, drained of pending releases.
     pub cni_state_dir: Option<PathBuf>,
+    /// Kubernetes integration (`--kube`).
+    pub kube: Option<crate::kube::KubeConfig>,
 }
 
 /// Operator requests, answered by the loop.
@@ -144,6 +146,9 @@ struct Loop {
     range: String,
 }
 
+/// Why a router without a data plane cannot wire pods (its IPAM may be ready).
+pub const NO_DATAPLANE: &str = "meshd runs without a data plane (--no-dataplane)";
+
 /// The IPAM key of the host's own overlay address (the bridge gateway).
 pub const GATEWAY_KEY: &str = "weft:host-gateway";
 fn transport_config(peer_timeout: Duration) -> Result<Arc<quinn::TransportConfig>> {
@@ -164,6 +169,26 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let identity = crate::identity::Identity::load_or_create(&cfg.data_dir)?;
+    // With --kube the API decides how IPAM starts, before it starts.
+    let mut ipalloc_init = cfg.ipalloc_init.clone();
+    let kube = match &cfg.kube {
+        Some(k) => {
+            let kube = crate::kube::Kube::connect(
+                k.clone(),
+                identity.name,
+                cfg.nickname.clone(),
+                cfg.data_dir.clone(),
+            )
+            .await?;
+            if k.decide_bootstrap {
+                ipalloc_init = kube.bootstrap(&shutdown).await?;
+            } else {
+                kube.register().await?;
+            }
+            Some(kube)
+        }
+        None => None,
+    };
     let TlsSetup {
         identity,
         server,
@@ -194,7 +219,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let svc = crate::ipam::IpamService::open(
         identity.name,
         cfg.ipalloc_range,
-        cfg.ipalloc_init.clone(),
+        ipalloc_init,
         &cfg.data_dir,
     )?;
     mesh.register_channel(
@@ -285,6 +310,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
     };
     lp.save_targets();
 
+    let handle_kube = handle.clone();
     let api = crate::api::serve_api(&cfg.api_socket, handle.clone(), shutdown.clone()).await?;
     let http = crate::api::serve_metrics(cfg.metrics_addr, handle, shutdown.clone()).await?;
 
@@ -297,7 +323,11 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
             }
         })
     };
+    let kube_task = kube.map(|k| tokio::spawn(k.run(handle_kube, shutdown.clone())));
     lp.run(ev_rx, cmd_rx, shutdown).await;
+    if let Some(t) = kube_task {
+        t.abort();
+    }
     acceptor.abort();
     endpoint.close(0u32.into(), b"shutdown");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
@@ -531,8 +561,8 @@ impl Loop {
                 .map(|d| d.to_string_lossy().into_owned()),
         });
         let reason = match (&network, ipam_waiting) {
-            (None, _) => Some("meshd runs without a data plane (--no-dataplane)".to_owned()),
             (_, Some(why)) => Some(why),
+            (None, None) => Some(NO_DATAPLANE.to_owned()),
             (Some(n), None) if n.gateway.is_none() => {
                 Some("the host has no overlay address yet".to_owned())
             }

@@ -311,9 +311,17 @@ impl WantRoute {
     }
 }
 
+/// Where sysctls are written: `/proc/sys`, or `WEFT_PROC_SYS` (a container
+/// without `privileged` has /proc/sys read-only; the DaemonSet bind-mounts
+/// the host's /proc/sys/net writable under /host/proc/sys).
+fn proc_sys() -> &'static str {
+    static ROOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| std::env::var("WEFT_PROC_SYS").unwrap_or_else(|_| "/proc/sys".into()))
+}
+
 /// Writes a sysctl under /proc/sys (idempotent).
 pub fn sysctl(path: &str, value: &str) -> Result<()> {
-    let p = format!("/proc/sys/{path}");
+    let p = format!("{}/{path}", proc_sys());
     if std::fs::read_to_string(&p).is_ok_and(|v| v.trim() == value) {
         return Ok(());
     }

@@ -1,0 +1,470 @@
+//! Kubernetes integration (`meshd --kube`), built on the kube crate.
+//!
+//! - **Bootstrap through the API**: before IPAM starts, the router reads the
+//!   ConfigMap `weft-peers`; the first router to write it becomes the seed
+//!   and owns the whole range at once, every later one joins that seed's
+//!   ring and gets space by donation. No pod waits for a quorum guess.
+//! - **Peers from Nodes**: a watch on Nodes feeds a reflector store; every
+//!   reconcile works from its full state (so a missed event heals at the next
+//!   pass), dials each Node's InternalIP (else ExternalIP) and forgets the
+//!   addresses of Nodes that left.
+//! - **Reclaim**: a router recorded on a Node that no longer exists (asked
+//!   again with a GET, since a watch can lag) and unreachable, or retired by
+//!   a new identity on its Node, has its space removed by exactly one live
+//!   router: the one whose claim in the ConfigMap won the
+//!   resourceVersion-guarded write. The CRDT gives the space to one heir.
+//!   The same pass runs at start-up, so Nodes deleted while meshd was down
+//!   are reclaimed too.
+//! - **`NetworkUnavailable=False`** on our Node once pods can be wired.
+//!
+//! What it needs from the API (and the DaemonSet's RBAC grants nothing
+//! more): Nodes get/list/watch, nodes/status patch, and get/update of the one
+//! ConfigMap.
+
+pub mod peers;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use tokio::sync::{Notify, oneshot, watch};
+use tracing::{debug, info, warn};
+use weft_ipam_crdt::{Init, PeerName};
+
+use self::peers::{ClaimOutcome, PeerList};
+use crate::daemon::{Command, Handle};
+use crate::store;
+
+/// `--kube` settings.
+#[derive(Debug, Clone)]
+pub struct KubeConfig {
+    /// The Node this router runs on (downward API).
+    pub node_name: String,
+    pub namespace: String,
+    pub configmap: String,
+    /// None: in-cluster service account (or the usual kubeconfig search).
+    pub kubeconfig: Option<PathBuf>,
+    /// Decide `--ipalloc-init` through the API (it was not given).
+    pub decide_bootstrap: bool,
+    /// UDP port peers listen on (ours; the DaemonSet runs one port everywhere).
+    pub peer_port: u16,
+    /// Full reconcile period.
+    pub resync: Duration,
+}
+
+pub struct Kube {
+    client: kube::Client,
+    cfg: KubeConfig,
+    me: String,
+    nickname: String,
+    data_dir: PathBuf,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+impl Kube {
+    /// Connects with the in-cluster service account, or `KUBECONFIG`.
+    pub async fn connect(
+        cfg: KubeConfig,
+        me: PeerName,
+        nickname: String,
+        data_dir: PathBuf,
+    ) -> Result<Self> {
+        let client = match &cfg.kubeconfig {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path)
+                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+                let c = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .with_context(|| format!("kubeconfig {}", path.display()))?;
+                kube::Client::try_from(c).context("Kubernetes client")?
+            }
+            None => kube::Client::try_default()
+                .await
+                .context("no Kubernetes API: not in a pod and no usable KUBECONFIG")?,
+        };
+        Ok(Kube {
+            client,
+            cfg,
+            me: me.to_string(),
+            nickname,
+            data_dir,
+        })
+    }
+
+    fn configmaps(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), &self.cfg.namespace)
+    }
+
+    /// Read-modify-write of the peer list, retried on conflicts. `f` returns
+    /// whether it changed the list; an unchanged list is not written.
+    /// Returns the list as stored afterwards and whether our write landed.
+    async fn update<F>(
+        &self,
+        metrics: Option<&crate::metrics::Metrics>,
+        mut f: F,
+    ) -> Result<(PeerList, bool)>
+    where
+        F: FnMut(&mut PeerList) -> bool,
+    {
+        let api = self.configmaps();
+        let name = &self.cfg.configmap;
+        for _ in 0..16 {
+            let cm = match api.get(name).await {
+                Ok(cm) => cm,
+                Err(e) if is_status(&e, 404) => bail!(
+                    "ConfigMap {}/{name} does not exist: apply deploy/kubernetes/weft.yaml, which creates it",
+                    self.cfg.namespace
+                ),
+                Err(e) => return Err(e).context(format!("reading ConfigMap {name}")),
+            };
+            let data = cm.data.clone().unwrap_or_default();
+            // A list we cannot read is never overwritten: that would lose
+            // the record of who owns what.
+            let mut list = PeerList::parse(data.get(peers::KEY).map(String::as_str))
+                .map_err(|e| anyhow!("ConfigMap {}/{name}: {e}", self.cfg.namespace))?;
+            if !f(&mut list) {
+                return Ok((list, false));
+            }
+            let mut new = cm;
+            let mut data: BTreeMap<String, String> = data;
+            data.insert(peers::KEY.to_owned(), list.to_json());
+            new.data = Some(data);
+            // replace() sends the resourceVersion we read: a concurrent
+            // writer makes it fail with 409 and we start over.
+            match api.replace(name, &PostParams::default(), &new).await {
+                Ok(_) => return Ok((list, true)),
+                Err(e) if is_status(&e, 409) => {
+                    if let Some(m) = metrics {
+                        m.kube_conflicts.inc();
+                    }
+                    debug!("peer list changed under us; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 + rand::random::<u64>() % 200))
+                        .await;
+                }
+                Err(e) => return Err(e).context(format!("writing ConfigMap {name}")),
+            }
+        }
+        bail!("the peer list kept changing under us (16 conflicts in a row)")
+    }
+
+    /// Decides how IPAM starts: the seed recorded in the ConfigMap, or us if
+    /// there is none yet. Registers us on our Node. Retries until the API
+    /// answers or `shutdown` flips.
+    pub async fn bootstrap(&self, shutdown: &watch::Receiver<bool>) -> Result<Init> {
+        let mut warned = 0u32;
+        loop {
+            let me = self.me.clone();
+            let (node, nick) = (self.cfg.node_name.clone(), self.nickname.clone());
+            let decide = self.cfg.decide_bootstrap;
+            match self
+                .update(None, |l| {
+                    let a = decide && l.seed_if_empty(&me);
+                    let b = l.register(&me, &node, &nick);
+                    a || b
+                })
+                .await
+            {
+                Ok((list, _)) => {
+                    let seeds: Vec<PeerName> = list
+                        .seed
+                        .iter()
+                        .map(|s| s.parse::<PeerName>())
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| anyhow!("the recorded seed is not a peer name: {e}"))?;
+                    info!(seed = ?list.seed, node = %self.cfg.node_name, "IPAM bootstrap decided through the Kubernetes API");
+                    return Ok(Init::Seed(seeds));
+                }
+                Err(e) => {
+                    if warned.is_multiple_of(5) {
+                        warn!("waiting for the Kubernetes API to decide the IPAM bootstrap: {e:#}");
+                    }
+                    warned += 1;
+                }
+            }
+            if *shutdown.borrow() {
+                bail!("stopped while waiting for the Kubernetes API");
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    /// Registers us without touching the seed (when `--ipalloc-init` was given).
+    pub async fn register(&self) -> Result<()> {
+        let (me, node, nick) = (&self.me, &self.cfg.node_name, &self.nickname);
+        self.update(None, |l| l.register(me, node, nick)).await?;
+        Ok(())
+    }
+
+    /// Runs the Node watch and the reconcile loop until `shutdown`.
+    pub async fn run(self, handle: Handle, mut shutdown: watch::Receiver<bool>) {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let (store, writer) = reflector::store::<Node>();
+        let wake = Arc::new(Notify::new());
+        let watch_task = {
+            let wake = wake.clone();
+            let metrics = handle.metrics.clone();
+            let stream = reflector(writer, watcher(nodes.clone(), watcher::Config::default()))
+                .default_backoff();
+            tokio::spawn(async move {
+                let mut stream = std::pin::pin!(stream);
+                while let Some(ev) = stream.next().await {
+                    match ev {
+                        Ok(_) => wake.notify_one(),
+                        Err(e) => {
+                            metrics.kube_errors.inc();
+                            warn!("watching Nodes: {e}");
+                        }
+                    }
+                }
+            })
+        };
+        let mut st = ReconcileState {
+            managed: store::read_json(&self.managed_path())
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        tokio::select! {
+            r = store.wait_until_ready() => if r.is_err() { return; },
+            _ = stopped(&mut shutdown) => { watch_task.abort(); return; }
+        }
+        loop {
+            let pending = match self
+                .reconcile(&store.state(), &nodes, &handle, &mut st)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    handle.metrics.kube_errors.inc();
+                    warn!("Kubernetes reconcile: {e:#}");
+                    true
+                }
+            };
+            let next = if pending {
+                Duration::from_secs(3)
+            } else {
+                self.cfg.resync
+            };
+            tokio::select! {
+                _ = wake.notified() => {
+                    // Let a burst of events settle into one pass.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                _ = tokio::time::sleep(next) => {}
+                _ = stopped(&mut shutdown) => break,
+            }
+        }
+        watch_task.abort();
+    }
+
+    fn managed_path(&self) -> PathBuf {
+        self.data_dir.join("kube-targets.json")
+    }
+
+    /// One pass from full state. Returns whether work is pending (a reclaim
+    /// waiting for its peer to become unreachable, or readiness to report).
+    async fn reconcile(
+        &self,
+        all: &[Arc<Node>],
+        nodes: &Api<Node>,
+        handle: &Handle,
+        st: &mut ReconcileState,
+    ) -> Result<bool> {
+        let mut pending = false;
+        // 1. Peers from Nodes.
+        let mut names = BTreeSet::new();
+        let mut want = BTreeSet::new();
+        for n in all {
+            let Some(name) = n.metadata.name.clone() else {
+                continue;
+            };
+            if name != self.cfg.node_name {
+                let addrs: Vec<(String, String)> = n
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.addresses.as_ref())
+                    .map(|a| {
+                        a.iter()
+                            .map(|a| (a.type_.clone(), a.address.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if let Some(ip) = peers::node_address(&addrs) {
+                    want.insert(SocketAddr::new(ip, self.cfg.peer_port));
+                }
+            }
+            names.insert(name);
+        }
+        let add: Vec<SocketAddr> = want.difference(&st.managed).copied().collect();
+        let drop: Vec<SocketAddr> = st.managed.difference(&want).copied().collect();
+        if !add.is_empty() {
+            info!(?add, "dialing the addresses of new Nodes");
+            ask(handle, |r| Command::Connect(add.clone(), r))
+                .await?
+                .map_err(|e| anyhow!(e))?;
+        }
+        if !drop.is_empty() {
+            info!(?drop, "forgetting the addresses of Nodes that left");
+            // Unknown addresses (forgotten by hand) are fine.
+            let _ = ask(handle, |r| Command::Forget(drop.clone(), r)).await?;
+        }
+        if !add.is_empty() || !drop.is_empty() {
+            st.managed = want;
+            if let Err(e) = store::write_json(&self.managed_path(), &st.managed) {
+                warn!("saving the Node addresses: {e:#}");
+            }
+        }
+
+        // 2. Our record, and the reclaims.
+        let (me, node, nick) = (&self.me, &self.cfg.node_name, &self.nickname);
+        let (list, _) = self
+            .update(Some(&handle.metrics), |l| l.register(me, node, nick))
+            .await?;
+        for peer in list.candidates(me, &names) {
+            let rec = &list.peers[&peer];
+            if !rec.retired {
+                // The watch may lag behind a Node just created: ask.
+                if nodes.get_opt(&rec.node).await?.is_some() {
+                    continue;
+                }
+            }
+            let status = handle.status().await.context("meshd did not answer")?;
+            if status
+                .mesh
+                .peers
+                .iter()
+                .any(|p| p.name == peer && p.reachable)
+            {
+                debug!(%peer, node = %rec.node, "Node gone but its router still answers; waiting");
+                pending = true;
+                continue;
+            }
+            let now = now_secs();
+            let mut outcome = ClaimOutcome::Gone;
+            let (_, wrote) = self
+                .update(Some(&handle.metrics), |l| {
+                    outcome = l.claim(&peer, me, now);
+                    outcome == ClaimOutcome::Taken
+                })
+                .await?;
+            match (&outcome, wrote) {
+                (ClaimOutcome::Taken, true) | (ClaimOutcome::Held, _) => {}
+                (ClaimOutcome::Busy(by), _) => {
+                    debug!(%peer, %by, "another router is reclaiming");
+                    pending = true;
+                    continue;
+                }
+                _ => continue,
+            }
+            info!(%peer, node = %rec.node, retired = rec.retired, "reclaiming the address space of a router whose Node is gone");
+            match ask(handle, |r| Command::RmPeer {
+                peer: peer.clone(),
+                reply: r,
+            })
+            .await?
+            {
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(%peer, "reclaim postponed: {e}");
+                    pending = true;
+                    continue;
+                }
+            }
+            let (_, done) = self
+                .update(Some(&handle.metrics), |l| l.finish(&peer, me))
+                .await?;
+            if done {
+                handle.metrics.kube_reclaims.inc();
+                info!(%peer, node = %rec.node, "reclaimed; the router is off the peer list");
+            }
+        }
+
+        // 3. Tell Kubernetes our Node's network is up.
+        let net = ask(handle, Command::Network).await?;
+        if net.ready {
+            let due = st
+                .reported
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(300));
+            if due {
+                self.report_ready(nodes).await?;
+                st.reported = Some(std::time::Instant::now());
+            }
+        } else {
+            pending = true;
+        }
+        Ok(pending)
+    }
+
+    async fn report_ready(&self, nodes: &Api<Node>) -> Result<()> {
+        let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let patch = serde_json::json!({
+            "status": { "conditions": [{
+                "type": "NetworkUnavailable",
+                "status": "False",
+                "reason": "WeftIsUp",
+                "message": "Weft meshd is running on this node",
+                "lastTransitionTime": now,
+                "lastHeartbeatTime": now,
+            }]}
+        });
+        nodes
+            .patch_status(
+                &self.cfg.node_name,
+                &PatchParams::default(),
+                &Patch::Strategic(&patch),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "setting NetworkUnavailable=False on Node {}",
+                    self.cfg.node_name
+                )
+            })?;
+        info!(node = %self.cfg.node_name, "Node condition NetworkUnavailable=False set");
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct ReconcileState {
+    /// Peer addresses we added from Nodes (persisted, so that the addresses
+    /// of Nodes deleted while meshd was down are forgotten too).
+    managed: BTreeSet<SocketAddr>,
+    reported: Option<std::time::Instant>,
+}
+
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Sends a command to the router loop and waits for its answer.
+async fn ask<T>(handle: &Handle, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+    let (tx, rx) = oneshot::channel();
+    handle
+        .commands
+        .send(make(tx))
+        .await
+        .map_err(|_| anyhow!("meshd is stopping"))?;
+    tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .context("meshd did not answer")?
+        .context("meshd dropped the request")
+}

@@ -1,0 +1,357 @@
+//! The Kubernetes deployment against a real kube-apiserver (1.20, with
+//! etcd, from ../shared/tools): the manifests apply, the ServiceAccount may
+//! do exactly what meshd does, and meshd processes in node namespaces,
+//! authenticated as that ServiceAccount, take their peers from Node objects,
+//! bootstrap through the API and reclaim the space of deleted Nodes.
+//! Needs root (CI runs as root), kubectl and etcd (.ci/run installs them).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+use weft_tests::ipam::{
+    all_holdings, allocate_many, assert_no_duplicates, ipam, owners, rings_agree,
+};
+use weft_tests::kube::ApiServer;
+use weft_tests::netns::Lab;
+
+const PW: &str = "kube test password";
+const SA: &str = "system:serviceaccount:kube-system:weft";
+
+fn manifest(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/kubernetes")
+        .join(name)
+}
+
+fn apply_manifests(api: &ApiServer) -> Result<()> {
+    for f in ["weft-password.yaml", "weft.yaml"] {
+        let path = manifest(f);
+        let p = path.to_str().context("path")?;
+        api.kubectl(&["apply", "--dry-run=server", "-f", p])?;
+        api.kubectl(&["apply", "-f", p])?;
+    }
+    Ok(())
+}
+
+#[test]
+fn manifests_apply_and_the_service_account_may_do_exactly_what_meshd_does() -> Result<()> {
+    let dir = std::env::temp_dir().join("weft-kube-manifests");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let api = ApiServer::start(&dir)?;
+    apply_manifests(&api)?;
+    let ds = api.kubectl(&[
+        "-n",
+        "kube-system",
+        "get",
+        "daemonset",
+        "weft",
+        "-o",
+        "json",
+    ])?;
+    let ds: Value = serde_json::from_slice(&ds.stdout)?;
+    let spec = &ds["spec"]["template"]["spec"];
+    ensure!(spec["hostNetwork"] == true, "{spec}");
+    ensure!(spec["priorityClassName"] == "system-node-critical");
+    ensure!(spec["initContainers"][0]["command"][1] == "install-cni");
+    ensure!(
+        spec["containers"][0]["securityContext"]["privileged"].is_null(),
+        "meshd must not be privileged"
+    );
+
+    // Re-applying (an upgrade) keeps meshd's own record in weft-peers.
+    api.kubectl(&[
+        "-n",
+        "kube-system",
+        "patch",
+        "configmap",
+        "weft-peers",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"peers.json":"{\"seed\":[\"kept\"]}"}}"#,
+    ])?;
+    apply_manifests(&api)?;
+    ensure!(
+        api.peer_list()?["seed"][0] == "kept",
+        "re-applying the manifest wiped the peer list"
+    );
+
+    // What meshd does, and nothing else.
+    let ns = ["-n", "kube-system"];
+    let allowed: &[&[&str]] = &[
+        &["get", "nodes"],
+        &["list", "nodes"],
+        &["watch", "nodes"],
+        &["patch", "nodes", "--subresource=status"],
+        &["get", "configmaps/weft-peers", ns[0], ns[1]],
+        &["update", "configmaps/weft-peers", ns[0], ns[1]],
+    ];
+    let denied: &[&[&str]] = &[
+        &["create", "nodes"],
+        &["update", "nodes"],
+        &["patch", "nodes"],
+        &["delete", "nodes"],
+        &["update", "nodes", "--subresource=status"],
+        &["create", "configmaps", ns[0], ns[1]],
+        &["list", "configmaps", ns[0], ns[1]],
+        &["watch", "configmaps", ns[0], ns[1]],
+        &["delete", "configmaps/weft-peers", ns[0], ns[1]],
+        &["patch", "configmaps/weft-peers", ns[0], ns[1]],
+        &["get", "configmaps/weft-config", ns[0], ns[1]],
+        &["update", "configmaps/weft-config", ns[0], ns[1]],
+        &["get", "configmaps/weft-peers", "-n", "default"],
+        &["get", "secrets/weft-password", ns[0], ns[1]],
+        &["list", "secrets", ns[0], ns[1]],
+        &["list", "pods", "--all-namespaces"],
+        &["create", "leases.coordination.k8s.io", ns[0], ns[1]],
+        &["create", "serviceaccounts/weft/token", ns[0], ns[1]],
+        &["get", "daemonsets.apps/weft", ns[0], ns[1]],
+    ];
+    for a in allowed {
+        ensure!(api.can_i(SA, a)?, "the ServiceAccount may not {a:?}");
+    }
+    for d in denied {
+        ensure!(!api.can_i(SA, d)?, "the ServiceAccount may {d:?}");
+    }
+    Ok(())
+}
+
+fn kube_args(i: usize, kubeconfig: &Path) -> Vec<String> {
+    [
+        "--kube",
+        "--node-name",
+        &format!("kr-n{i}"),
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap_or_default(),
+        "--kube-resync",
+        "2s",
+        "--peer-timeout",
+        "2s",
+        "--gossip-interval",
+        "500ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn name_of(lab: &Lab, i: usize) -> Result<String> {
+    Ok(lab.status(i)?["name"].as_str().context("name")?.to_owned())
+}
+
+fn network_available(api: &ApiServer, node: &str) -> Result<bool> {
+    let n = api.node(node)?;
+    Ok(n["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c["type"] == "NetworkUnavailable" && c["status"] == "False"))
+}
+
+fn reclaims(lab: &Lab, nodes: &[usize]) -> Result<u64> {
+    let mut total = 0;
+    for &i in nodes {
+        let m = lab.metrics(i)?;
+        total += m
+            .lines()
+            .find(|l| l.starts_with("weft_kube_reclaims_total "))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .context("no weft_kube_reclaims_total")? as u64;
+    }
+    Ok(total)
+}
+
+/// Node `i`'s allocations, sorted.
+fn held(lab: &Lab, i: usize) -> Result<Vec<(String, String)>> {
+    let mut a = lab.allocations(i)?;
+    a.sort();
+    Ok(a)
+}
+
+/// The whole range is owned, by exactly the routers `live`, and each
+/// router's allocations are what they were.
+fn check_space(
+    lab: &Lab,
+    live: &[usize],
+    before: &BTreeMap<usize, Vec<(String, String)>>,
+) -> Result<()> {
+    let names: Vec<String> = live
+        .iter()
+        .map(|&i| name_of(lab, i))
+        .collect::<Result<_>>()?;
+    let own = owners(&ipam(lab, live[0])?);
+    ensure!(
+        own.values().sum::<u64>() == 1 << 20,
+        "the /12 is not wholly owned: {own:?}"
+    );
+    for (peer, n) in &own {
+        ensure!(
+            *n == 0 || names.contains(peer),
+            "{peer} owns {n} addresses but is not a live router"
+        );
+    }
+    for (&i, alloc) in before {
+        ensure!(
+            &held(lab, i)? == alloc,
+            "node {i}'s allocations changed across the reclaim"
+        );
+    }
+    assert_no_duplicates(&all_holdings(lab, live)?)
+}
+
+#[test]
+fn routers_find_each_other_through_nodes_and_reclaim_deleted_nodes_space_exactly_once() -> Result<()>
+{
+    let mut lab = Lab::new("kr", 4)?;
+    let api = ApiServer::start(lab.dir())?;
+    apply_manifests(&api)?;
+    // meshd authenticates as the DaemonSet's ServiceAccount: any call the
+    // RBAC does not grant fails this test.
+    let sa_config = lab.dir().join("sa.kubeconfig");
+    api.service_account_kubeconfig("kube-system", "weft", &sa_config)?;
+    for i in 0..4 {
+        api.forward_into(&lab.nodes[i].ns)?;
+    }
+    for i in 0..3 {
+        api.create_node(&format!("kr-n{i}"), &lab.nodes[i].ip.to_string())?;
+    }
+
+    // 1. The first router seeds the range through the API: it allocates at
+    //    once, with no other router running (no quorum to wait for).
+    lab.start_meshd(0, PW, &kube_args(0, &sa_config))?;
+    let first = lab
+        .gateway(0)
+        .context("the first router got no address alone")?;
+    let n0 = name_of(&lab, 0)?;
+    ensure!(api.peer_list()?["seed"] == serde_json::json!([n0]));
+    ensure!(first.octets()[0] == 10);
+
+    // 2. The others are given no --peer: they dial the Nodes' InternalIPs,
+    //    join the seed's ring and get space by donation.
+    lab.start_meshd(1, PW, &kube_args(1, &sa_config))?;
+    lab.start_meshd(2, PW, &kube_args(2, &sa_config))?;
+    for i in 1..3 {
+        lab.gateway(i)?;
+    }
+    lab.wait_for(
+        "a full mesh from the Node list",
+        Duration::from_secs(30),
+        |l| {
+            Ok((0..3).all(|i| {
+                l.status(i)
+                    .map(|s| weft_tests::netns::established_peers(&s).len() == 2)
+                    .unwrap_or(false)
+            }))
+        },
+    )?;
+    lab.wait_for(
+        "NetworkUnavailable=False on every Node",
+        Duration::from_secs(30),
+        |_| Ok((0..3).all(|i| network_available(&api, &format!("kr-n{i}")).unwrap_or(false))),
+    )?;
+    let list = api.peer_list()?;
+    for i in 0..3 {
+        ensure!(
+            list["peers"][name_of(&lab, i)?]["node"] == format!("kr-n{i}").as_str(),
+            "peer list: {list}"
+        );
+    }
+    allocate_many(&lab, &[0, 1, 2], 20, "pod")?;
+    lab.wait_for("rings to agree", Duration::from_secs(20), |l| {
+        rings_agree(l, &[0, 1, 2])
+    })?;
+    let mut before = BTreeMap::new();
+    for i in 0..2 {
+        before.insert(i, held(&lab, i)?);
+    }
+    let n2 = name_of(&lab, 2)?;
+    let n2_owned = owners(&ipam(&lab, 0)?)[&n2];
+    ensure!(n2_owned > 0);
+
+    // 3. Every router down; Node kr-n2 deleted meanwhile. At start-up the
+    //    others notice from the Node list alone.
+    for i in 0..3 {
+        lab.kill_meshd(i);
+    }
+    api.kubectl(&["delete", "node", "kr-n2"])?;
+    lab.start_meshd(0, PW, &kube_args(0, &sa_config))?;
+    lab.start_meshd(1, PW, &kube_args(1, &sa_config))?;
+    lab.wait_for(
+        "the deleted Node's router to be reclaimed",
+        Duration::from_secs(60),
+        |l| {
+            let own = owners(&ipam(l, 0)?);
+            Ok(api.peer_list()?["peers"].get(&n2).is_none()
+                && own.get(&n2).copied().unwrap_or(0) == 0
+                && rings_agree(l, &[0, 1])?)
+        },
+    )?;
+    ensure!(reclaims(&lab, &[0, 1])? == 1, "reclaimed more than once");
+    check_space(&lab, &[0, 1], &before)?;
+    for i in 0..2 {
+        ensure!(
+            ipam(&lab, i)?["removed"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|p| p == n2.as_str())),
+            "node {i} does not know {n2} was removed"
+        );
+    }
+
+    // 4. A Node deleted while the others run: its router joins, takes
+    //    space, dies; its Node is deleted; one live router reclaims.
+    api.create_node("kr-n3", &lab.nodes[3].ip.to_string())?;
+    lab.start_meshd(3, PW, &kube_args(3, &sa_config))?;
+    lab.gateway(3)?;
+    allocate_many(&lab, &[3], 10, "late")?;
+    let n3 = name_of(&lab, 3)?;
+    lab.wait_for("rings to agree with n3", Duration::from_secs(20), |l| {
+        rings_agree(l, &[0, 1, 3])
+    })?;
+    let own_before = owners(&ipam(&lab, 0)?);
+    let n3_owned = own_before[&n3];
+    ensure!(n3_owned > 0);
+    for i in 0..2 {
+        before.insert(i, held(&lab, i)?);
+    }
+    lab.kill_meshd(3);
+    api.kubectl(&["delete", "node", "kr-n3"])?;
+    lab.wait_for(
+        "the second deleted Node's router to be reclaimed",
+        Duration::from_secs(60),
+        |l| {
+            let own = owners(&ipam(l, 0)?);
+            Ok(api.peer_list()?["peers"].get(&n3).is_none()
+                && own.get(&n3).copied().unwrap_or(0) == 0
+                && rings_agree(l, &[0, 1])?)
+        },
+    )?;
+    ensure!(
+        reclaims(&lab, &[0, 1])? == 2,
+        "each deleted Node is reclaimed once"
+    );
+    let own_after = owners(&ipam(&lab, 0)?);
+    let gained: Vec<(&String, u64)> = own_after
+        .iter()
+        .map(|(p, n)| (p, n.saturating_sub(own_before.get(p).copied().unwrap_or(0))))
+        .filter(|(_, g)| *g > 0)
+        .collect();
+    ensure!(
+        gained.len() == 1 && gained[0].1 == n3_owned,
+        "the space should go to exactly one live router: {gained:?}"
+    );
+    check_space(&lab, &[0, 1], &before)?;
+    // The dead Node's address is no longer dialed.
+    lab.wait_for("kr-n3's address forgotten", Duration::from_secs(20), |l| {
+        let s = l.status(0)?;
+        Ok(!s["mesh"]["targets"]
+            .to_string()
+            .contains(&lab.nodes[3].ip.to_string()))
+    })?;
+    Ok(())
+}
