@@ -1,34 +1,44 @@
 #!/usr/bin/env bash
 # A local Weft mesh on this one machine: three "nodes" as network namespaces
-# on a private bridge, one meshd each, started knowing only the first node.
-# Prints what meshctl shows, then cleans up (also on Ctrl-C).
+# on a private bridge, one meshd each (started knowing only the first node),
+# and two "pods" per node (namespaces put on the mesh with `meshctl attach`).
+# Prints meshctl status, a pod-to-pod connectivity matrix and a throughput
+# figure, then cleans up (also on Ctrl-C). Exits non-zero if any pod cannot
+# reach any other.
 #
 #   sudo deploy/demo.sh            # build, run, show, clean up
 #   sudo deploy/demo.sh --keep     # ... and keep it running until Ctrl-C
 #
-# Needs root (network namespaces), iproute2, jq, curl and a Rust toolchain.
+# Needs root (network namespaces), iproute2, jq, curl, iperf3 and a Rust
+# toolchain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 keep=0; [ "${1:-}" = "--keep" ] && keep=1
 N=3
+PODS=2
 P=wdemo
 work=$(mktemp -d /tmp/weft-demo.XXXXXX)
 
 cleanup() {
+  trap - EXIT INT TERM
   for i in $(seq 0 $((N - 1))); do
     [ -f "$work/n$i/pid" ] && kill "$(cat "$work/n$i/pid")" 2>/dev/null || true
   done
   sleep 0.3
-  for ns in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do ip netns del "$ns" 2>/dev/null || true; done
+  for ns in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+  done
   rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 # Leftovers of an earlier run that was killed.
 for ns in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do ip netns del "$ns" 2>/dev/null || true; done
 
-echo "== building meshd and meshctl (release)"
-cargo build --release -q -p weft-router
-bin=target/release
+echo "== building meshd, meshctl and the CNI plugin weft (release)"
+cargo build --release -q -p weft-router -p weft-cni
+bin=$PWD/target/release
 
 echo "== three nodes on bridge $P-sw/br0 (10.78.0.0/24)"
 ip netns add $P-sw
@@ -47,33 +57,78 @@ for i in $(seq 0 $((N - 1))); do
   mkdir -p "$work/n$i"
   peers=(); [ "$i" -gt 0 ] && peers=(--peer 10.78.0.1)
   WEFT_PASSWORD=$pw ip netns exec $P-n$i $bin/meshd --nickname node$i --data-dir "$work/n$i/data" \
-    --api-socket "$work/n$i/meshd.sock" "${peers[@]}" >"$work/n$i/meshd.log" 2>&1 &
+    --api-socket "$work/n$i/meshd.sock" --cni-state-dir "$work/n$i/cni" \
+    --ipalloc-init consensus=$N "${peers[@]}" >"$work/n$i/meshd.log" 2>&1 &
   echo $! >"$work/n$i/pid"
 done
 
-ctl() { $bin/meshctl --socket "$work/n$1/meshd.sock" "${@:2}"; }
-echo "== waiting for the full mesh"
+ctl() { ip netns exec $P-n$1 $bin/meshctl --socket "$work/n$1/meshd.sock" "${@:2}"; }
+echo "== waiting for the full mesh and the address space"
 for _ in $(seq 1 150); do
   ok=1
   for i in $(seq 0 $((N - 1))); do
-    # Every other router: a session, and one hop away in the topology.
+    # Every other router: a session, and one hop away; IPAM ready.
     direct=$(ctl $i status --json 2>/dev/null |
       jq '[([.mesh.connections[] | select(.state == "established")] | length),
            ([.mesh.peers[] | select(.hops == 1)] | length)] | min' || echo 0)
     [ "$direct" -eq $((N - 1)) ] || ok=0
+    [ "$(ctl $i status ipam --json 2>/dev/null | jq -r .ready || echo false)" = true ] || ok=0
   done
   [ $ok -eq 1 ] && break
   sleep 0.2
 done
 [ $ok -eq 1 ] || { echo "the mesh did not form; logs:"; tail -n 20 "$work"/n*/meshd.log; exit 1; }
 
+echo "== $PODS pods per node, put on the mesh with meshctl attach"
+pods=(); addrs=()
+for i in $(seq 0 $((N - 1))); do
+  for j in $(seq 0 $((PODS - 1))); do
+    pod=$P-n$i-pod$j
+    ip netns add $pod && ip -n $pod link set lo up
+    addr=$(ctl $i attach $pod)
+    printf '   %-16s %s (node%d)\n' "$pod" "$addr" "$i"
+    pods+=("$pod"); addrs+=("${addr%/*}")
+  done
+done
+
 echo; echo "== meshctl status (node2, which was only told about node0)"; ctl 2 status
 echo; echo "== meshctl status peers"; ctl 2 status peers
-echo; echo "== meshctl status connections"; ctl 2 status connections
-echo; echo "== metrics (node2)"
-ip netns exec $P-n2 curl -s http://127.0.0.1:6782/metrics | grep -E '^weft_(connections|peers|gossip_bytes)' || true
-echo; echo "demo mesh formed: $N routers, all sessions mutually authenticated and encrypted"
+echo; echo "== meshctl status ipam"; ctl 2 status ipam
+
+echo; echo "== connectivity: ping from each pod (row) to each pod (column)"
+fail=0
+printf '%-16s' ""; for d in "${!pods[@]}"; do printf ' %-9s' "n$((d / PODS))p$((d % PODS))"; done; echo
+for s in "${!pods[@]}"; do
+  printf '%-16s' "${pods[$s]}"
+  for d in "${!pods[@]}"; do
+    if ip netns exec "${pods[$s]}" ping -c 1 -W 2 -q "${addrs[$d]}" >/dev/null 2>&1; then
+      printf ' %-9s' ok
+    else
+      printf ' %-9s' FAIL; fail=1
+    fi
+  done
+  echo
+done
+
+echo; echo "== throughput, 5 s of TCP (iperf3)"
+ip netns exec "${pods[0]}" iperf3 -s -D -1 >/dev/null
+sleep 0.3
+last=$((N * PODS - 1))
+mesh=$(ip netns exec "${pods[$last]}" iperf3 -c "${addrs[0]}" -t 5 -J | jq '.end.sum_received.bits_per_second / 1e9')
+ip netns exec $P-n0 iperf3 -s -D -1 >/dev/null
+sleep 0.3
+bare=$(ip netns exec $P-n$((N - 1)) iperf3 -c 10.78.0.1 -t 5 -J | jq '.end.sum_received.bits_per_second / 1e9')
+printf '   pod on node%d -> pod on node0, encrypted over the mesh: %.2f Gbit/s\n' $((N - 1)) "$mesh"
+printf '   node%d -> node0 on the bare underlay veth (no tunnel):  %.2f Gbit/s (%.0f%%)\n' $((N - 1)) "$bare" \
+  "$(echo "$mesh $bare" | awk '{print 100 * $1 / $2}')"
+echo "   (one run on a shared machine; BENCHMARKS.md has repeated, side-by-side numbers)"
+
+echo
+if [ $fail -ne 0 ]; then
+  echo "some pods could not reach each other; logs:"; tail -n 20 "$work"/n*/meshd.log; exit 1
+fi
+echo "demo mesh formed: $N routers, $((N * PODS)) pods all reaching each other, every session mutually authenticated and encrypted"
 if [ $keep -eq 1 ]; then
-  echo "running; try: $bin/meshctl --socket $work/n0/meshd.sock status peers   (Ctrl-C to stop)"
-  wait
+  echo "running; try: sudo ip netns exec $P-n0 $bin/meshctl --socket $work/n0/meshd.sock status peers   (Ctrl-C to stop)"
+  while true; do sleep 3600; done
 fi

@@ -12,6 +12,11 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+/// The IPAM key of an attachment, as meshd lists it.
+pub fn key(t: &Target, ifname: &str) -> String {
+    format!("cni:{NETWORK}:{}/{ifname}", t.id)
+}
+
 /// The CNI network name of attachments made by meshctl: IPAM keys are
 /// `cni:weft-attach:<id>/<ifname>`, apart from any runtime's.
 pub const NETWORK: &str = "weft-attach";
@@ -36,10 +41,12 @@ pub fn resolve(target: &str) -> Result<Target> {
         if !p.exists() {
             bail!("{target} does not exist");
         }
-        let id: String = target
-            .trim_start_matches('/')
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        // A hash, not a mangled path: /run/netns/a.b and /run/netns/a-b
+        // must not share an attachment (and so an address).
+        let digest = ring::digest::digest(&ring::digest::SHA256, target.as_bytes());
+        let id: String = digest.as_ref()[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
             .collect();
         return Ok(Target {
             id: format!("path-{id}"),
@@ -174,7 +181,12 @@ mod tests {
         assert_eq!(t.id, id);
         assert_eq!(t.netns, Some(PathBuf::from("/proc/4242/ns/net")));
         // A stopped container: no namespace, detach still works.
-        assert_eq!(parse_inspect(&format!("{id} 0 false")).expect("valid").netns, None);
+        assert_eq!(
+            parse_inspect(&format!("{id} 0 false"))
+                .expect("valid")
+                .netns,
+            None
+        );
         assert!(parse_inspect("").is_err());
         assert!(parse_inspect("../../etc 1 true").is_err());
         assert!(parse_inspect(&format!("{id} x true")).is_err());
@@ -183,7 +195,8 @@ mod tests {
     #[test]
     fn paths_become_plain_ids() {
         let t = resolve("/proc/self/ns/net").expect("valid");
-        assert_eq!(t.id, "path-proc-self-ns-net");
+        assert!(t.id.starts_with("path-") && t.id.len() == 29, "{}", t.id);
+        assert_ne!(t.id, resolve("/proc/self/ns/uts").expect("valid").id);
         assert!(resolve("").is_err());
         assert!(resolve("/no/such/namespace").is_err());
         let id = "ab".repeat(32);

@@ -115,8 +115,9 @@ pub struct MeshdArgs {
     /// downward API, spec.nodeName). Required with --kube.
     #[arg(long, env = "WEFT_NODE_NAME")]
     pub node_name: Option<String>,
-    /// Kubeconfig to reach the API with [default: the pod's service account].
-    #[arg(long, env = "KUBECONFIG")]
+    /// Kubeconfig to reach the API with [default: the pod's service account,
+    /// else KUBECONFIG or ~/.kube/config].
+    #[arg(long, env = "WEFT_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// Namespace of the peer-list ConfigMap.
     #[arg(long, env = "WEFT_KUBE_NAMESPACE", default_value = "kube-system")]
@@ -124,6 +125,10 @@ pub struct MeshdArgs {
     /// The ConfigMap meshd keeps its peer list in (created by the manifest).
     #[arg(long, env = "WEFT_KUBE_CONFIGMAP", default_value = "weft-peers")]
     pub kube_configmap: String,
+    /// How long a Node must stay deleted (and its router unreachable)
+    /// before its address space is reclaimed: its pods must be gone first.
+    #[arg(long, env = "WEFT_KUBE_RECLAIM_AFTER", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub kube_reclaim_after: Duration,
     /// Full reconcile period against the API (Node events also trigger one).
     #[arg(long, env = "WEFT_KUBE_RESYNC", default_value = "30s", value_parser = humantime::parse_duration)]
     pub kube_resync: Duration,
@@ -260,6 +265,7 @@ impl MeshdArgs {
                 decide_bootstrap: self.ipalloc_init.is_none(),
                 peer_port: self.listen.port(),
                 resync: self.kube_resync.max(Duration::from_secs(1)),
+                reclaim_after: self.kube_reclaim_after,
             }),
         };
         Ok(DaemonConfig {

@@ -72,6 +72,19 @@ pub struct IpamService {
 }
 impl IpamService {
     /// Opens (or creates) the persisted state in `data_dir`.
+    /// Whether a data directory holds IPAM state (then `--ipalloc-init` no
+    /// longer matters: the persisted ring is restored).
+    pub fn has_state(data_dir: &Path) -> bool {
+        data_dir.join("ipam.json").exists()
+    }
+
+    /// Whether our own name is in the ring's removed set: we can allocate
+    /// nothing, ever.
+    pub fn is_removed(&self) -> bool {
+        let a = self.b.alloc();
+        a.ring().removed().contains(&a.me())
+    }
+
     pub fn open(me: PeerName, range: AddrRange, init: Init, data_dir: &Path) -> Result<Self> {
         let path = data_dir.join("ipam.json");
         let epoch = Instant::now();
@@ -255,6 +268,13 @@ impl IpamService {
     pub fn not_ready_reason(&self) -> Option<String> {
         if let Some(why) = &self.broken {
             return Some(format!("IPAM stopped after a failed write: {why}"));
+        }
+        if self.is_removed() {
+            return Some(
+                "this router was removed from the ring (rmpeer or a deleted Node); \
+                 reset it (stop meshd, remove its data directory) to rejoin as a new router"
+                    .into(),
+            );
         }
         match self.waiting().0 {
             Waiting::Ready => None,

@@ -230,26 +230,30 @@ fn docker_containers_on_two_hosts_attach_ping_and_detach() -> Result<()> {
             &want.to_string(),
         ])
         .context("c0 cannot ping the attached namespace")?;
-    // The same address twice is refused.
+    // The same address twice is refused, saying why.
     let other = lab.add_netns("plain2")?;
-    ensure!(
-        meshctl(&lab, 1, &docker[1], &["attach", &other, &want.to_string()]).is_err(),
-        "an address in use was given again"
-    );
+    match meshctl(&lab, 1, &docker[1], &["attach", &other, &want.to_string()]) {
+        Ok(out) => anyhow::bail!("an address in use was given again: {out}"),
+        Err(e) => ensure!(format!("{e:#}").contains("is held by"), "{e:#}"),
+    }
 
     ensure!(attach_keys(&lab, 0)?.len() == 1);
     ensure!(attach_keys(&lab, 1)?.len() == 2);
     // Detach: a running container, a namespace, and a container already removed.
     meshctl(&lab, 0, &docker[0], &["detach", "c0"])?;
+    let links = docker[0].stdout(&["exec", "c0", "ip", "-o", "link"])?;
     ensure!(
-        docker[0]
-            .docker(&["exec", "c0", "ip", "link", "show", "ethwe"])
-            .is_err(),
-        "ethwe still in c0 after detach"
+        !links.contains("ethwe"),
+        "ethwe still in c0 after detach: {links}"
     );
     meshctl(&lab, 1, &docker[1], &["detach", &plain])?;
     let c1_id = docker[1].stdout(&["inspect", "--format", "{{.Id}}", "c1"])?;
     docker[1].docker(&["rm", "-f", "c1"])?;
+    // By name it is no longer found: refused, not silently "detached".
+    match meshctl(&lab, 1, &docker[1], &["detach", "c1"]) {
+        Ok(out) => anyhow::bail!("detaching a removed container by name said ok: {out}"),
+        Err(e) => ensure!(format!("{e:#}").contains("nothing is attached"), "{e:#}"),
+    }
     meshctl(&lab, 1, &docker[1], &["detach", &c1_id]).context("detaching a removed container")?;
     for i in 0..2 {
         ensure!(

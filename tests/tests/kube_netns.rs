@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -15,7 +16,7 @@ use weft_tests::ipam::{
     all_holdings, allocate_many, assert_no_duplicates, ipam, owners, rings_agree,
 };
 use weft_tests::kube::ApiServer;
-use weft_tests::netns::Lab;
+use weft_tests::netns::{Lab, bin_dir};
 
 const PW: &str = "kube test password";
 const SA: &str = "system:serviceaccount:kube-system:weft";
@@ -129,6 +130,8 @@ fn kube_args(i: usize, kubeconfig: &Path) -> Vec<String> {
         kubeconfig.to_str().unwrap_or_default(),
         "--kube-resync",
         "2s",
+        "--kube-reclaim-after",
+        "1s",
         "--peer-timeout",
         "2s",
         "--gossip-interval",
@@ -353,5 +356,39 @@ fn routers_find_each_other_through_nodes_and_reclaim_deleted_nodes_space_exactly
             .to_string()
             .contains(&lab.nodes[3].ip.to_string()))
     })?;
-    Ok(())
+
+    // 5. The host comes back under the same Node name with its old data
+    //    directory: the removed identity steps aside (meshd exits and says
+    //    so), and the restart joins as a new router with fresh space.
+    api.create_node("kr-n3", &lab.nodes[3].ip.to_string())?;
+    let data = lab.nodes[3].dir.join("data");
+    let out = Command::new("timeout")
+        .arg("60")
+        .args(["ip", "netns", "exec", &lab.nodes[3].ns])
+        .arg(bin_dir().join("meshd"))
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--api-socket")
+        .arg(lab.nodes[3].dir.join("once.sock"))
+        .args(kube_args(3, &sa_config))
+        .env("WEFT_PASSWORD", PW)
+        .output()?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1) && said.contains("was removed from the ring"),
+        "a removed router restarted without stepping aside: {:?} {said}",
+        out.status
+    );
+    ensure!(!data.join("identity.key").exists());
+    lab.start_meshd(3, PW, &kube_args(3, &sa_config))?;
+    lab.gateway(3)?;
+    let renewed = name_of(&lab, 3)?;
+    ensure!(renewed != n3, "the same identity came back");
+    allocate_many(&lab, &[3], 5, "again")?;
+    lab.wait_for(
+        "rings to agree with the new n3",
+        Duration::from_secs(30),
+        |l| rings_agree(l, &[0, 1, 3]),
+    )?;
+    assert_no_duplicates(&all_holdings(&lab, &[0, 1, 3])?)
 }

@@ -487,7 +487,22 @@ async fn run(args: Args) -> Result<()> {
                 Ok(t) => t,
                 // Already gone: a full container id or a namespace name
                 // still names the attachment.
-                Err(e) => weft_router::attach::gone(&target).ok_or(e)?,
+                Err(e) => {
+                    let t = weft_router::attach::gone(&target).ok_or(e)?;
+                    let key = weft_router::attach::key(&t, &ifname);
+                    let body = request(&args.socket, Method::GET, "/ip", None).await?;
+                    let held: serde_json::Value = serde_json::from_slice(&body)?;
+                    let known = held
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|e| e["id"] == key.as_str()));
+                    if !known {
+                        anyhow::bail!(
+                            "nothing is attached as {target:?} (for a removed Docker container, \
+                             give its full id: docker ps -a --no-trunc)"
+                        );
+                    }
+                    t
+                }
             };
             let state_dir = cni_state_dir(&args.socket).await?;
             weft_router::attach::run_plugin(

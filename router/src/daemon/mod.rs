@@ -169,7 +169,9 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let identity = crate::identity::Identity::load_or_create(&cfg.data_dir)?;
-    // With --kube the API decides how IPAM starts, before it starts.
+    // With --kube the API decides how IPAM starts, before it starts. A
+    // router with IPAM state restores its ring whatever the init, so it
+    // does not wait for the API (it registers from the background task).
     let mut ipalloc_init = cfg.ipalloc_init.clone();
     let kube = match &cfg.kube {
         Some(k) => {
@@ -180,10 +182,15 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
                 cfg.data_dir.clone(),
             )
             .await?;
-            if k.decide_bootstrap {
+            if k.decide_bootstrap && !crate::ipam::IpamService::has_state(&cfg.data_dir) {
                 ipalloc_init = kube.bootstrap(&shutdown).await?;
-            } else {
-                kube.register().await?;
+            } else if kube.reclaimed().await == Some(true) {
+                // Before IPAM opens: not one address from the old ranges.
+                anyhow::bail!(
+                    "this router ({}) was removed from the ring after its Node was deleted; {}",
+                    identity.name,
+                    crate::kube::step_aside(&cfg.data_dir)
+                );
             }
             Some(kube)
         }
@@ -222,6 +229,16 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         ipalloc_init,
         &cfg.data_dir,
     )?;
+    if svc.is_removed() && cfg.kube.is_some() {
+        // Our Node was deleted and our space reclaimed while this host
+        // lived on (a re-registered Node keeps /var/lib/weft). Start over as
+        // a new router: the restart (kubelet, systemd) comes back with a new name.
+        anyhow::bail!(
+            "this router ({}) was removed from the ring after its Node was deleted; {}",
+            identity.name,
+            crate::kube::step_aside(&cfg.data_dir)
+        );
+    }
     mesh.register_channel(
         weft_peer_proto::ChannelName::new(crate::ipam::CHANNEL)?,
         Box::new(svc),

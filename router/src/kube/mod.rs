@@ -57,6 +57,8 @@ pub struct KubeConfig {
     pub peer_port: u16,
     /// Full reconcile period.
     pub resync: Duration,
+    /// A Node must stay gone this long before its router's space is reclaimed.
+    pub reclaim_after: Duration,
 }
 
 pub struct Kube {
@@ -205,11 +207,17 @@ impl Kube {
         }
     }
 
-    /// Registers us without touching the seed (when `--ipalloc-init` was given).
-    pub async fn register(&self) -> Result<()> {
-        let (me, node, nick) = (&self.me, &self.cfg.node_name, &self.nickname);
-        self.update(None, |l| l.register(me, node, nick)).await?;
-        Ok(())
+    /// Whether the peer list says our space was reclaimed (None: the API
+    /// did not answer in time; the ring will tell us later).
+    pub async fn reclaimed(&self) -> Option<bool> {
+        let api = self.configmaps();
+        let cm = tokio::time::timeout(Duration::from_secs(5), api.get_opt(&self.cfg.configmap))
+            .await
+            .ok()?
+            .ok()??;
+        let data = cm.data.unwrap_or_default();
+        let list = PeerList::parse(data.get(peers::KEY).map(String::as_str)).ok()?;
+        Some(list.removed.contains(&self.me))
     }
 
     /// Runs the Node watch and the reconcile loop until `shutdown`.
@@ -246,26 +254,38 @@ impl Kube {
             r = store.wait_until_ready() => if r.is_err() { return; },
             _ = stopped(&mut shutdown) => { watch_task.abort(); return; }
         }
+        let mut last_pass = std::time::Instant::now();
+        let mut last_seen = None;
+        let mut pending = true;
         loop {
-            let pending = match self
-                .reconcile(&store.state(), &nodes, &handle, &mut st)
-                .await
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    handle.metrics.kube_errors.inc();
-                    warn!("Kubernetes reconcile: {e:#}");
-                    true
-                }
-            };
+            let all = store.state();
+            let seen = fingerprint(&all);
+            // Node heartbeats wake us constantly: a pass costs API calls on
+            // every node, so only a change of Nodes or addresses, pending
+            // work or the resync period makes one.
+            let due = pending
+                || last_seen.as_ref() != Some(&seen)
+                || last_pass.elapsed() >= self.cfg.resync;
+            if due {
+                pending = match self.reconcile(&all, &nodes, &handle, &mut st).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        handle.metrics.kube_errors.inc();
+                        warn!("Kubernetes reconcile: {e:#}");
+                        true
+                    }
+                };
+                last_pass = std::time::Instant::now();
+                last_seen = Some(seen);
+            }
             let next = if pending {
-                Duration::from_secs(3)
+                Duration::from_secs(2)
             } else {
-                self.cfg.resync
+                self.cfg.resync.saturating_sub(last_pass.elapsed())
             };
             tokio::select! {
                 _ = wake.notified() => {
-                    // Let a burst of events settle into one pass.
+                    // Let a burst of events settle into one look.
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
                 _ = tokio::time::sleep(next) => {}
@@ -335,16 +355,49 @@ impl Kube {
 
         // 2. Our record, and the reclaims.
         let (me, node, nick) = (&self.me, &self.cfg.node_name, &self.nickname);
+        // Our own space reclaimed (the Node was deleted while this host
+        // lived on)? Never register again under this name: step aside.
+        let reclaimed = |l: &PeerList| l.removed.contains(me);
+        let removed_here = ask(handle, Command::IpamStatus)
+            .await?
+            .is_some_and(|s| s.removed.contains(me));
         let (list, _) = self
-            .update(Some(&handle.metrics), |l| l.register(me, node, nick))
+            .update(Some(&handle.metrics), |l| {
+                !reclaimed(l) && !removed_here && l.register(me, node, nick)
+            })
             .await?;
-        for peer in list.candidates(me, &names) {
+        if reclaimed(&list) || removed_here {
+            let msg = step_aside(&self.data_dir);
+            tracing::error!(
+                "this router ({me}) was removed from the ring after its Node was deleted; {msg}"
+            );
+            std::process::exit(1);
+        }
+        let candidates = list.candidates(me, &names);
+        st.missing_since.retain(|p, _| candidates.contains(p));
+        for peer in candidates {
             let rec = &list.peers[&peer];
+            if peer.parse::<PeerName>().is_err() {
+                // Never fall back to a nickname match: skip what is not a name.
+                warn!(key = %peer, "the peer list holds a key that is not a peer name; ignored");
+                continue;
+            }
             if !rec.retired {
                 // The watch may lag behind a Node just created: ask.
                 if nodes.get_opt(&rec.node).await?.is_some() {
+                    st.missing_since.remove(&peer);
                     continue;
                 }
+            }
+            // Its pods live on for a while after the Node object goes
+            // (until pod GC): their addresses must not be handed out yet.
+            let since = *st
+                .missing_since
+                .entry(peer.clone())
+                .or_insert_with(std::time::Instant::now);
+            if since.elapsed() < self.cfg.reclaim_after {
+                pending = true;
+                continue;
             }
             let status = handle.status().await.context("meshd did not answer")?;
             if status
@@ -354,6 +407,18 @@ impl Kube {
                 .any(|p| p.name == peer && p.reachable)
             {
                 debug!(%peer, node = %rec.node, "Node gone but its router still answers; waiting");
+                pending = true;
+                continue;
+            }
+            // "Unreachable" means something only if we can reach anyone: a
+            // router cut off (or just started) waits, unless no other
+            // registered router is left to reach.
+            let connected = status.mesh.peers.iter().any(|p| !p.is_self && p.reachable);
+            let others_alive = list.peers.iter().any(|(name, r)| {
+                name != me && *name != peer && !r.retired && names.contains(&r.node)
+            });
+            if !connected && others_alive {
+                debug!(%peer, "not connected to any live router; reclaim waits");
                 pending = true;
                 continue;
             }
@@ -381,7 +446,9 @@ impl Kube {
             })
             .await?
             {
-                Ok(_) => {}
+                Ok(_) => {
+                    handle.metrics.kube_reclaims.inc();
+                }
                 Err(e) => {
                     warn!(%peer, "reclaim postponed: {e}");
                     pending = true;
@@ -392,23 +459,20 @@ impl Kube {
                 .update(Some(&handle.metrics), |l| l.finish(&peer, me))
                 .await?;
             if done {
-                handle.metrics.kube_reclaims.inc();
                 info!(%peer, node = %rec.node, "reclaimed; the router is off the peer list");
             }
         }
 
-        // 3. Tell Kubernetes our Node's network is up.
+        // 3. Tell Kubernetes our Node's network is up (once: only a change
+        //    of the condition is written, so lastTransitionTime means it).
         let net = ask(handle, Command::Network).await?;
-        if net.ready {
-            let due = st
-                .reported
-                .is_none_or(|t| t.elapsed() > Duration::from_secs(300));
-            if due {
-                self.report_ready(nodes).await?;
-                st.reported = Some(std::time::Instant::now());
-            }
-        } else {
+        let ours = all
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(&self.cfg.node_name));
+        if !net.ready {
             pending = true;
+        } else if ours.is_some_and(|n| !network_available(n)) {
+            self.report_ready(nodes).await?;
         }
         Ok(pending)
     }
@@ -448,7 +512,51 @@ struct ReconcileState {
     /// Peer addresses we added from Nodes (persisted, so that the addresses
     /// of Nodes deleted while meshd was down are forgotten too).
     managed: BTreeSet<SocketAddr>,
-    reported: Option<std::time::Instant>,
+    /// Reclaim candidates, since when we have seen their Node gone.
+    missing_since: BTreeMap<String, std::time::Instant>,
+}
+
+/// Moves the identity and IPAM state of a removed router aside, so that the
+/// next start is a new router. Returns what it did, for the log.
+pub fn step_aside(data_dir: &std::path::Path) -> String {
+    let stamp = now_secs();
+    for f in ["identity.key", "ipam.json"] {
+        let p = data_dir.join(f);
+        let _ = std::fs::rename(&p, data_dir.join(format!("{f}.removed-{stamp}")));
+    }
+    format!(
+        "its identity and IPAM state were moved aside (*.removed-{stamp}): restart to join as a new router"
+    )
+}
+
+/// What a pass depends on: Node names and addresses (not heartbeats).
+fn fingerprint(all: &[Arc<Node>]) -> BTreeMap<String, Vec<String>> {
+    all.iter()
+        .map(|n| {
+            let addrs = n
+                .status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .map(|a| {
+                    a.iter()
+                        .map(|a| format!("{}={}", a.type_, a.address))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (n.metadata.name.clone().unwrap_or_default(), addrs)
+        })
+        .collect()
+}
+
+/// Whether a Node already says NetworkUnavailable=False.
+fn network_available(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "NetworkUnavailable" && c.status == "False")
+        })
 }
 
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {

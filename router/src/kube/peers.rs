@@ -25,7 +25,15 @@ pub struct PeerList {
     /// Peer name -> where it runs.
     #[serde(default)]
     pub peers: BTreeMap<String, PeerRecord>,
+    /// Routers whose space was reclaimed (the latest [`MAX_REMOVED`]): one
+    /// that comes back with its old identity learns it here, before it can
+    /// hand out an address that now belongs to its heir.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
 }
+
+/// How many reclaimed routers the list remembers.
+pub const MAX_REMOVED: usize = 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerRecord {
@@ -155,6 +163,11 @@ impl PeerList {
         match self.peers.get(peer) {
             Some(rec) if rec.claim.as_ref().is_some_and(|c| c.by == me) => {
                 self.peers.remove(peer);
+                if !self.removed.iter().any(|r| r == peer) {
+                    self.removed.push(peer.to_owned());
+                }
+                let excess = self.removed.len().saturating_sub(MAX_REMOVED);
+                self.removed.drain(..excess);
                 true
             }
             _ => false,
@@ -260,6 +273,7 @@ mod tests {
         assert!(l.finish("c", "b"));
         assert_eq!(l.claim("c", "a", later), ClaimOutcome::Gone);
         assert!(!l.peers.contains_key("c"));
+        assert_eq!(l.removed, vec!["c"]);
     }
 
     #[test]
