@@ -8,4 +8,5 @@ pub mod cni;
 pub mod ipam;
 pub mod kube;
 pub mod netns;
+pub mod podman;
 pub mod sim;

@@ -358,6 +358,37 @@ impl Lab {
         Ok(ns)
     }
 
+    /// Starts meshd on every node: the range split by consensus of all of
+    /// them, each node's CNI state directory in its own directory, the
+    /// later nodes told about the first.
+    pub fn start_all_with_cni(&mut self, password: &str) -> Result<()> {
+        let n = self.nodes.len();
+        for i in 0..n {
+            let mut args = vec![
+                format!("--ipalloc-init=consensus={n}"),
+                format!(
+                    "--cni-state-dir={}",
+                    self.nodes[i].dir.join("cni").display()
+                ),
+            ];
+            if i > 0 {
+                args.push(format!("--peer={}", self.nodes[0].addr()));
+            }
+            self.start_meshd(i, password, &args)?;
+        }
+        Ok(())
+    }
+
+    /// Node `i`'s allocation keys that start with `prefix`.
+    pub fn keys_with_prefix(&self, i: usize, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .allocations(i)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.starts_with(prefix))
+            .collect())
+    }
+
     /// Node `i`'s allocations as meshd lists them: `(key, ip)`.
     pub fn allocations(&self, i: usize) -> Result<Vec<(String, String)>> {
         let out = run(Command::new("curl")

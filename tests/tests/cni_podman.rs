@@ -6,112 +6,24 @@
 //!
 //! The image is made here from Debian's static busybox with `podman import`.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use weft_tests::cni::{REFERENCE_PLUGINS, busybox_tar, shipped_conflist};
-use weft_tests::netns::{Lab, bin_dir, run};
+use weft_tests::cni::busybox_tar;
+use weft_tests::netns::Lab;
+use weft_tests::podman::Podman;
 
 const PW: &str = "correct horse battery staple";
 const IMAGE: &str = "localhost/weft-test-busybox";
 
-/// Podman for one node: its own storage, state, and CNI config directory.
-struct Podman {
-    ns: String,
-    dir: PathBuf,
-}
-
-impl Podman {
-    fn new(lab: &Lab, i: usize) -> Result<Podman> {
-        let dir = lab.nodes[i].dir.join("podman");
-        let net_d = dir.join("net.d");
-        std::fs::create_dir_all(&net_d)?;
-        std::fs::create_dir_all(dir.join("tmp"))?;
-        let list = shipped_conflist(&lab.nodes[i].socket(), &lab.nodes[i].dir.join("cni"))?;
-        std::fs::write(net_d.join("10-weft.conflist"), list.to_string())?;
-        std::fs::write(
-            dir.join("containers.conf"),
-            format!(
-                "[containers]\n\
-                 default_ulimits = []\n\
-                 log_driver = \"k8s-file\"\n\
-                 [engine]\n\
-                 cgroup_manager = \"cgroupfs\"\n\
-                 events_logger = \"file\"\n\
-                 runtime = \"runc\"\n\
-                 tmp_dir = \"{tmp}\"\n\
-                 [network]\n\
-                 network_backend = \"cni\"\n\
-                 cni_plugin_dirs = [\"{bin}\", \"{REFERENCE_PLUGINS}\"]\n\
-                 network_config_dir = \"{net_d}\"\n",
-                tmp = dir.join("tmp").display(),
-                bin = bin_dir().display(),
-                net_d = net_d.display(),
-            ),
-        )?;
-        Ok(Podman {
-            ns: lab.nodes[i].ns.clone(),
-            dir,
-        })
-    }
-
-    /// podman in the node's network namespace. Through nsenter rather than
-    /// `ip netns exec`, which mounts a fresh /sys without the cgroup
-    /// hierarchy runc needs.
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.ns))
-            .arg("podman")
-            .arg("--root")
-            .arg(self.dir.join("root"))
-            .arg("--runroot")
-            .arg(self.dir.join("runroot"))
-            .args(args)
-            .env("CONTAINERS_CONF", self.dir.join("containers.conf"));
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Result<Output> {
-        run(&mut self.cmd(args))
-    }
-
-    fn stdout(&self, args: &[&str]) -> Result<String> {
-        Ok(String::from_utf8_lossy(&self.run(args)?.stdout)
-            .trim()
-            .to_owned())
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["rm", "-fa", "-t", "0"]).output();
-    }
-}
-
 fn cni_keys(lab: &Lab, i: usize) -> Result<Vec<String>> {
-    Ok(lab
-        .allocations(i)?
-        .into_iter()
-        .map(|(k, _)| k)
-        .filter(|k| k.starts_with("cni:"))
-        .collect())
+    lab.keys_with_prefix(i, "cni:")
 }
 
 #[test]
 fn podman_containers_on_two_nodes() -> Result<()> {
     let mut lab = Lab::new("pm", 2)?;
-    for i in 0..2 {
-        let mut args = vec![
-            "--ipalloc-init=consensus=2".to_owned(),
-            format!("--cni-state-dir={}", lab.nodes[i].dir.join("cni").display()),
-        ];
-        if i > 0 {
-            args.push(format!("--peer={}", lab.nodes[0].addr()));
-        }
-        lab.start_meshd(i, PW, &args)?;
-    }
+    lab.start_all_with_cni(PW)?;
     lab.gateway(0)?;
     lab.gateway(1)?;
     let tar = busybox_tar(lab.dir(), "podman")?;

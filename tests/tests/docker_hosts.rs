@@ -126,12 +126,7 @@ fn meshctl(lab: &Lab, i: usize, docker: &Dockerd, args: &[&str]) -> Result<Strin
 }
 
 fn attach_keys(lab: &Lab, i: usize) -> Result<Vec<String>> {
-    Ok(lab
-        .allocations(i)?
-        .into_iter()
-        .map(|(k, _)| k)
-        .filter(|k| k.starts_with("cni:weft-attach:"))
-        .collect())
+    lab.keys_with_prefix(i, "cni:weft-attach:")
 }
 
 fn host_veths(lab: &Lab, i: usize) -> Result<usize> {
@@ -149,16 +144,7 @@ fn host_veths(lab: &Lab, i: usize) -> Result<usize> {
 #[test]
 fn docker_containers_on_two_hosts_attach_ping_and_detach() -> Result<()> {
     let mut lab = Lab::new("dk", 2)?;
-    for i in 0..2 {
-        let mut args = vec![
-            "--ipalloc-init=consensus=2".to_owned(),
-            format!("--cni-state-dir={}", lab.nodes[i].dir.join("cni").display()),
-        ];
-        if i > 0 {
-            args.push(format!("--peer={}", lab.nodes[0].addr()));
-        }
-        lab.start_meshd(i, PW, &args)?;
-    }
+    lab.start_all_with_cni(PW)?;
     for i in 0..2 {
         lab.gateway(i)?;
     }

@@ -170,6 +170,21 @@ fn reclaims(lab: &Lab, nodes: &[usize]) -> Result<u64> {
     Ok(total)
 }
 
+/// Until `peer` is off the peer list and owns nothing in the (agreeing)
+/// rings of nodes 0 and 1.
+fn wait_reclaimed(lab: &Lab, api: &ApiServer, peer: &str) -> Result<()> {
+    lab.wait_for(
+        &format!("the space of {peer} (Node deleted) to be reclaimed"),
+        Duration::from_secs(60),
+        |l| {
+            let own = owners(&ipam(l, 0)?);
+            Ok(api.peer_list()?["peers"].get(peer).is_none()
+                && own.get(peer).copied().unwrap_or(0) == 0
+                && rings_agree(l, &[0, 1])?)
+        },
+    )
+}
+
 /// Node `i`'s allocations, sorted.
 fn held(lab: &Lab, i: usize) -> Result<Vec<(String, String)>> {
     let mut a = lab.allocations(i)?;
@@ -285,16 +300,7 @@ fn routers_find_each_other_through_nodes_and_reclaim_deleted_nodes_space_exactly
     api.kubectl(&["delete", "node", "kr-n2"])?;
     lab.start_meshd(0, PW, &kube_args(0, &sa_config))?;
     lab.start_meshd(1, PW, &kube_args(1, &sa_config))?;
-    lab.wait_for(
-        "the deleted Node's router to be reclaimed",
-        Duration::from_secs(60),
-        |l| {
-            let own = owners(&ipam(l, 0)?);
-            Ok(api.peer_list()?["peers"].get(&n2).is_none()
-                && own.get(&n2).copied().unwrap_or(0) == 0
-                && rings_agree(l, &[0, 1])?)
-        },
-    )?;
+    wait_reclaimed(&lab, &api, &n2)?;
     ensure!(reclaims(&lab, &[0, 1])? == 1, "reclaimed more than once");
     check_space(&lab, &[0, 1], &before)?;
     for i in 0..2 {
@@ -324,16 +330,7 @@ fn routers_find_each_other_through_nodes_and_reclaim_deleted_nodes_space_exactly
     }
     lab.kill_meshd(3);
     api.kubectl(&["delete", "node", "kr-n3"])?;
-    lab.wait_for(
-        "the second deleted Node's router to be reclaimed",
-        Duration::from_secs(60),
-        |l| {
-            let own = owners(&ipam(l, 0)?);
-            Ok(api.peer_list()?["peers"].get(&n3).is_none()
-                && own.get(&n3).copied().unwrap_or(0) == 0
-                && rings_agree(l, &[0, 1])?)
-        },
-    )?;
+    wait_reclaimed(&lab, &api, &n3)?;
     ensure!(
         reclaims(&lab, &[0, 1])? == 2,
         "each deleted Node is reclaimed once"
