@@ -9,7 +9,7 @@
 #   sudo deploy/demo.sh            # build, run, show, clean up
 #   sudo deploy/demo.sh --keep     # ... and keep it running until Ctrl-C
 #
-# Needs root (network namespaces), iproute2, jq, curl, iperf3 and a Rust
+# Needs root (network namespaces), iproute2, jq, ping, iperf3 and a Rust
 # toolchain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,8 +33,11 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-# Leftovers of an earlier run that was killed.
-for ns in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do ip netns del "$ns" 2>/dev/null || true; done
+# Leftovers of an earlier run that was killed: its processes, then its namespaces.
+for ns in $(ip netns list | awk '{print $1}' | grep "^$P-" || true); do
+  ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+  ip netns del "$ns" 2>/dev/null || true
+done
 
 echo "== building meshd, meshctl and the CNI plugin weft (release)"
 cargo build --release -q -p weft-router -p weft-cni

@@ -115,8 +115,8 @@ pub struct MeshdArgs {
     /// downward API, spec.nodeName). Required with --kube.
     #[arg(long, env = "WEFT_NODE_NAME")]
     pub node_name: Option<String>,
-    /// Kubeconfig to reach the API with [default: the pod's service account,
-    /// else KUBECONFIG or ~/.kube/config].
+    /// Kubeconfig to reach the API with [default: KUBECONFIG or
+    /// ~/.kube/config if there is one, else the pod's service account].
     #[arg(long, env = "WEFT_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// Namespace of the peer-list ConfigMap.

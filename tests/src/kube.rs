@@ -51,7 +51,16 @@ impl ApiServer {
     /// Starts an API server with its state under `dir` (about ten seconds).
     pub fn start(dir: &Path) -> Result<Self> {
         let tools = tools_dir()?;
+        std::fs::create_dir_all(dir)?;
         let state = dir.join("kube");
+        // An earlier run that was killed left its servers running: stop
+        // them while their pid files still say which they are.
+        if state.join("apiserver.pid").exists() {
+            let _ = Command::new("bash")
+                .arg(tools.join("stop.sh"))
+                .arg(&state)
+                .output();
+        }
         let _ = std::fs::remove_dir_all(&state);
         let out = run(Command::new("bash").arg(tools.join("start.sh")).arg(&state))?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -218,7 +227,7 @@ impl ApiServer {
         Ok(())
     }
 
-    /// `kubectl get node NAME -o json`, or None if it does not exist.
+    /// `kubectl get node NAME -o json`.
     pub fn node(&self, name: &str) -> Result<serde_json::Value> {
         let out = self.kubectl(&["get", "node", name, "-o", "json"])?;
         Ok(serde_json::from_slice(&out.stdout)?)

@@ -83,7 +83,18 @@ fn run_args(
         .and_then(|cs| cs.iter().find(|c| c["name"] == "meshd"))
         .context("no meshd container")?;
     let sc = &c["securityContext"];
+    // What the manifest promises, checked, then applied below as written.
     ensure!(sc["privileged"] != true, "meshd must not be privileged");
+    ensure!(
+        sc["capabilities"]["drop"] == serde_json::json!(["ALL"]),
+        "{sc}"
+    );
+    ensure!(
+        sc["capabilities"]["add"] == serde_json::json!(["NET_ADMIN"]),
+        "{sc}"
+    );
+    ensure!(sc["readOnlyRootFilesystem"] == true, "{sc}");
+    ensure!(sc["allowPrivilegeEscalation"] == false, "{sc}");
     let node_dir = &lab.nodes[i].dir;
     let mut a: Vec<String> = vec![
         "run".into(),
@@ -102,7 +113,9 @@ fn run_args(
         }
     }
     if sc["readOnlyRootFilesystem"] == true {
+        // As in Kubernetes: no writable tmpfs on /tmp and /run either.
         a.push("--read-only".into());
+        a.push("--read-only-tmpfs=false".into());
     }
     if sc["allowPrivilegeEscalation"] == false {
         a.push("--security-opt=no-new-privileges".into());
@@ -227,12 +240,14 @@ fn the_daemonsets_meshd_container_runs_with_only_its_capabilities() -> Result<()
     let said =
         String::from_utf8_lossy(&logs.stderr).to_string() + &String::from_utf8_lossy(&logs.stdout);
     ensure!(
-        said.contains("not permitted") || said.contains("ermission denied"),
-        "no permission error from meshd without NET_ADMIN: {said}"
+        said.contains("not permitted"),
+        "no EPERM from meshd without NET_ADMIN: {said}"
     );
     podman[0].run(&["rm", "-f", "meshd-nocaps"])?;
 
     for (i, p) in podman.iter().enumerate() {
+        // Start from what meshd must change, so the checks below see its writes.
+        lab.exec(i, &["sysctl", "-qw", "net.ipv4.ip_forward=0"])?;
         let a = run_args(&docs, &lab, i, &root, &env(i), true)?;
         let args: Vec<&str> = a.iter().map(String::as_str).collect();
         p.run(&args)?;
@@ -259,8 +274,13 @@ fn the_daemonsets_meshd_container_runs_with_only_its_capabilities() -> Result<()
         lab.exec(i, &["ip", "link", "show", "weft-tun"])?;
         lab.exec(i, &["ip", "link", "show", "weft"])?;
         lab.exec(i, &["nft", "list", "table", "ip", "weft"])?;
-        let fwd = lab.exec(i, &["cat", "/proc/sys/net/ipv4/ip_forward"])?;
-        ensure!(String::from_utf8_lossy(&fwd.stdout).trim() == "1");
+        for (sysctl, want) in [("ipv4/ip_forward", "1"), ("ipv4/conf/weft/proxy_arp", "1")] {
+            let v = lab.exec(i, &["cat", &format!("/proc/sys/net/{sysctl}")])?;
+            ensure!(
+                String::from_utf8_lossy(&v.stdout).trim() == want,
+                "node {i}: {sysctl} not set through the mounted /proc/sys/net"
+            );
+        }
         let pod = lab.add_netns(&format!("pod{i}"))?;
         let a = meshctl(&lab, i, &["attach", &pod])?;
         addrs.push((pod, a.split('/').next().unwrap_or_default().to_owned()));

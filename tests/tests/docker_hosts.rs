@@ -225,6 +225,7 @@ fn docker_containers_on_two_hosts_attach_ping_and_detach() -> Result<()> {
 
     ensure!(attach_keys(&lab, 0)?.len() == 1);
     ensure!(attach_keys(&lab, 1)?.len() == 2);
+    ensure!(host_veths(&lab, 0)? == 1 && host_veths(&lab, 1)? == 2);
     // Detach: a running container, a namespace, and a container already removed.
     meshctl(&lab, 0, &docker[0], &["detach", "c0"])?;
     let links = docker[0].stdout(&["exec", "c0", "ip", "-o", "link"])?;

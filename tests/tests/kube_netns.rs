@@ -39,10 +39,7 @@ fn apply_manifests(api: &ApiServer) -> Result<()> {
 
 #[test]
 fn manifests_apply_and_the_service_account_may_do_exactly_what_meshd_does() -> Result<()> {
-    let dir = std::env::temp_dir().join("weft-kube-manifests");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let api = ApiServer::start(&dir)?;
+    let api = ApiServer::start(&std::env::temp_dir().join("weft-kube-manifests"))?;
     apply_manifests(&api)?;
     let ds = api.kubectl(&[
         "-n",
@@ -227,7 +224,9 @@ fn check_space(
 fn routers_find_each_other_through_nodes_and_reclaim_deleted_nodes_space_exactly_once() -> Result<()>
 {
     let mut lab = Lab::new("kr", 4)?;
-    let api = ApiServer::start(lab.dir())?;
+    // Not under the lab's directory, which Lab::new wipes: a killed run's
+    // servers are found (and stopped) through their pid files.
+    let api = ApiServer::start(&std::env::temp_dir().join("weft-kube-kr"))?;
     apply_manifests(&api)?;
     // meshd authenticates as the DaemonSet's ServiceAccount: any call the
     // RBAC does not grant fails this test.
@@ -322,6 +321,12 @@ fn routers_find_each_other_through_nodes_and_reclaim_deleted_nodes_space_exactly
     lab.wait_for("rings to agree with n3", Duration::from_secs(20), |l| {
         rings_agree(l, &[0, 1, 3])
     })?;
+    ensure!(
+        lab.status(0)?["mesh"]["targets"]
+            .to_string()
+            .contains(&lab.nodes[3].ip.to_string()),
+        "kr-n3's address was never dialed"
+    );
     let own_before = owners(&ipam(&lab, 0)?);
     let n3_owned = own_before[&n3];
     ensure!(n3_owned > 0);

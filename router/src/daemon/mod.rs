@@ -169,6 +169,17 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let identity = crate::identity::Identity::load_or_create(&cfg.data_dir)?;
+    // /healthz answers from here on, also while meshd waits for the
+    // Kubernetes API below; /readyz and the API wait for the loop.
+    let metrics = Arc::new(Metrics::new());
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let handle = Handle {
+        commands: cmd_tx,
+        metrics: metrics.clone(),
+        ipam_prefix: crate::ipam::prefix_len(cfg.ipalloc_range),
+    };
+    let http =
+        crate::api::serve_metrics(cfg.metrics_addr, handle.clone(), shutdown.clone()).await?;
     // With --kube the API decides how IPAM starts, before it starts. A
     // router with IPAM state restores its ring whatever the init, so it
     // does not wait for the API (it registers from the background task).
@@ -183,7 +194,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
             )
             .await?;
             if k.decide_bootstrap && !crate::ipam::IpamService::has_state(&cfg.data_dir) {
-                ipalloc_init = kube.bootstrap(&shutdown).await?;
+                ipalloc_init = kube.bootstrap(&shutdown, &metrics).await?;
             } else if kube.reclaimed().await == Some(true) {
                 // Before IPAM opens: not one address from the old ranges.
                 anyhow::bail!(
@@ -268,7 +279,6 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         ),
         None => None,
     };
-    let metrics = Arc::new(Metrics::new());
     let (ev_tx, ev_rx) = mpsc::channel(2048);
     let ctx = Arc::new(SessionCtx::new(
         ev_tx,
@@ -276,12 +286,6 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         mesh.hello(None),
         cfg.handshake_timeout,
     ));
-    let (cmd_tx, cmd_rx) = mpsc::channel(64);
-    let handle = Handle {
-        commands: cmd_tx,
-        metrics: metrics.clone(),
-        ipam_prefix: crate::ipam::prefix_len(cfg.ipalloc_range),
-    };
 
     info!(name = %identity.name, nickname = %cfg.nickname, %listen, encryption = cfg.admission.label(), "meshd starting");
     let status_base = Status {
@@ -329,7 +333,6 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
 
     let handle_kube = handle.clone();
     let api = crate::api::serve_api(&cfg.api_socket, handle.clone(), shutdown.clone()).await?;
-    let http = crate::api::serve_metrics(cfg.metrics_addr, handle, shutdown.clone()).await?;
 
     let acceptor = {
         let endpoint = endpoint.clone();

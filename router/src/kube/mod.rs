@@ -169,14 +169,19 @@ impl Kube {
     /// Decides how IPAM starts: the seed recorded in the ConfigMap, or us if
     /// there is none yet. Registers us on our Node. Retries until the API
     /// answers or `shutdown` flips.
-    pub async fn bootstrap(&self, shutdown: &watch::Receiver<bool>) -> Result<Init> {
+    pub async fn bootstrap(
+        &self,
+        shutdown: &watch::Receiver<bool>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<Init> {
+        let mut shutdown = shutdown.clone();
         let mut warned = 0u32;
         loop {
             let me = self.me.clone();
             let (node, nick) = (self.cfg.node_name.clone(), self.nickname.clone());
             let decide = self.cfg.decide_bootstrap;
             match self
-                .update(None, |l| {
+                .update(Some(metrics), |l| {
                     let a = decide && l.seed_if_empty(&me);
                     let b = l.register(&me, &node, &nick);
                     a || b
@@ -194,16 +199,17 @@ impl Kube {
                     return Ok(Init::Seed(seeds));
                 }
                 Err(e) => {
+                    metrics.kube_errors.inc();
                     if warned.is_multiple_of(5) {
                         warn!("waiting for the Kubernetes API to decide the IPAM bootstrap: {e:#}");
                     }
                     warned += 1;
                 }
             }
-            if *shutdown.borrow() {
-                bail!("stopped while waiting for the Kubernetes API");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = stopped(&mut shutdown) => bail!("stopped while waiting for the Kubernetes API"),
             }
-            tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
 
