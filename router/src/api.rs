@@ -93,17 +93,9 @@ async fn ask<T>(
     h: &Handle,
     cmd: impl FnOnce(oneshot::Sender<T>) -> Command,
 ) -> Result<T, Box<Response>> {
-    let unavailable = || {
-        Box::new(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "router loop not answering",
-        ))
-    };
-    let (tx, rx) = oneshot::channel();
-    if h.commands.send(cmd(tx)).await.is_err() {
-        return Err(unavailable());
-    }
-    rx.await.map_err(|_| unavailable())
+    h.ask(cmd, None)
+        .await
+        .map_err(|e| Box::new(error(StatusCode::SERVICE_UNAVAILABLE, e)))
 }
 
 /// An address with what a pod needs to use it (bridge, MTU, gateway), so
@@ -308,7 +300,7 @@ async fn readyz(State(h): State<Handle>) -> Response {
 }
 
 async fn wait(mut shutdown: watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
+    crate::daemon::stopped(&mut shutdown).await;
 }
 
 /// Serves the API on `path`, creating its directory (mode 0700) and the socket (mode 0600).

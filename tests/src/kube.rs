@@ -7,15 +7,14 @@
 //! namespace reaches the API server through [`ApiServer::forward_into`].
 
 use std::fs::File;
-use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use anyhow::{Context, Result, bail};
 use nix::sched::{CloneFlags, setns};
 
-use crate::netns::run;
+use crate::netns::{run, run_input};
 
 pub struct ApiServer {
     pub kubeconfig: PathBuf,
@@ -92,27 +91,12 @@ impl ApiServer {
 
     /// kubectl with `input` on stdin.
     pub fn kubectl_in(&self, args: &[&str], input: &str) -> Result<Output> {
-        let mut child = Command::new("kubectl")
-            .env("KUBECONFIG", &self.kubeconfig)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(input.as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {args:?} failed: {}{}",
-                String::from_utf8_lossy(&out.stderr),
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-        Ok(out)
+        run_input(
+            Command::new("kubectl")
+                .env("KUBECONFIG", &self.kubeconfig)
+                .args(args),
+            input,
+        )
     }
 
     /// `kubectl auth can-i VERB RESOURCE [--subresource] -n NS --as SUBJECT`.

@@ -66,6 +66,27 @@ pub fn run(cmd: &mut Command) -> Result<Output> {
     Ok(out)
 }
 
+/// Runs a command with `input` on its stdin; fails on a non-zero exit,
+/// with its output in the error.
+pub fn run_input(cmd: &mut Command, input: &str) -> Result<Output> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cmd:?}"))?;
+    std::io::Write::write_all(&mut child.stdin.take().context("stdin")?, input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(out)
+}
+
 fn ip(args: &[&str]) -> Result<Output> {
     run(Command::new("ip").args(args))
 }
@@ -426,16 +447,11 @@ impl Lab {
             "table bridge wtblock {{\n chain forward_block {{\n type filter hook forward priority 0;\n \
              ip saddr {x} ip daddr {y} drop\n ip saddr {y} ip daddr {x} drop\n }}\n}}\n"
         );
-        let mut c = Command::new("ip")
-            .args(["netns", "exec", &self.switch, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .spawn()?;
-        use std::io::Write;
-        c.stdin
-            .take()
-            .context("stdin")?
-            .write_all(script.as_bytes())?;
-        anyhow::ensure!(c.wait()?.success(), "nft block rule failed");
+        run_input(
+            Command::new("ip").args(["netns", "exec", &self.switch, "nft", "-f", "-"]),
+            &script,
+        )
+        .context("nft block rule failed")?;
         Ok(())
     }
 }

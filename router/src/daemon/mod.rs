@@ -92,14 +92,33 @@ pub struct Handle {
 }
 
 impl Handle {
-    pub async fn status(&self) -> Option<Status> {
+    /// Sends a command to the loop and waits for its answer, for at most
+    /// `within` if given. Errs when the loop is gone or does not answer.
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+        within: Option<Duration>,
+    ) -> Result<T, &'static str> {
+        const GONE: &str = "router loop not answering";
         let (tx, rx) = oneshot::channel();
-        self.commands.send(Command::Status(tx)).await.ok()?;
-        tokio::time::timeout(Duration::from_secs(2), rx)
+        self.commands.send(make(tx)).await.map_err(|_| GONE)?;
+        match within {
+            Some(d) => tokio::time::timeout(d, rx).await.map_err(|_| GONE)?,
+            None => rx.await,
+        }
+        .map_err(|_| GONE)
+    }
+
+    pub async fn status(&self) -> Option<Status> {
+        self.ask(Command::Status, Some(Duration::from_secs(2)))
             .await
-            .ok()?
             .ok()
     }
+}
+
+/// Resolves once `shutdown` flips (or its sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 #[derive(Serialize, Deserialize, Default)]

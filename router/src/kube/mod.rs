@@ -39,7 +39,7 @@ use tracing::{debug, info, warn};
 use weft_ipam_crdt::{Init, PeerName};
 
 use self::peers::{ClaimOutcome, PeerList};
-use crate::daemon::{Command, Handle};
+use crate::daemon::{Command, Handle, stopped};
 use crate::store;
 
 /// `--kube` settings.
@@ -136,18 +136,17 @@ impl Kube {
                 ),
                 Err(e) => return Err(e).context(format!("reading ConfigMap {name}")),
             };
-            let data = cm.data.clone().unwrap_or_default();
             // A list we cannot read is never overwritten: that would lose
             // the record of who owns what.
-            let mut list = PeerList::parse(data.get(peers::KEY).map(String::as_str))
+            let mut list = peer_list(&cm)
                 .map_err(|e| anyhow!("ConfigMap {}/{name}: {e}", self.cfg.namespace))?;
             if !f(&mut list) {
                 return Ok((list, false));
             }
             let mut new = cm;
-            let mut data: BTreeMap<String, String> = data;
-            data.insert(peers::KEY.to_owned(), list.to_json());
-            new.data = Some(data);
+            new.data
+                .get_or_insert_with(BTreeMap::new)
+                .insert(peers::KEY.to_owned(), list.to_json());
             // replace() sends the resourceVersion we read: a concurrent
             // writer makes it fail with 409 and we start over.
             match api.replace(name, &PostParams::default(), &new).await {
@@ -176,14 +175,13 @@ impl Kube {
     ) -> Result<Init> {
         let mut shutdown = shutdown.clone();
         let mut warned = 0u32;
+        let (me, node, nick) = (&self.me, &self.cfg.node_name, &self.nickname);
+        let decide = self.cfg.decide_bootstrap;
         loop {
-            let me = self.me.clone();
-            let (node, nick) = (self.cfg.node_name.clone(), self.nickname.clone());
-            let decide = self.cfg.decide_bootstrap;
             match self
                 .update(Some(metrics), |l| {
-                    let a = decide && l.seed_if_empty(&me);
-                    let b = l.register(&me, &node, &nick);
+                    let a = decide && l.seed_if_empty(me);
+                    let b = l.register(me, node, nick);
                     a || b
                 })
                 .await
@@ -221,9 +219,7 @@ impl Kube {
             .await
             .ok()?
             .ok()??;
-        let data = cm.data.unwrap_or_default();
-        let list = PeerList::parse(data.get(peers::KEY).map(String::as_str)).ok()?;
-        Some(list.removed.contains(&self.me))
+        Some(peer_list(&cm).ok()?.removed.contains(&self.me))
     }
 
     /// Runs the Node watch and the reconcile loop until `shutdown`.
@@ -322,20 +318,10 @@ impl Kube {
             let Some(name) = n.metadata.name.clone() else {
                 continue;
             };
-            if name != self.cfg.node_name {
-                let addrs: Vec<(String, String)> = n
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.addresses.as_ref())
-                    .map(|a| {
-                        a.iter()
-                            .map(|a| (a.type_.clone(), a.address.clone()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if let Some(ip) = peers::node_address(&addrs) {
-                    want.insert(SocketAddr::new(ip, self.cfg.peer_port));
-                }
+            if name != self.cfg.node_name
+                && let Some(ip) = peers::node_address(&node_addresses(n))
+            {
+                want.insert(SocketAddr::new(ip, self.cfg.peer_port));
             }
             names.insert(name);
         }
@@ -535,21 +521,37 @@ pub fn step_aside(data_dir: &std::path::Path) -> String {
     )
 }
 
+/// The peer list a ConfigMap holds (empty if it has none yet).
+fn peer_list(cm: &ConfigMap) -> Result<PeerList, String> {
+    PeerList::parse(
+        cm.data
+            .as_ref()
+            .and_then(|d| d.get(peers::KEY))
+            .map(String::as_str),
+    )
+}
+
+/// A Node's `(type, address)` pairs.
+fn node_addresses(n: &Node) -> Vec<(String, String)> {
+    n.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .map(|a| {
+            a.iter()
+                .map(|a| (a.type_.clone(), a.address.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// What a pass depends on: Node names and addresses (not heartbeats).
-fn fingerprint(all: &[Arc<Node>]) -> BTreeMap<String, Vec<String>> {
+fn fingerprint(all: &[Arc<Node>]) -> BTreeMap<String, Vec<(String, String)>> {
     all.iter()
         .map(|n| {
-            let addrs = n
-                .status
-                .as_ref()
-                .and_then(|s| s.addresses.as_ref())
-                .map(|a| {
-                    a.iter()
-                        .map(|a| format!("{}={}", a.type_, a.address))
-                        .collect()
-                })
-                .unwrap_or_default();
-            (n.metadata.name.clone().unwrap_or_default(), addrs)
+            (
+                n.metadata.name.clone().unwrap_or_default(),
+                node_addresses(n),
+            )
         })
         .collect()
 }
@@ -565,20 +567,10 @@ fn network_available(n: &Node) -> bool {
         })
 }
 
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
-}
-
-/// Sends a command to the router loop and waits for its answer.
+/// Sends a command to the router loop and waits (up to 10 s) for its answer.
 async fn ask<T>(handle: &Handle, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
-    let (tx, rx) = oneshot::channel();
     handle
-        .commands
-        .send(make(tx))
+        .ask(make, Some(Duration::from_secs(10)))
         .await
-        .map_err(|_| anyhow!("meshd is stopping"))?;
-    tokio::time::timeout(Duration::from_secs(10), rx)
-        .await
-        .context("meshd did not answer")?
-        .context("meshd dropped the request")
+        .map_err(|e| anyhow!("meshd: {e}"))
 }
