@@ -56,6 +56,11 @@ pub fn bin_dir() -> PathBuf {
 
 pub fn run(cmd: &mut Command) -> Result<Output> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    succeeded(cmd, out)
+}
+
+/// `out` if the command exited 0, else an error with its output.
+fn succeeded(cmd: &Command, out: Output) -> Result<Output> {
     if !out.status.success() {
         bail!(
             "{cmd:?} failed: {}{}",
@@ -77,14 +82,7 @@ pub fn run_input(cmd: &mut Command, input: &str) -> Result<Output> {
         .with_context(|| format!("running {cmd:?}"))?;
     std::io::Write::write_all(&mut child.stdin.take().context("stdin")?, input.as_bytes())?;
     let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    Ok(out)
+    succeeded(cmd, out)
 }
 
 fn ip(args: &[&str]) -> Result<Output> {
