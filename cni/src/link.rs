@@ -12,7 +12,7 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-use weft_router::dataplane::host::errno;
+use weft_kernel::errno;
 
 use crate::netns::NetNs;
 use crate::spec::{CniError, code};
@@ -256,7 +256,7 @@ impl Netlink {
 /// Writes a sysctl of the namespace the calling thread is in; `key` is its
 /// path under /proc/sys (slashes, since interface names may hold dots).
 pub fn sysctl(key: &str, value: &str) -> Result<(), CniError> {
-    weft_router::dataplane::host::sysctl(key, value).map_err(|e| {
+    weft_kernel::sysctl(key, value).map_err(|e| {
         CniError::new(code::KERNEL, format!("setting {key} to {value}")).details(format!("{e:#}"))
     })
 }

@@ -1,12 +1,12 @@
 //! meshd's local API as the plugin uses it: addresses by key, the node's
 //! pod network, and the releases left for meshd when it cannot be reached.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use hyper::{Method, StatusCode};
-use weft_router::api_types::{CNI_KEY_PREFIX, IpReply, NetworkStatus, PendingRelease};
-use weft_router::client;
+use weft_api::client;
+use weft_api::{Allocation, CNI_KEY_PREFIX, IpReply, NetworkStatus, PendingRelease};
 
 use crate::spec::{CniError, code};
 
@@ -152,15 +152,9 @@ impl Meshd {
         }
     }
 
-    /// Every allocation meshd holds here, as `(key, ip)`.
-    pub async fn allocations(&self) -> Result<Vec<(String, String)>, MeshdError> {
-        #[derive(serde::Deserialize)]
-        struct Entry {
-            id: String,
-            ip: String,
-        }
-        let list: Vec<Entry> = self.json(Method::GET, "/ip", TIMEOUT).await?;
-        Ok(list.into_iter().map(|e| (e.id, e.ip)).collect())
+    /// Every allocation meshd holds here.
+    pub async fn allocations(&self) -> Result<Vec<Allocation>, MeshdError> {
+        self.json(Method::GET, "/ip", TIMEOUT).await
     }
 
     /// Whether meshd can take pods; 503 carries the same body.
@@ -185,24 +179,14 @@ impl Meshd {
     /// meshd to make when it is back: written whole or not at all.
     pub fn defer_release(&self, key: &str) -> Result<PathBuf, CniError> {
         let path = self.pending_path(key);
-        let io = |e: std::io::Error| {
-            CniError::new(code::IO, format!("cannot record the release of {key}"))
-                .details(e.to_string())
-        };
-        let dir = path.parent().unwrap_or(Path::new("/"));
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let tmp = path.with_extension("tmp");
         let body = serde_json::to_vec(&PendingRelease {
             key: key.to_owned(),
         })
         .map_err(|e| CniError::new(code::INTERNAL, e.to_string()))?;
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&body).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io)?;
+        weft_kernel::write_atomic(&path, &body, 0o600).map_err(|e| {
+            CniError::new(code::IO, format!("cannot record the release of {key}"))
+                .details(format!("{e:#}"))
+        })?;
         Ok(path)
     }
 

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use tracing::{info, warn};
-use weft_router::api_types::{IpReply, PodNetwork};
+use weft_api::{Allocation, IpReply, PodNetwork};
 
 use crate::link::{Netlink, host_ifname, sysctl};
 use crate::meshd::{Meshd, MeshdError, key_id};
@@ -101,20 +101,17 @@ struct Lease {
 
 fn lease(r: &IpReply) -> Result<Lease, CniError> {
     let bad = |m: &str| CniError::new(code::MESHD, format!("meshd's answer: {m}"));
-    let ip: Ipv4Addr = r.ip.parse().map_err(|_| bad("bad ip"))?;
-    let prefix: u8 = r
-        .cidr
-        .split_once('/')
-        .and_then(|(_, p)| p.parse().ok())
-        .filter(|p| *p <= 32)
-        .ok_or_else(|| bad("bad cidr"))?;
+    if r.cidr.addr != r.ip {
+        return Err(bad("the address and its cidr disagree"));
+    }
+    let (ip, prefix) = (r.ip, r.cidr.prefix);
     let Some(net) = r.network.clone() else {
         return Err(CniError::new(
             code::MESHD,
             "meshd runs without a data plane (--no-dataplane): pods cannot be wired on this node",
         ));
     };
-    let Some(gateway) = net.gateway.as_deref().and_then(|g| g.parse().ok()) else {
+    let Some(gateway) = net.gateway else {
         return Err(CniError::new(
             code::TRY_AGAIN_LATER,
             "the node has no overlay address yet",
@@ -482,7 +479,7 @@ pub async fn gc(conf: &NetConf, v: Version) -> Result<(), CniError> {
         .map_err(|e| e.to_cni("listing addresses"))?;
     let mut released = 0;
     let mut errors = Vec::new();
-    for (key, ip) in list {
+    for Allocation { id: key, ip } in list {
         let Some(rest) = key.strip_prefix(&prefix) else {
             continue;
         };

@@ -3,20 +3,20 @@
 //!
 //! | method | path | body | answer |
 //! |---|---|---|---|
-//! | GET | `/status` | | [`Status`](crate::api_types::Status) |
+//! | GET | `/status` | | [`Status`](weft_api::Status) |
 //! | POST | `/connect` | `{"addrs": ["host:port", ...]}` | `{}` |
 //! | POST | `/forget` | `{"addrs": [...]}` | `{}`, or 404 for addresses that were not targets |
 //! | POST | `/ip/{id}` (`?ifname=eth0` keys by interface too, `?addr=A.B.C.D` claims) | | [`IpReply`]; waits up to 30 s for bootstrap or space, then 503 with the reason |
 //! | DELETE | `/ip/{id}` | | `{"id", "released": ip or null}`; an unknown id is not an error |
 //! | GET | `/ip/{id}` | | [`IpReply`], or 404 |
 //! | GET | `/ip` | | `[{"id", "ip"}]` |
-//! | GET | `/ipam` | | [`IpamStatus`](crate::api_types::IpamStatus) |
+//! | GET | `/ipam` | | [`IpamStatus`](weft_api::IpamStatus) |
 //! | POST | `/rmpeer` | `{"peer": name or nickname}` | `{"removed": name}`; 409 for a reachable peer |
 //! | GET | `/healthz` | | `ok` |
 //!
 //! Metrics server: `GET /metrics` (Prometheus text), `/healthz`, `/readyz`.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -31,9 +31,11 @@ use tokio::task::JoinHandle;
 
 use axum::extract::{Path as UrlPath, Query};
 
-use crate::api_types::{ApiError, IpReply, RmPeerRequest, TargetRequest};
 use crate::daemon::{Command, Handle};
-use crate::ipam::fmt_addr;
+use weft_api::{
+    Allocation, ApiError, Cidr, ExposeReply, IpReply, NotReady, Released, RmPeerReply,
+    RmPeerRequest, TargetRequest,
+};
 
 fn error(code: StatusCode, msg: impl Into<String>) -> Response {
     (code, Json(ApiError { error: msg.into() })).into_response()
@@ -101,11 +103,14 @@ async fn ask<T>(
 /// An address with what a pod needs to use it (bridge, MTU, gateway), so
 /// that the CNI plugin's ADD takes one request.
 async fn ip_reply(h: &Handle, id: String, a: u32) -> Response {
-    let ip = fmt_addr(a);
+    let ip = Ipv4Addr::from(a);
     let network = ask(h, Command::Network).await.ok().and_then(|n| n.network);
     Json(IpReply {
         id,
-        cidr: format!("{ip}/{}", h.ipam_prefix),
+        cidr: Cidr {
+            addr: ip,
+            prefix: h.ipam_prefix as u8,
+        },
         ip,
         network,
     })
@@ -191,9 +196,11 @@ async fn ip_release(
     })
     .await
     {
-        Ok(Ok(a)) => {
-            Json(serde_json::json!({ "id": key, "released": a.map(fmt_addr) })).into_response()
-        }
+        Ok(Ok(a)) => Json(Released {
+            id: key,
+            released: a.map(Ipv4Addr::from),
+        })
+        .into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Err(r) => *r,
     }
@@ -224,7 +231,10 @@ async fn ip_list(State(h): State<Handle>) -> Response {
     match ask(&h, Command::ListIps).await {
         Ok(list) => Json(
             list.into_iter()
-                .map(|(id, a)| serde_json::json!({ "id": id, "ip": fmt_addr(a) }))
+                .map(|(id, a)| Allocation {
+                    id,
+                    ip: Ipv4Addr::from(a),
+                })
                 .collect::<Vec<_>>(),
         )
         .into_response(),
@@ -256,7 +266,7 @@ async fn rmpeer(
     })
     .await
     {
-        Ok(Ok(name)) => Json(serde_json::json!({ "removed": name })).into_response(),
+        Ok(Ok(removed)) => Json(RmPeerReply { removed }).into_response(),
         Ok(Err(e)) => error(StatusCode::CONFLICT, e),
         Err(r) => *r,
     }
@@ -264,7 +274,7 @@ async fn rmpeer(
 
 async fn expose(State(h): State<Handle>) -> Response {
     match ask(&h, Command::Expose).await {
-        Ok(Ok(addr)) => Json(serde_json::json!({ "address": addr })).into_response(),
+        Ok(Ok(address)) => Json(ExposeReply { address }).into_response(),
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         Err(r) => *r,
     }
@@ -287,7 +297,7 @@ async fn metrics(State(h): State<Handle>) -> Response {
 /// overlay address (for a control-plane-only router: IPAM is ready).
 async fn readyz(State(h): State<Handle>) -> Response {
     match ask(&h, Command::Network).await {
-        Ok(n) if n.ready || n.reason.as_deref() == Some(crate::daemon::NO_DATAPLANE) => {
+        Ok(n) if n.ready || n.not_ready == Some(NotReady::NoDataPlane) => {
             (StatusCode::OK, "ok\n").into_response()
         }
         Ok(n) => (

@@ -4,8 +4,6 @@
 //! temporary file in the same directory, fsynced, then renamed), so a
 //! runtime reading the directory mid-install never sees half a file.
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -29,31 +27,6 @@ pub fn conflist(socket: &Path, state_dir: &Path) -> Result<String> {
     Ok(serde_json::to_string_pretty(&v)? + "\n")
 }
 
-/// Writes `path` atomically with `mode`.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = path
-        .parent()
-        .with_context(|| format!("{} has no directory", path.display()))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} has no file name", path.display()))?;
-    // A dot name: runtimes skip it while it is incomplete.
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.set_permissions(std::fs::Permissions::from_mode(mode)))
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    drop(f);
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 /// Installs the plugin binary into `bin_dir` (as `weft`) and the conflist
 /// into `conf_dir`; returns what was written, for the operator.
 pub fn install(
@@ -70,10 +43,10 @@ pub fn install(
     }
     let list = conflist(socket, state_dir)?;
     let bin_path = bin_dir.join("weft");
-    write_atomic(&bin_path, &bin, 0o755)?;
+    weft_kernel::write_atomic(&bin_path, &bin, 0o755)?;
     // The conflist last: a runtime that sees it finds the binary in place.
     let list_path = conf_dir.join(CONFLIST_NAME);
-    write_atomic(&list_path, list.as_bytes(), 0o644)?;
+    weft_kernel::write_atomic(&list_path, list.as_bytes(), 0o644)?;
     Ok(vec![
         format!("installed {}", bin_path.display()),
         format!("installed {}", list_path.display()),
@@ -99,6 +72,7 @@ mod tests {
             )
             .expect("install");
         }
+        use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.join("bin/weft"))
             .expect("binary")
             .permissions()

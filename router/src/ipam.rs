@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
+use weft_api::NotReady;
 use weft_ipam_crdt::wire::{knowledge_from_wire, knowledge_to_wire};
 use weft_ipam_crdt::{AddrRange, AllocError, Bootstrap, Init, Ring, Snapshot, Waiting};
 use weft_peer_proto::PeerName;
@@ -265,27 +266,15 @@ impl IpamService {
 
     /// Why this router cannot take pods now (None when it can): the range
     /// not split yet, or allocation stopped after a failed write.
-    pub fn not_ready_reason(&self) -> Option<String> {
+    pub fn not_ready(&self) -> Option<NotReady> {
         if let Some(why) = &self.broken {
-            return Some(format!("IPAM stopped after a failed write: {why}"));
+            return Some(NotReady::Stopped { error: why.clone() });
         }
         if self.is_removed() {
-            return Some(
-                "this router was removed from the ring (rmpeer or a deleted Node); \
-                 reset it (stop meshd, remove its data directory) to rejoin as a new router"
-                    .into(),
-            );
+            return Some(NotReady::Removed);
         }
-        match self.waiting().0 {
-            Waiting::Ready => None,
-            _ => Some(self.waiting_reason()),
-        }
-    }
-
-    /// Why an allocation cannot be served now, for humans.
-    pub fn waiting_reason(&self) -> String {
         match self.waiting() {
-            (Waiting::Ready, _) => "no free address here; asked a peer for space".into(),
+            (Waiting::Ready, _) => None,
             (
                 Waiting::Consensus {
                     seen,
@@ -293,10 +282,21 @@ impl IpamService {
                     quorum,
                 },
                 secs,
-            ) => format!(
-                "awaiting consensus for {secs} s: {seen} of {expected} voters seen (quorum {quorum})"
-            ),
-            (Waiting::Ring, secs) => format!("awaiting the seeds' ring for {secs} s"),
+            ) => Some(NotReady::AwaitingConsensus {
+                secs,
+                seen,
+                expected,
+                quorum,
+            }),
+            (Waiting::Ring, secs) => Some(NotReady::AwaitingRing { secs }),
+        }
+    }
+
+    /// Why an allocation cannot be served now, for humans.
+    pub fn waiting_reason(&self) -> String {
+        match self.not_ready() {
+            Some(why) => why.to_string(),
+            None => "no free address here; asked a peer for space".into(),
         }
     }
 
@@ -357,6 +357,14 @@ impl IpamService {
 
 pub fn fmt_addr(a: u32) -> String {
     Ipv4Addr::from(a).to_string()
+}
+
+/// The range as the API shows it.
+pub fn cidr(r: AddrRange) -> weft_api::Cidr {
+    weft_api::Cidr {
+        addr: Ipv4Addr::from(r.start),
+        prefix: prefix_len(r) as u8,
+    }
 }
 
 /// Prefix length of the range when it is a CIDR block.

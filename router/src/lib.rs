@@ -8,9 +8,7 @@
 //! - [`kube`]: peers, bootstrap and reclaim through the Kubernetes API.
 
 pub mod api;
-pub mod api_types;
 pub mod attach;
-pub mod client;
 pub mod cni_install;
 pub mod config;
 pub mod daemon;

@@ -51,6 +51,15 @@ pub enum Admission {
 }
 
 impl Admission {
+    /// How `status` names it.
+    pub fn encryption(&self) -> weft_api::Encryption {
+        match self {
+            Admission::Password(_) => weft_api::Encryption::Password,
+            Admission::Ca { .. } => weft_api::Encryption::Ca,
+            Admission::Unauthenticated => weft_api::Encryption::None,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             Admission::Password(_) => "password",

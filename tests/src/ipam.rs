@@ -29,7 +29,7 @@ pub async fn api(
     method: hyper::Method,
     path: String,
 ) -> Result<Value> {
-    let body = weft_router::client::request(&lab_socket, method, &path, None).await?;
+    let body = weft_api::client::request(&lab_socket, method, &path, None).await?;
     Ok(serde_json::from_slice(&body)?)
 }
 

@@ -7,8 +7,11 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use hyper::Method;
-use weft_router::api_types::{IpamStatus, LinkStatus, Status};
-use weft_router::client::request;
+use weft_api::client::{self, ClientError, request};
+use weft_api::{
+    Allocation, ConnectionState, Direction, Encryption, ExposeReply, IpamStatus, LinkStatus,
+    RmPeerReply, RmPeerRequest, Status, TargetRequest,
+};
 
 /// meshctl: look inside and steer the local Weft router.
 #[derive(Debug, Parser)]
@@ -126,23 +129,19 @@ enum Section {
 
 fn summary(s: &Status) -> String {
     let m = &s.mesh;
-    let est = m
-        .connections
-        .iter()
-        .filter(|c| c.state == "established")
-        .count();
-    let other: Vec<String> = ["connecting", "retrying"]
-        .iter()
-        .map(|st| (st, m.connections.iter().filter(|c| c.state == *st).count()))
+    let est = m.count(ConnectionState::Established);
+    let other: Vec<String> = [ConnectionState::Connecting, ConnectionState::Retrying]
+        .into_iter()
+        .map(|st| (st, m.count(st)))
         .filter(|(_, n)| *n > 0)
-        .map(|(st, n)| format!("{n} {st}"))
+        .map(|(st, n)| format!("{n} {}", st.as_str()))
         .collect();
     let links: usize = m.peers.iter().map(|p| p.connections.len()).sum();
     let unreachable = m.peers.iter().filter(|p| !p.reachable).count();
-    let encryption = match s.encryption.as_str() {
-        "password" => "enabled (mesh password, mutual TLS)",
-        "ca" => "enabled (operator CA, mutual TLS)",
-        _ => "enabled, UNAUTHENTICATED (any router admitted)",
+    let encryption = match s.encryption {
+        Encryption::Password => "enabled (mesh password, mutual TLS)",
+        Encryption::Ca => "enabled (operator CA, mutual TLS)",
+        Encryption::None => "enabled, UNAUTHENTICATED (any router admitted)",
     };
     let mut out = String::new();
     let mut line = |k: &str, v: String| {
@@ -151,7 +150,7 @@ fn summary(s: &Status) -> String {
     line("Version", s.version.clone());
     line("Protocol", s.protocol.clone());
     line("Name", format!("{} ({})", s.name, s.nickname));
-    line("Listen", s.listen.clone());
+    line("Listen", s.listen.to_string());
     line("Encryption", encryption.into());
     line(
         "PeerDiscovery",
@@ -194,8 +193,7 @@ fn summary(s: &Status) -> String {
         line(
             "Overlay address",
             d.gateway
-                .clone()
-                .unwrap_or_else(|| "(waiting for IPAM)".into()),
+                .map_or_else(|| "(waiting for IPAM)".into(), |g| g.to_string()),
         );
     }
     out
@@ -241,10 +239,9 @@ fn section(s: &Status, sec: Section) -> String {
         }
         Section::Connections => {
             for c in &s.mesh.connections {
-                let dir = if c.direction == "outbound" {
-                    "->"
-                } else {
-                    "<-"
+                let dir = match c.direction {
+                    Direction::Outbound => "->",
+                    Direction::Inbound => "<-",
                 };
                 let who = match (&c.peer, &c.nickname) {
                     (Some(p), Some(n)) => format!("{p}({n})"),
@@ -257,9 +254,14 @@ fn section(s: &Status, sec: Section) -> String {
                 if let Some(r) = c.retry_in_secs {
                     let _ = write!(tail, " retry in {r}s");
                 }
-                let _ = writeln!(out, "{dir} {:<22} {:<12} {who}{tail}", c.addr, c.state);
+                let _ = writeln!(
+                    out,
+                    "{dir} {:<22} {:<12} {who}{tail}",
+                    c.addr.to_string(),
+                    c.state.as_str()
+                );
                 if let (Some(d), Some(p)) = (&s.dataplane, &c.peer)
-                    && let Some(l) = d.links.iter().find(|l| &l.peer == p)
+                    && let Some(l) = d.links.iter().find(|l| l.peer == *p)
                 {
                     let _ = writeln!(out, "{}", link_line(l));
                 }
@@ -273,7 +275,7 @@ fn section(s: &Status, sec: Section) -> String {
         }
         Section::Targets => {
             for t in &s.mesh.targets {
-                let _ = writeln!(out, "{} {}", t.addr, t.state);
+                let _ = writeln!(out, "{} {}", t.addr, t.state.as_str());
             }
         }
         Section::Ipam => {}
@@ -339,7 +341,8 @@ fn ipam_text(s: &IpamStatus) -> String {
         );
     }
     if !s.removed.is_empty() {
-        let _ = writeln!(out, "Removed: {}", s.removed.join(", "));
+        let removed: Vec<String> = s.removed.iter().map(ToString::to_string).collect();
+        let _ = writeln!(out, "Removed: {}", removed.join(", "));
     }
     if !s.lost.is_empty() {
         let _ = writeln!(
@@ -357,8 +360,7 @@ async fn run(args: Args) -> Result<()> {
             section: Some(Section::Ipam),
             json,
         } => {
-            let body = request(&args.socket, Method::GET, "/ipam", None).await?;
-            let s: IpamStatus = serde_json::from_slice(&body)?;
+            let s: IpamStatus = client::json(&args.socket, Method::GET, "/ipam", None).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
@@ -366,18 +368,17 @@ async fn run(args: Args) -> Result<()> {
             }
         }
         Cmd::Rmpeer { peer } => {
-            let body = request(
+            let r: RmPeerReply = client::json(
                 &args.socket,
                 Method::POST,
                 "/rmpeer",
-                Some(serde_json::json!({ "peer": peer })),
+                Some(serde_json::to_value(RmPeerRequest { peer })?),
             )
             .await?;
-            println!("{}", String::from_utf8_lossy(&body));
+            println!("removed {}", r.removed);
         }
         Cmd::Status { section: sec, json } => {
-            let body = request(&args.socket, Method::GET, "/status", None).await?;
-            let status: Status = serde_json::from_slice(&body)?;
+            let status: Status = client::json(&args.socket, Method::GET, "/status", None).await?;
             if json {
                 let v = match sec {
                     None => serde_json::to_value(&status)?,
@@ -401,8 +402,8 @@ async fn run(args: Args) -> Result<()> {
                 );
                 if sec.is_none() {
                     // One line on address space, as `weave status` had.
-                    if let Ok(body) = request(&args.socket, Method::GET, "/ipam", None).await
-                        && let Ok(ip) = serde_json::from_slice::<IpamStatus>(&body)
+                    if let Ok(ip) =
+                        client::json::<IpamStatus>(&args.socket, Method::GET, "/ipam", None).await
                     {
                         let here = ip
                             .peers
@@ -425,19 +426,20 @@ async fn run(args: Args) -> Result<()> {
         Cmd::Expose { wait } => {
             let deadline = std::time::Instant::now() + wait;
             loop {
-                match request(&args.socket, Method::POST, "/expose", None).await {
-                    Ok(body) => {
-                        let v: serde_json::Value = serde_json::from_slice(&body)?;
-                        println!("{}", v["address"].as_str().unwrap_or_default());
+                match client::json::<ExposeReply>(&args.socket, Method::POST, "/expose", None).await
+                {
+                    Ok(r) => {
+                        println!("{}", r.address);
                         break;
                     }
-                    Err(e)
-                        if std::time::Instant::now() < deadline
-                            && format!("{e:#}").contains("IPAM") =>
+                    // 503 until IPAM gives the host its address.
+                    Err(ClientError::Status { status, .. })
+                        if status == hyper::StatusCode::SERVICE_UNAVAILABLE
+                            && std::time::Instant::now() < deadline =>
                     {
                         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
@@ -490,11 +492,9 @@ async fn run(args: Args) -> Result<()> {
                 Err(e) => {
                     let t = weft_router::attach::gone(&target).ok_or(e)?;
                     let key = weft_router::attach::key(&t, &ifname);
-                    let body = request(&args.socket, Method::GET, "/ip", None).await?;
-                    let held: serde_json::Value = serde_json::from_slice(&body)?;
-                    let known = held
-                        .as_array()
-                        .is_some_and(|a| a.iter().any(|e| e["id"] == key.as_str()));
+                    let held: Vec<Allocation> =
+                        client::json(&args.socket, Method::GET, "/ip", None).await?;
+                    let known = held.iter().any(|e| e.id == key);
                     if !known {
                         anyhow::bail!(
                             "nothing is attached as {target:?} (for a removed Docker container, \
@@ -537,7 +537,7 @@ async fn run(args: Args) -> Result<()> {
                 &args.socket,
                 Method::POST,
                 "/connect",
-                Some(serde_json::json!({ "addrs": addrs })),
+                Some(serde_json::to_value(TargetRequest { addrs })?),
             )
             .await?;
         }
@@ -546,7 +546,7 @@ async fn run(args: Args) -> Result<()> {
                 &args.socket,
                 Method::POST,
                 "/forget",
-                Some(serde_json::json!({ "addrs": addrs })),
+                Some(serde_json::to_value(TargetRequest { addrs })?),
             )
             .await?;
         }
@@ -567,8 +567,8 @@ fn plugin_path(given: Option<PathBuf>) -> Result<PathBuf> {
 
 /// meshd's CNI state directory (the plugin must use the same).
 async fn cni_state_dir(socket: &std::path::Path) -> Result<String> {
-    let (_, body) = weft_router::client::exchange(socket, Method::GET, "/network", None).await?;
-    let n: weft_router::api_types::NetworkStatus = serde_json::from_slice(&body)?;
+    let (_, body) = weft_api::client::exchange(socket, Method::GET, "/network", None).await?;
+    let n: weft_api::NetworkStatus = serde_json::from_slice(&body)?;
     n.network
         .and_then(|n| n.cni_state_dir)
         .ok_or_else(|| anyhow::anyhow!("meshd has no data plane here: nothing to attach to"))

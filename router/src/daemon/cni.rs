@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 
 use super::Loop;
-use crate::api_types::{CNI_KEY_PREFIX, PendingRelease};
+use weft_api::{CNI_KEY_PREFIX, PendingRelease};
 
 /// Largest pending-release file read (a key is at most a few hundred bytes).
 const MAX_FILE: u64 = 4096;

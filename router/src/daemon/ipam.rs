@@ -10,8 +10,8 @@ use weft_ipam_crdt::{AllocError, Waiting};
 use weft_peer_proto::{ChannelName, PeerName};
 
 use super::Loop;
-use crate::api_types::{IpamPeer, IpamStatus};
-use crate::ipam::{CHANNEL, IpamService, fmt_addr, prefix_len};
+use crate::ipam::{CHANNEL, IpamService, fmt_addr};
+use weft_api::{IpamPeer, IpamStatus};
 
 /// How long an allocation may wait for bootstrap or space before it fails.
 pub const ALLOC_WAIT: Duration = Duration::from_secs(30);
@@ -223,7 +223,7 @@ impl Loop {
             .map(|(p, owned)| {
                 let (ok, nick) = reachable.get(&p).cloned().unwrap_or((false, String::new()));
                 IpamPeer {
-                    name: p.to_string(),
+                    name: p,
                     nickname: nick,
                     owned,
                     share: owned as f64 / range.len() as f64,
@@ -239,7 +239,7 @@ impl Loop {
             })
             .collect();
         Some(IpamStatus {
-            range: format!("{}/{}", fmt_addr(range.start), prefix_len(range)),
+            range: crate::ipam::cidr(range),
             ready: waiting == Waiting::Ready,
             waiting: if waiting == Waiting::Ready {
                 String::new()
@@ -251,7 +251,7 @@ impl Loop {
             cluster: ring.cluster().map(|c| format!("{c:016x}")),
             refused_cluster: b.refused.map(|(c, _)| format!("{c:016x}")),
             peers,
-            removed: ring.removed().iter().map(ToString::to_string).collect(),
+            removed: ring.removed().iter().copied().collect(),
             allocated: b.alloc().allocations().count(),
             free: b.alloc().free_count(),
             pending,
@@ -266,7 +266,7 @@ impl Loop {
     }
 
     /// rmpeer: `who` is a peer name or nickname from the topology or ring.
-    pub(super) fn rmpeer(&mut self, who: &str) -> Result<String, String> {
+    pub(super) fn rmpeer(&mut self, who: &str) -> Result<PeerName, String> {
         let peer = match who.parse::<PeerName>() {
             Ok(p) => p,
             Err(_) => {
@@ -295,6 +295,6 @@ impl Loop {
         let svc = self.ipam().ok_or("IPAM not running")?;
         svc.remove_peer(peer).map_err(|e| format!("{e:#}"))?;
         info!(%peer, "removed peer from the IPAM ring");
-        Ok(peer.to_string())
+        Ok(peer)
     }
 }

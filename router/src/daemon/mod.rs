@@ -18,12 +18,12 @@ mod cni;
 mod ipam;
 
 pub use self::ipam::{ALLOC_WAIT, IpamFailure};
-use crate::api_types::{IpamStatus, NetworkStatus, PodNetwork, Status};
 use crate::mesh::{Action, Admit, ConnId, Mesh, MeshEvent};
 use crate::metrics::{Metrics, ReasonLabel, StateLabel};
 use crate::session::{self, Outgoing, SessionCtx, SessionEvent};
 use crate::store;
 use crate::tls::{Admission, TlsSetup};
+use weft_api::{Cidr, IpamStatus, NetworkStatus, NotReady, PodNetwork, Status};
 
 /// Everything `meshd` is started with, already parsed.
 pub struct DaemonConfig {
@@ -74,10 +74,10 @@ pub enum Command {
     IpamStatus(oneshot::Sender<Option<IpamStatus>>),
     RmPeer {
         peer: String,
-        reply: oneshot::Sender<Result<String, String>>,
+        reply: oneshot::Sender<Result<weft_peer_proto::PeerName, String>>,
     },
     /// The host's overlay address, once it has one.
-    Expose(oneshot::Sender<Result<String, String>>),
+    Expose(oneshot::Sender<Result<Cidr, String>>),
     /// How pods are wired here, and whether meshd can take them now.
     Network(oneshot::Sender<NetworkStatus>),
 }
@@ -162,11 +162,8 @@ struct Loop {
     /// The host's overlay address being allocated.
     gateway_rx: Option<oneshot::Receiver<Result<u32, IpamFailure>>>,
     cni_state_dir: Option<PathBuf>,
-    range: String,
+    range: Cidr,
 }
-
-/// Why a router without a data plane cannot wire pods (its IPAM may be ready).
-pub const NO_DATAPLANE: &str = "meshd runs without a data plane (--no-dataplane)";
 
 /// The IPAM key of the host's own overlay address (the bridge gateway).
 pub const GATEWAY_KEY: &str = "weft:host-gateway";
@@ -309,16 +306,16 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
     info!(name = %identity.name, nickname = %cfg.nickname, %listen, encryption = cfg.admission.label(), "meshd starting");
     let status_base = Status {
         version: env!("CARGO_PKG_VERSION").into(),
-        name: identity.name.to_string(),
+        name: identity.name,
         nickname: cfg.nickname.clone(),
         uid,
-        encryption: cfg.admission.label().into(),
+        encryption: cfg.admission.encryption(),
         protocol: format!(
             "weft {}..{}",
             weft_peer_proto::PROTOCOL_MIN,
             weft_peer_proto::PROTOCOL_MAX
         ),
-        listen: listen.to_string(),
+        listen,
         conn_limit: cfg.conn_limit,
         discovery: cfg.discovery,
         ready: true,
@@ -342,11 +339,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         offers_repeated: Instant::now(),
         gateway_rx: None,
         cni_state_dir: cfg.cni_state_dir.clone(),
-        range: format!(
-            "{}/{}",
-            std::net::Ipv4Addr::from(cfg.ipalloc_range.start),
-            crate::ipam::prefix_len(cfg.ipalloc_range)
-        ),
+        range: crate::ipam::cidr(cfg.ipalloc_range),
     };
     lp.save_targets();
 
@@ -571,10 +564,13 @@ impl Loop {
             }
             Command::Expose(reply) => {
                 let r = match &self.dp {
-                    None => Err("meshd runs without a data plane (--no-dataplane)".into()),
+                    None => Err(NotReady::NoDataPlane.to_string()),
                     Some(dp) => dp
                         .gateway()
-                        .map(|g| format!("{g}/{}", self.ipam_prefix))
+                        .map(|addr| Cidr {
+                            addr,
+                            prefix: self.ipam_prefix as u8,
+                        })
                         .ok_or_else(|| "no overlay address yet: IPAM is not ready".into()),
                 };
                 let _ = reply.send(r);
@@ -586,31 +582,27 @@ impl Loop {
     }
 
     fn network_status(&mut self) -> NetworkStatus {
-        let ipam_waiting = match self.ipam() {
-            None => Some("IPAM is not running".to_owned()),
-            Some(svc) => svc.not_ready_reason(),
-        };
+        let ipam_waiting = self.ipam().and_then(|s| s.not_ready());
         let network = self.dp.as_ref().map(|dp| PodNetwork {
             bridge: dp.bridge().to_owned(),
             mtu: dp.mtu(),
-            gateway: dp.gateway().map(|g| g.to_string()),
+            gateway: dp.gateway(),
             cni_state_dir: self
                 .cni_state_dir
                 .as_ref()
                 .map(|d| d.to_string_lossy().into_owned()),
         });
-        let reason = match (&network, ipam_waiting) {
+        let not_ready = match (&network, ipam_waiting) {
             (_, Some(why)) => Some(why),
-            (None, None) => Some(NO_DATAPLANE.to_owned()),
-            (Some(n), None) if n.gateway.is_none() => {
-                Some("the host has no overlay address yet".to_owned())
-            }
+            (None, None) => Some(NotReady::NoDataPlane),
+            (Some(n), None) if n.gateway.is_none() => Some(NotReady::NoGateway),
             _ => None,
         };
         NetworkStatus {
-            ready: reason.is_none(),
-            reason,
-            range: self.range.clone(),
+            ready: not_ready.is_none(),
+            reason: not_ready.as_ref().map(ToString::to_string),
+            not_ready,
+            range: self.range,
             network,
         }
     }
@@ -625,18 +617,12 @@ impl Loop {
         }
         // Refresh the gauges while we have the numbers.
         let m = &self.metrics;
-        for state in ["established", "connecting", "retrying"] {
-            let n = s
-                .mesh
-                .connections
-                .iter()
-                .filter(|c| c.state == state)
-                .count();
+        for state in weft_api::ConnectionState::ALL {
             m.connections
                 .get_or_create(&StateLabel {
-                    state: state.into(),
+                    state: state.as_str().into(),
                 })
-                .set(n as i64);
+                .set(s.mesh.count(state) as i64);
         }
         let reachable = s
             .mesh
@@ -660,14 +646,7 @@ impl Loop {
             for (state, n) in [
                 ("allocated", ip.allocated as i64),
                 ("free", ip.free as i64),
-                (
-                    "owned",
-                    ip.peers
-                        .iter()
-                        .filter(|p| p.is_self)
-                        .map(|p| p.owned as i64)
-                        .sum(),
-                ),
+                ("owned", ip.owned() as i64),
             ] {
                 m.ipam_addresses
                     .get_or_create(&StateLabel {

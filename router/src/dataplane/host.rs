@@ -23,13 +23,7 @@ const UNREACHABLE_METRIC: u32 = 4242;
 /// The nftables table meshd owns.
 pub const NFT_TABLE: &str = "weft";
 
-/// The errno of a netlink error answer, if it was one.
-pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => Some(m.raw_code().abs()),
-        _ => None,
-    }
-}
+use weft_kernel::errno;
 
 /// A netlink connection to the host's (the current namespace's) routing.
 pub struct Host {
@@ -309,23 +303,6 @@ impl WantRoute {
             && unreachable == self.oif.is_none()
             && (unreachable || (oif == self.oif && src == self.src))
     }
-}
-
-/// Where sysctls are written: `/proc/sys`, or `WEFT_PROC_SYS` (a container
-/// without `privileged` has /proc/sys read-only; the DaemonSet bind-mounts
-/// the host's /proc/sys/net writable under /host/proc/sys).
-fn proc_sys() -> &'static str {
-    static ROOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ROOT.get_or_init(|| std::env::var("WEFT_PROC_SYS").unwrap_or_else(|_| "/proc/sys".into()))
-}
-
-/// Writes a sysctl under /proc/sys (idempotent).
-pub fn sysctl(path: &str, value: &str) -> Result<()> {
-    let p = format!("{}/{path}", proc_sys());
-    if std::fs::read_to_string(&p).is_ok_and(|v| v.trim() == value) {
-        return Ok(());
-    }
-    std::fs::write(&p, value).with_context(|| format!("setting {path} = {value}"))
 }
 
 /// Replaces our nftables table in one transaction: masquerade what pods send

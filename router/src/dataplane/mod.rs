@@ -32,8 +32,8 @@ use self::crypto::{DirectionKeys, Opener, Role, Sealer};
 use self::engine::{Shared, TxBatch};
 use self::host::{Host, WantRoute};
 use self::table::{Link, Table, cidrs};
-use crate::api_types::{DataPlaneStatus, LinkStatus};
 use crate::mesh::ConnId;
+use weft_api::{DataPlaneStatus, LinkStatus};
 
 pub use self::crypto::{EXPORTER_LABEL, Role as SessionRole};
 
@@ -139,18 +139,18 @@ impl DataPlane {
             .await?
             .ok_or_else(|| anyhow!("TUN {} not found after creation", cfg.tun))?;
         // The overlay is IPv4: no IPv6 chatter on the TUN (set before it is up).
-        let _ = host::sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", cfg.tun), "1");
+        let _ = weft_kernel::sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", cfg.tun), "1");
         host.set_up(tun_index, u32::from(mtu))
             .await
             .context("bringing up the TUN")?;
         let bridge_index = host
             .ensure_bridge(&cfg.bridge, u32::from(mtu), bridge_mac(me))
             .await?;
-        host::sysctl("net/ipv4/ip_forward", "1")?;
+        weft_kernel::sysctl("net/ipv4/ip_forward", "1")?;
         // Pods have the whole range on-link: the bridge answers ARP for
         // remote pods (their route is the TUN), at once.
-        host::sysctl(&format!("net/ipv4/conf/{}/proxy_arp", cfg.bridge), "1")?;
-        host::sysctl(&format!("net/ipv4/neigh/{}/proxy_delay", cfg.bridge), "0")?;
+        weft_kernel::sysctl(&format!("net/ipv4/conf/{}/proxy_arp", cfg.bridge), "1")?;
+        weft_kernel::sysctl(&format!("net/ipv4/neigh/{}/proxy_delay", cfg.bridge), "0")?;
         let range_str = format!(
             "{}/{}",
             Ipv4Addr::from(cfg.range.start),
@@ -502,9 +502,9 @@ impl DataPlane {
                 let last = s.last_rx_ms.load(Relaxed);
                 let ago = (last > 0).then(|| now_ms.saturating_sub(last) as f64 / 1000.0);
                 LinkStatus {
-                    peer: l.peer.to_string(),
+                    peer: l.peer,
                     nickname: l.nickname.clone(),
-                    remote: l.remote.to_string(),
+                    remote: l.remote,
                     transport: TRANSPORT.into(),
                     encrypted: true,
                     mtu: l.mtu,
@@ -529,7 +529,7 @@ impl DataPlane {
             bridge: self.cfg.bridge.clone(),
             port: self.cfg.port,
             mtu: self.mtu,
-            gateway: self.gateway.map(|g| g.to_string()),
+            gateway: self.gateway,
             offload: self.offload,
             gso_segments: self.shared.udp_state.max_gso_segments(),
             links,

@@ -352,7 +352,7 @@ impl Kube {
         let reclaimed = |l: &PeerList| l.removed.contains(me);
         let removed_here = ask(handle, Command::IpamStatus)
             .await?
-            .is_some_and(|s| s.removed.contains(me));
+            .is_some_and(|s| s.removed.iter().any(|r| r.to_string() == *me));
         let (list, _) = self
             .update(Some(&handle.metrics), |l| {
                 !reclaimed(l) && !removed_here && l.register(me, node, nick)
@@ -396,7 +396,7 @@ impl Kube {
                 .mesh
                 .peers
                 .iter()
-                .any(|p| p.name == peer && p.reachable)
+                .any(|p| p.name.to_string() == peer && p.reachable)
             {
                 debug!(%peer, node = %rec.node, "Node gone but its router still answers; waiting");
                 pending = true;

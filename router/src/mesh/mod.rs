@@ -40,8 +40,9 @@ pub use self::channel::{ChannelError, GossipChannel};
 use self::connector::{Connector, TargetState};
 use self::routes::Routes;
 use self::topology::Topology;
-use crate::api_types::{
-    ConnectionStatus, MeshStatus, PeerRef, PeerStatus, RouteStatus, TargetStatus,
+use weft_api::{
+    ConnectionState, ConnectionStatus, Direction, MeshStatus, PeerRef, PeerStatus, RouteStatus,
+    TargetStatus,
 };
 
 /// How often unreachable peers are looked for.
@@ -1090,7 +1091,7 @@ impl Mesh {
         let peers = topology
             .entries()
             .map(|e| PeerStatus {
-                name: e.name.to_string(),
+                name: e.name,
                 nickname: e.nickname.clone(),
                 uid: e.uid,
                 version: e.version,
@@ -1105,21 +1106,25 @@ impl Mesh {
                     .conns
                     .iter()
                     .map(|c| PeerRef {
-                        name: c.to_string(),
+                        name: *c,
                         nickname: nick(topology, c),
                     })
                     .collect(),
-                addrs: e.addrs.iter().map(ToString::to_string).collect(),
+                addrs: e.addrs.clone(),
             })
             .collect();
         let mut connections: Vec<ConnectionStatus> = self
             .conns
             .values()
             .map(|c| ConnectionStatus {
-                addr: c.addr.to_string(),
-                direction: if c.outbound { "outbound" } else { "inbound" }.into(),
-                state: "established".into(),
-                peer: Some(c.peer.to_string()),
+                addr: c.addr,
+                direction: if c.outbound {
+                    Direction::Outbound
+                } else {
+                    Direction::Inbound
+                },
+                state: ConnectionState::Established,
+                peer: Some(c.peer),
                 nickname: Some(c.nickname.clone()),
                 age_secs: now.saturating_duration_since(c.since).as_secs(),
                 retry_in_secs: None,
@@ -1129,12 +1134,12 @@ impl Mesh {
         for (addr, t) in &self.connector.targets {
             let (state, age, retry) = match t.state {
                 TargetState::Connecting { since } => (
-                    "connecting",
+                    ConnectionState::Connecting,
                     now.saturating_duration_since(since).as_secs(),
                     None,
                 ),
                 TargetState::Idle => (
-                    "retrying",
+                    ConnectionState::Retrying,
                     0,
                     Some(t.next_try.saturating_duration_since(now).as_secs()),
                 ),
@@ -1144,32 +1149,31 @@ impl Mesh {
                 continue;
             }
             connections.push(ConnectionStatus {
-                addr: addr.to_string(),
-                direction: "outbound".into(),
-                state: state.into(),
-                peer: t.peer.map(|p| p.to_string()),
+                addr: *addr,
+                direction: Direction::Outbound,
+                state,
+                peer: t.peer,
                 nickname: t.peer.map(|p| nick(topology, &p)),
                 age_secs: age,
                 retry_in_secs: retry,
                 last_error: t.last_error.clone(),
             });
         }
-        connections.sort_by(|a, b| (&a.state, &a.addr).cmp(&(&b.state, &b.addr)));
+        connections.sort_by_key(|c| (c.state.as_str(), c.addr));
         let targets = self
             .connector
             .targets
             .iter()
             .filter(|(_, t)| t.explicit)
             .map(|(addr, t)| TargetStatus {
-                addr: addr.to_string(),
+                addr: *addr,
                 state: match t.state {
-                    TargetState::Idle => "retrying",
-                    TargetState::Connecting { .. } => "connecting",
-                    TargetState::Connected { .. } => "connected",
-                    TargetState::Ourself => "ourself",
-                }
-                .into(),
-                peer: t.peer.map(|p| p.to_string()),
+                    TargetState::Idle => weft_api::TargetState::Retrying,
+                    TargetState::Connecting { .. } => weft_api::TargetState::Connecting,
+                    TargetState::Connected { .. } => weft_api::TargetState::Connected,
+                    TargetState::Ourself => weft_api::TargetState::Ourself,
+                },
+                peer: t.peer,
                 last_error: t.last_error.clone(),
             })
             .collect();
@@ -1177,9 +1181,9 @@ impl Mesh {
             .table()
             .into_iter()
             .map(|(dst, via, hops)| RouteStatus {
-                dst: dst.to_string(),
+                dst,
                 dst_nickname: nick(topology, &dst),
-                via: via.to_string(),
+                via,
                 via_nickname: nick(topology, &via),
                 hops,
             })

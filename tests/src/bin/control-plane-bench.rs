@@ -49,8 +49,8 @@ fn router_cfg(i: usize, peers: Vec<SocketAddr>, port: u16) -> DaemonConfig {
     )
 }
 
-async fn status(sock: &std::path::Path) -> Result<weft_router::api_types::Status> {
-    let body = weft_router::client::request(sock, hyper::Method::GET, "/status", None).await?;
+async fn status(sock: &std::path::Path) -> Result<weft_api::Status> {
+    let body = weft_api::client::request(sock, hyper::Method::GET, "/status", None).await?;
     Ok(serde_json::from_slice(&body)?)
 }
 

@@ -37,9 +37,10 @@ fn cfg(name: &str, port: u16, peers: Vec<SocketAddr>, init: Init) -> DaemonConfi
 }
 
 async fn post(sock: &Path, path: &str) -> Result<()> {
-    weft_router::client::request(sock, Method::POST, path, None)
+    weft_api::client::request(sock, Method::POST, path, None)
         .await
         .map(|_| ())
+        .map_err(Into::into)
 }
 
 #[tokio::main]
