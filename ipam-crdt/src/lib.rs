@@ -20,12 +20,14 @@
 //!   `--ipalloc-init consensus=N | seed=... | observer`, with what it waits
 //!   for and since when.
 //!
-//! Still to come (see the IPAM issue): the meshd integration (channel, API,
-//! persistence, metrics) and its real-kernel tests.
+//! - [`channel`]: the `ipam` gossip channel over the mesh core: requests,
+//!   donations on request, and nothing sent before the driver saved it.
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::disallowed_methods))]
 
 pub mod allocator;
 pub mod bootstrap;
+pub mod channel;
 pub mod paxos;
 pub mod range;
 pub mod ring;
@@ -34,6 +36,7 @@ pub mod wire;
 
 pub use allocator::{AllocError, Allocator, Snapshot};
 pub use bootstrap::{Bootstrap, Init, Waiting};
+pub use channel::{IpamChannel, IpamError, Persisted, Unready};
 pub use range::AddrRange;
 pub use ring::{Entry, MergeOutcome, Ring, RingError};
 pub use space::FreeSet;

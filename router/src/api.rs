@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 
 use axum::extract::{Path as UrlPath, Query};
 
-use crate::daemon::{Command, Handle};
+use crate::handle::{Command, Handle};
 use weft_api::{
     Allocation, ApiError, Cidr, ExposeReply, IpReply, NotReady, Released, RmPeerReply,
     RmPeerRequest, TargetRequest,
@@ -244,8 +244,7 @@ async fn ip_list(State(h): State<Handle>) -> Response {
 
 async fn ipam_status(State(h): State<Handle>) -> Response {
     match ask(&h, Command::IpamStatus).await {
-        Ok(Some(s)) => Json(s).into_response(),
-        Ok(None) => error(StatusCode::SERVICE_UNAVAILABLE, "IPAM not running"),
+        Ok(s) => Json(s).into_response(),
         Err(r) => *r,
     }
 }
@@ -310,7 +309,7 @@ async fn readyz(State(h): State<Handle>) -> Response {
 }
 
 async fn wait(mut shutdown: watch::Receiver<bool>) {
-    crate::daemon::stopped(&mut shutdown).await;
+    crate::handle::stopped(&mut shutdown).await;
 }
 
 /// Serves the API on `path`, creating its directory (mode 0700) and the socket (mode 0600).

@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 
-use crate::daemon::DaemonConfig;
 use crate::tls::Admission;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -294,4 +293,28 @@ impl MeshdArgs {
             },
         })
     }
+}
+/// Everything `meshd` is started with, already parsed.
+pub struct DaemonConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub api_socket: PathBuf,
+    pub metrics_addr: SocketAddr,
+    pub peers: Vec<SocketAddr>,
+    pub admission: Admission,
+    pub nickname: String,
+    pub conn_limit: usize,
+    pub discovery: bool,
+    /// A session with no traffic for this long is dead (QUIC idle timeout).
+    pub peer_timeout: Duration,
+    pub gossip_interval: Duration,
+    pub handshake_timeout: Duration,
+    pub ipalloc_range: weft_ipam_crdt::AddrRange,
+    pub ipalloc_init: weft_ipam_crdt::Init,
+    /// None: control plane only.
+    pub dataplane: Option<crate::dataplane::DataPlaneConfig>,
+    /// The CNI plugin's state directory, drained of pending releases.
+    pub cni_state_dir: Option<PathBuf>,
+    /// Kubernetes integration (`--kube`).
+    pub kube: Option<crate::kube::KubeConfig>,
 }

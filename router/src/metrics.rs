@@ -43,6 +43,7 @@ pub struct Metrics {
     pub frames_dropped: Counter,
     pub topology_news: Counter,
     pub channel_errors: Counter,
+    mesh_dropped: Family<ReasonLabel, Counter>,
     pub rejected: Family<ReasonLabel, Counter>,
     pub ipam_addresses: Family<StateLabel, Gauge>,
     pub ipam_unreachable: Gauge,
@@ -70,6 +71,7 @@ impl Metrics {
             frames_dropped: Counter::default(),
             topology_news: Counter::default(),
             channel_errors: Counter::default(),
+            mesh_dropped: Family::default(),
             rejected: Family::default(),
             ipam_addresses: Family::default(),
             ipam_unreachable: Gauge::default(),
@@ -116,6 +118,11 @@ impl Metrics {
             "channel_errors",
             "Channel messages a channel rejected",
             m.channel_errors.clone(),
+        );
+        registry.register(
+            "mesh_dropped",
+            "Gossip the mesh core dropped or skipped, by reason: unroutable (no route to a unicast's destination), unknown_channel, unknown_source (a broadcast from a peer not in the topology), peers_refused (the topology is full), throttled (anti-entropy asked too often)",
+            m.mesh_dropped.clone(),
         );
         registry.register(
             "sessions_rejected",
@@ -183,6 +190,29 @@ impl Metrics {
             m.data_links.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Brings the counters fed from the mesh core up to its own counts.
+    pub fn export_mesh(&self, c: &weft_mesh::MeshCounters) {
+        let catch_up = |counter: &Counter, n: u64| {
+            counter.inc_by(n.saturating_sub(counter.get()));
+        };
+        catch_up(&self.topology_news, c.topology_news);
+        catch_up(&self.channel_errors, c.channel_errors);
+        for (reason, n) in [
+            ("unroutable", c.unroutable),
+            ("unknown_channel", c.unknown_channel),
+            ("unknown_source", c.unknown_source),
+            ("peers_refused", c.peers_refused),
+            ("throttled", c.throttled),
+        ] {
+            catch_up(
+                &self.mesh_dropped.get_or_create(&ReasonLabel {
+                    reason: reason.into(),
+                }),
+                n,
+            );
+        }
     }
 
     pub fn handshake_failure(&self, reason: &str) {

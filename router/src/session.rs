@@ -19,15 +19,15 @@ use weft_peer_proto::codec::{decode_frame, encode_frame, read_len_prefix, write_
 use weft_peer_proto::{CodecError, Frame, Goodbye, GoodbyeReason, Hello, PeerName};
 
 use crate::identity::name_of_cert;
-use crate::mesh::ConnId;
 use crate::metrics::Metrics;
 use crate::tls::SERVER_NAME;
+use weft_mesh::SessionId;
 
 /// What sessions tell the daemon loop.
 #[derive(Debug)]
 pub enum SessionEvent {
     Up {
-        conn: ConnId,
+        conn: SessionId,
         hello: Hello,
         addr: SocketAddr,
         outbound: bool,
@@ -36,11 +36,11 @@ pub enum SessionEvent {
         handle: Connection,
     },
     Frame {
-        conn: ConnId,
+        conn: SessionId,
         frame: Frame,
     },
     Down {
-        conn: ConnId,
+        conn: SessionId,
         reason: String,
     },
     DialFailed {

@@ -7,6 +7,12 @@
 //! QUIC stream) after a random delay, unless lost or duplicated; sessions that
 //! cross a partition, or end at a crashed node, are noticed as down after
 //! `idle_timeout` (as QUIC's idle timeout would).
+//!
+//! Each node's mesh carries channels `C`, made by the simulation's `start`
+//! function; after every input the `save` function may write what they
+//! changed to the node's disk (bytes that survive a crash and are handed
+//! back to `start` on restart), before the node's transmits leave, as
+//! meshd does.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -15,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use weft_mesh::{Action, Admit, Channels, Config, Mesh, NoChannels, SessionId};
 use weft_peer_proto::codec::encode_frame;
 use weft_peer_proto::{Frame, GoodbyeReason, Hello, PeerName};
-use weft_router::mesh::{Action, Admit, Config, ConnId, Mesh};
 
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -46,8 +52,10 @@ impl SimConfig {
     }
 }
 
-pub struct SimNode {
-    pub mesh: Mesh,
+pub struct SimNode<C> {
+    pub mesh: Mesh<C>,
+    /// What the node's channels saved last (survives crashes).
+    pub disk: Option<Vec<u8>>,
     pub name: PeerName,
     pub addr: SocketAddr,
     pub alive: bool,
@@ -69,18 +77,18 @@ enum Event {
     },
     HandshakeDone {
         node: usize,
-        conn: ConnId,
+        conn: SessionId,
         hello: Hello,
         addr: SocketAddr,
     },
     Deliver {
         node: usize,
-        conn: ConnId,
+        conn: SessionId,
         frame: Frame,
     },
     Down {
         node: usize,
-        conn: ConnId,
+        conn: SessionId,
         reason: String,
     },
     DialFailed {
@@ -98,24 +106,31 @@ pub struct SimStats {
     pub bytes_sent: Vec<u64>,
 }
 
-pub struct Sim {
+/// Makes a node's channels: (index, name, what it saved, now).
+pub type StartChannels<C> = Box<dyn FnMut(usize, PeerName, Option<&[u8]>, Instant) -> C>;
+/// Saves what a node's channels changed, if anything: the bytes to keep.
+pub type SaveChannels<C> = Box<dyn FnMut(&mut C, Instant) -> Option<Vec<u8>>>;
+
+pub struct Sim<C = NoChannels> {
     pub cfg: SimConfig,
     pub t0: Instant,
     pub now: Instant,
     rng: StdRng,
-    pub nodes: Vec<SimNode>,
+    pub nodes: Vec<SimNode<C>>,
     by_addr: HashMap<SocketAddr, usize>,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     events: HashMap<u64, Event>,
     seq: u64,
     /// (node, conn) -> (node, conn) at the other end.
-    links: HashMap<(usize, ConnId), (usize, ConnId)>,
+    links: HashMap<(usize, SessionId), (usize, SessionId)>,
     /// Last scheduled arrival per receiving end, to keep sessions in order.
-    last_arrival: HashMap<(usize, ConnId), Instant>,
+    last_arrival: HashMap<(usize, SessionId), Instant>,
     partition: Option<Vec<usize>>,
-    next_conn: ConnId,
+    next_conn: SessionId,
     pub stats: SimStats,
     base: Config,
+    start: StartChannels<C>,
+    save: SaveChannels<C>,
 }
 
 pub fn addr_of(i: usize) -> SocketAddr {
@@ -123,10 +138,28 @@ pub fn addr_of(i: usize) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(ip, 6783))
 }
 
-impl Sim {
-    /// `base` is the mesh configuration every node starts from (its name,
-    /// uid and seed are filled in per node).
+impl Sim<NoChannels> {
+    /// Routers that carry only their topology. `base` is the mesh
+    /// configuration every node starts from (its name, uid and seed are
+    /// filled in per node).
     pub fn new(cfg: SimConfig, base: Config) -> Self {
+        Sim::with_channels(
+            cfg,
+            base,
+            Box::new(|_, _, _, _| NoChannels),
+            Box::new(|_, _| None),
+        )
+    }
+}
+
+impl<C: Channels> Sim<C> {
+    /// Routers whose meshes carry the channels `start` makes.
+    pub fn with_channels(
+        cfg: SimConfig,
+        base: Config,
+        start: StartChannels<C>,
+        save: SaveChannels<C>,
+    ) -> Self {
         let t0 = Instant::now();
         Sim {
             rng: StdRng::seed_from_u64(cfg.seed),
@@ -144,6 +177,8 @@ impl Sim {
             next_conn: 1,
             stats: SimStats::default(),
             base,
+            start,
+            save,
         }
     }
 
@@ -151,13 +186,20 @@ impl Sim {
         self.now - self.t0
     }
 
-    fn mesh_for(&mut self, name: PeerName, i: usize, targets: &[SocketAddr]) -> Mesh {
+    fn mesh_for(
+        &mut self,
+        name: PeerName,
+        i: usize,
+        targets: &[SocketAddr],
+        disk: Option<&[u8]>,
+    ) -> Mesh<C> {
         let mut c = self.base.clone();
         c.name = name;
         c.nickname = format!("node{i}");
         c.uid = self.rng.random();
         c.seed = self.rng.random();
-        let mut m = Mesh::new(c, self.now);
+        let channels = (self.start)(i, name, disk, self.now);
+        let mut m = Mesh::new(c, channels, self.now);
         for t in targets {
             m.add_target(*t, self.now);
         }
@@ -168,11 +210,12 @@ impl Sim {
     pub fn add_node(&mut self, targets: Vec<SocketAddr>) -> usize {
         let i = self.nodes.len();
         let name = PeerName(self.rng.random());
-        let mesh = self.mesh_for(name, i, &targets);
+        let mesh = self.mesh_for(name, i, &targets, None);
         let addr = addr_of(i);
         self.by_addr.insert(addr, i);
         self.nodes.push(SimNode {
             mesh,
+            disk: None,
             name,
             addr,
             alive: true,
@@ -209,8 +252,12 @@ impl Sim {
         if !self.nodes[i].alive {
             return;
         }
+        let now = self.now;
+        if let Some(d) = (self.save)(self.nodes[i].mesh.channels_mut(), now) {
+            self.nodes[i].disk = Some(d);
+        }
         while let Some(t) = self.nodes[i].mesh.poll_transmit() {
-            self.send(i, t.conn, t.frame);
+            self.send(i, t.session, t.frame);
         }
         while let Some(a) = self.nodes[i].mesh.poll_action() {
             match a {
@@ -218,7 +265,9 @@ impl Sim {
                     let d = self.delay();
                     self.schedule(self.now + d, Event::DialArrive { from: i, addr });
                 }
-                Action::Close { conn, reason, .. } => self.close(i, conn, reason),
+                Action::Close {
+                    session, reason, ..
+                } => self.close(i, session, reason),
             }
         }
         while self.nodes[i].mesh.poll_event().is_some() {}
@@ -239,7 +288,7 @@ impl Sim {
         }
     }
 
-    fn send(&mut self, from: usize, conn: ConnId, frame: Frame) {
+    fn send(&mut self, from: usize, conn: SessionId, frame: Frame) {
         let len = encode_frame(&frame).map(|b| b.len() + 4).unwrap_or(0);
         self.stats.frames_sent += 1;
         self.stats.bytes_sent[from] += len as u64;
@@ -277,7 +326,7 @@ impl Sim {
 
     /// `node` closes `conn` after what it queued: the other end notices after
     /// the last frame arrives.
-    fn close(&mut self, node: usize, conn: ConnId, reason: GoodbyeReason) {
+    fn close(&mut self, node: usize, conn: SessionId, reason: GoodbyeReason) {
         let now = self.now;
         self.nodes[node]
             .mesh
@@ -306,7 +355,7 @@ impl Sim {
     /// notice after the idle timeout.
     fn sever(&mut self, pred: impl Fn(usize, usize) -> bool, why: &str) {
         let at = self.now + self.cfg.idle_timeout;
-        let doomed: Vec<((usize, ConnId), (usize, ConnId))> = self
+        let doomed: Vec<((usize, SessionId), (usize, SessionId))> = self
             .links
             .iter()
             .filter(|((a, _), (b, _))| pred(*a, *b))
@@ -500,7 +549,9 @@ impl Sim {
     pub fn restart(&mut self, i: usize) {
         let targets = self.nodes[i].targets.clone();
         let name = self.nodes[i].name;
-        self.nodes[i].mesh = self.mesh_for(name, i, &targets);
+        let disk = self.nodes[i].disk.take();
+        self.nodes[i].mesh = self.mesh_for(name, i, &targets, disk.as_deref());
+        self.nodes[i].disk = disk;
         self.nodes[i].alive = true;
         self.nodes[i].armed = None;
         self.after_input(i);
@@ -519,7 +570,7 @@ impl Sim {
 
     /// Lets a test act on node `i`'s core (send on a channel, say), then
     /// carries out what that produced.
-    pub fn with_node<T>(&mut self, i: usize, f: impl FnOnce(&mut Mesh, Instant) -> T) -> T {
+    pub fn with_node<T>(&mut self, i: usize, f: impl FnOnce(&mut Mesh<C>, Instant) -> T) -> T {
         let now = self.now;
         let r = f(&mut self.nodes[i].mesh, now);
         self.after_input(i);

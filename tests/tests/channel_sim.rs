@@ -1,17 +1,17 @@
 //! The three gossip verbs on a named channel, through the mesh core, on a
 //! sparse mesh where many peers are several hops apart.
 
-use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use weft_mesh::{ChannelError, Config, GossipChannel, GossipSender};
 use weft_peer_proto::{ChannelName, PeerName};
-use weft_router::mesh::{ChannelError, Config, GossipChannel};
 use weft_tests::sim::{Sim, SimConfig, addr_of};
 
 /// A grow-only set gossiped as a CRDT, recording unicasts and broadcasts.
-#[derive(Default)]
 struct TestChannel {
+    name: ChannelName,
+    sender: GossipSender,
     set: BTreeSet<u64>,
     unicasts: Vec<(PeerName, Vec<u8>)>,
     broadcasts: Vec<(PeerName, Vec<u8>)>,
@@ -21,16 +21,41 @@ fn encode(set: &BTreeSet<u64>) -> Vec<u8> {
     set.iter().flat_map(|v| v.to_be_bytes()).collect()
 }
 
+impl TestChannel {
+    fn new() -> Self {
+        TestChannel {
+            name: chan(),
+            sender: GossipSender::default(),
+            set: BTreeSet::new(),
+            unicasts: Vec::new(),
+            broadcasts: Vec::new(),
+        }
+    }
+}
+
 impl GossipChannel for TestChannel {
-    fn on_unicast(&mut self, src: PeerName, payload: &[u8]) -> Result<(), ChannelError> {
+    fn name(&self) -> &ChannelName {
+        &self.name
+    }
+    fn on_unicast(
+        &mut self,
+        _: Instant,
+        src: PeerName,
+        payload: &[u8],
+    ) -> Result<(), ChannelError> {
         self.unicasts.push((src, payload.to_vec()));
         Ok(())
     }
-    fn on_broadcast(&mut self, src: PeerName, payload: &[u8]) -> Result<(), ChannelError> {
+    fn on_broadcast(
+        &mut self,
+        _: Instant,
+        src: PeerName,
+        payload: &[u8],
+    ) -> Result<(), ChannelError> {
         self.broadcasts.push((src, payload.to_vec()));
         Ok(())
     }
-    fn on_gossip(&mut self, payload: &[u8]) -> Result<Option<Vec<u8>>, ChannelError> {
+    fn on_gossip(&mut self, _: Instant, payload: &[u8]) -> Result<Option<Vec<u8>>, ChannelError> {
         if !payload.len().is_multiple_of(8) {
             return Err(ChannelError("ragged set".into()));
         }
@@ -42,11 +67,11 @@ impl GossipChannel for TestChannel {
         self.set.extend(news.iter().copied());
         Ok((!news.is_empty()).then(|| encode(&news)))
     }
-    fn full_state(&mut self) -> Option<Vec<u8>> {
+    fn full_state(&mut self, _: Instant) -> Option<Vec<u8>> {
         (!self.set.is_empty()).then(|| encode(&self.set))
     }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
+    fn sender(&mut self) -> &mut GossipSender {
+        &mut self.sender
     }
 }
 
@@ -54,12 +79,17 @@ fn chan() -> ChannelName {
     ChannelName::new("test").expect("valid name")
 }
 
-fn state(sim: &mut Sim, i: usize) -> &mut TestChannel {
-    sim.nodes[i]
-        .mesh
-        .channel_mut(&chan())
-        .and_then(|c| c.as_any_mut().downcast_mut::<TestChannel>())
-        .expect("test channel registered")
+fn state(sim: &mut Sim<TestChannel>, i: usize) -> &mut TestChannel {
+    sim.nodes[i].mesh.channels_mut()
+}
+
+fn sim(seed: u64, base: Config) -> Sim<TestChannel> {
+    Sim::with_channels(
+        SimConfig::new(seed),
+        base,
+        Box::new(|_, _, _, _| TestChannel::new()),
+        Box::new(|_, _| None),
+    )
 }
 
 #[test]
@@ -67,16 +97,11 @@ fn unicast_broadcast_and_gossip_reach_everyone_across_hops() {
     for seed in [31u64, 32, 33] {
         let mut base = Config::new(PeerName(0), String::new(), 0, 0);
         base.conn_limit = 2; // sparse: most peers are more than one hop apart
-        let mut sim = Sim::new(SimConfig::new(seed), base);
+        let mut sim = sim(seed, base);
         let n = 16;
         sim.add_node(vec![]);
         for _ in 1..n {
             sim.add_node(vec![addr_of(0)]);
-        }
-        for i in 0..n {
-            sim.nodes[i]
-                .mesh
-                .register_channel(chan(), Box::new(TestChannel::default()));
         }
         sim.run_until_converged(Duration::from_millis(500), Duration::from_secs(300))
             .unwrap_or_else(|| panic!("no convergence; seed {seed}"));
@@ -108,26 +133,29 @@ fn unicast_broadcast_and_gossip_reach_everyone_across_hops() {
             for (j, dst) in names.iter().enumerate() {
                 if i != j {
                     let payload = format!("{i}->{j}").into_bytes();
-                    sim.with_node(i, |m, _| m.unicast(chan(), *dst, payload))
-                        .unwrap_or_else(|e| panic!("{i}->{j}: {e}; seed {seed}"));
+                    sim.with_node(i, |m, _| m.channels_mut().sender().unicast(*dst, payload));
                 }
             }
         }
         // Broadcast from a few sources.
         for src in [0usize, 7, 15] {
             sim.with_node(src, |m, _| {
-                m.broadcast(chan(), format!("from {src}").into_bytes())
+                let payload = format!("from {src}").into_bytes();
+                m.channels_mut().sender().broadcast(payload)
             });
         }
         // Gossip: each node contributes one element.
         for i in 0..n {
             state(&mut sim, i).set.insert(i as u64);
             sim.with_node(i, |m, _| {
-                m.gossip(chan(), (i as u64).to_be_bytes().to_vec())
+                let payload = (i as u64).to_be_bytes().to_vec();
+                m.channels_mut().sender().gossip(payload)
             });
         }
         let until = sim.now + Duration::from_secs(30);
         sim.run_until(until);
+        let unroutable: u64 = sim.nodes.iter().map(|x| x.mesh.counters.unroutable).sum();
+        assert_eq!(unroutable, 0, "every unicast had a route; seed {seed}");
 
         let everything: BTreeSet<u64> = (0..n as u64).collect();
         for j in 0..n {
@@ -167,20 +195,12 @@ fn unicast_broadcast_and_gossip_reach_everyone_across_hops() {
 
 #[test]
 fn a_channel_error_is_counted_and_the_session_survives() {
-    let mut sim = Sim::new(
-        SimConfig::new(41),
-        Config::new(PeerName(0), String::new(), 0, 0),
-    );
+    let mut sim = sim(41, Config::new(PeerName(0), String::new(), 0, 0));
     sim.add_node(vec![]);
     sim.add_node(vec![addr_of(0)]);
-    for i in 0..2 {
-        sim.nodes[i]
-            .mesh
-            .register_channel(chan(), Box::new(TestChannel::default()));
-    }
     sim.run_until_converged(Duration::from_millis(500), Duration::from_secs(60))
         .expect("converges");
-    sim.with_node(0, |m, _| m.gossip(chan(), vec![1, 2, 3]));
+    sim.with_node(0, |m, _| m.channels_mut().sender().gossip(vec![1, 2, 3]));
     let until = sim.now + Duration::from_secs(2);
     sim.run_until(until);
     assert_eq!(sim.nodes[1].mesh.counters.channel_errors, 1);

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use weft_mesh::Config;
 use weft_peer_proto::PeerName;
-use weft_router::mesh::Config;
 use weft_tests::sim::{Sim, SimConfig, addr_of, converge_from_seed};
 
 fn seeds(default: &[u64]) -> Vec<u64> {

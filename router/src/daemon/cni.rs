@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use super::Loop;
+use super::Router;
 use weft_api::{CNI_KEY_PREFIX, PendingRelease};
 
 /// Largest pending-release file read (a key is at most a few hundred bytes).
@@ -21,7 +21,7 @@ pub(super) fn release_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("release")
 }
 
-impl Loop {
+impl Router {
     /// Releases the keys the plugin left behind. A file is removed only once
     /// its key is released (or was not allocated); bad files are removed and
     /// counted, never acted on.
@@ -32,9 +32,6 @@ impl Loop {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return;
         };
-        if self.ipam().is_none() {
-            return;
-        }
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "tmp") {
@@ -69,9 +66,7 @@ impl Loop {
             if !path.exists() {
                 continue;
             }
-            self.cancel_pending(&key);
-            let Some(svc) = self.ipam() else { return };
-            match svc.release(&key) {
+            match self.release(&key, std::time::Instant::now()) {
                 Ok(addr) => {
                     if let Some(a) = addr {
                         self.metrics.cni_releases.inc();
@@ -80,7 +75,7 @@ impl Loop {
                     let _ = std::fs::remove_file(&path);
                 }
                 Err(e) => {
-                    warn!(%key, "pending CNI release failed: {e:#}");
+                    warn!(%key, "pending CNI release failed: {e}");
                     return;
                 }
             }

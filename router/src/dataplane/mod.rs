@@ -32,8 +32,8 @@ use self::crypto::{DirectionKeys, Opener, Role, Sealer};
 use self::engine::{Shared, TxBatch};
 use self::host::{Host, WantRoute};
 use self::table::{Link, Table, cidrs};
-use crate::mesh::ConnId;
 use weft_api::{DataPlaneStatus, LinkStatus};
+use weft_mesh::SessionId;
 
 pub use self::crypto::{EXPORTER_LABEL, Role as SessionRole};
 
@@ -82,8 +82,8 @@ pub struct DataPlane {
     cfg: DataPlaneConfig,
     mtu: u16,
     shared: Arc<Shared>,
-    pending: HashMap<ConnId, Pending>,
-    links: HashMap<ConnId, Arc<Link>>,
+    pending: HashMap<SessionId, Pending>,
+    links: HashMap<SessionId, Arc<Link>>,
     ring: Vec<(u32, PeerName)>,
     hops: Vec<(PeerName, PeerName)>,
     gateway: Option<Ipv4Addr>,
@@ -94,7 +94,7 @@ pub struct DataPlane {
     offload: bool,
     /// What /metrics has already been told, per session, so that counters
     /// only grow across reconnects.
-    reported: HashMap<ConnId, Reported>,
+    reported: HashMap<SessionId, Reported>,
     reported_global: BTreeMap<&'static str, u64>,
 }
 
@@ -250,7 +250,7 @@ impl DataPlane {
     /// A session came up: remember its secret and return the offer to send.
     pub fn session_up(
         &mut self,
-        conn: ConnId,
+        conn: SessionId,
         peer: PeerName,
         nickname: String,
         role: Role,
@@ -277,7 +277,7 @@ impl DataPlane {
     }
 
     /// The peer's offer on `conn`: the link is complete.
-    pub fn offer_received(&mut self, conn: ConnId, offer: DataOffer) {
+    pub fn offer_received(&mut self, conn: SessionId, offer: DataOffer) {
         let Some(mut p) = self.pending.remove(&conn) else {
             // Offers are repeated until the peer's packets arrive; a changed
             // one (new port or MTU) takes effect when the session reconnects.
@@ -318,7 +318,7 @@ impl DataPlane {
         self.publish();
     }
 
-    pub fn session_down(&mut self, conn: ConnId) {
+    pub fn session_down(&mut self, conn: SessionId) {
         self.pending.remove(&conn);
         if self.links.remove(&conn).is_some() {
             self.publish();
@@ -380,7 +380,7 @@ impl DataPlane {
     /// Our offer on every session whose peer has not shown it has it (no
     /// packet from it authenticated yet): offers can be lost on a full
     /// session queue. Called about once a second.
-    pub fn offers_to_repeat(&self) -> Vec<(ConnId, DataOffer)> {
+    pub fn offers_to_repeat(&self) -> Vec<(SessionId, DataOffer)> {
         let offer = |index| DataOffer {
             port: self.cfg.port,
             index,

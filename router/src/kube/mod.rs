@@ -39,7 +39,7 @@ use tracing::{debug, info, warn};
 use weft_ipam_crdt::{Init, PeerName};
 
 use self::peers::{ClaimOutcome, PeerList};
-use crate::daemon::{Command, Handle, stopped};
+use crate::handle::{Command, Handle, stopped};
 use crate::store;
 
 /// `--kube` settings.
@@ -65,6 +65,7 @@ pub struct Kube {
     client: kube::Client,
     cfg: KubeConfig,
     me: String,
+    me_name: PeerName,
     nickname: String,
     data_dir: PathBuf,
 }
@@ -105,6 +106,7 @@ impl Kube {
             client,
             cfg,
             me: me.to_string(),
+            me_name: me,
             nickname,
             data_dir,
         })
@@ -222,8 +224,9 @@ impl Kube {
         Some(peer_list(&cm).ok()?.removed.contains(&self.me))
     }
 
-    /// Runs the Node watch and the reconcile loop until `shutdown`.
-    pub async fn run(self, handle: Handle, mut shutdown: watch::Receiver<bool>) {
+    /// Runs the Node watch and the reconcile loop until `shutdown`. It ends
+    /// early only with [`Removed`]: this router must stop.
+    pub async fn run(self, handle: Handle, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         let (store, writer) = reflector::store::<Node>();
         let wake = Arc::new(Notify::new());
@@ -253,8 +256,8 @@ impl Kube {
             ..Default::default()
         };
         tokio::select! {
-            r = store.wait_until_ready() => if r.is_err() { return; },
-            _ = stopped(&mut shutdown) => { watch_task.abort(); return; }
+            r = store.wait_until_ready() => if r.is_err() { return Ok(()); },
+            _ = stopped(&mut shutdown) => { watch_task.abort(); return Ok(()); }
         }
         let mut last_pass = std::time::Instant::now();
         let mut last_seen = None;
@@ -271,6 +274,10 @@ impl Kube {
             if due {
                 pending = match self.reconcile(&all, &nodes, &handle, &mut st).await {
                     Ok(p) => p,
+                    Err(e) if e.is::<Removed>() => {
+                        watch_task.abort();
+                        return Err(e);
+                    }
                     Err(e) => {
                         handle.metrics.kube_errors.inc();
                         warn!("Kubernetes reconcile: {e:#}");
@@ -295,6 +302,7 @@ impl Kube {
             }
         }
         watch_task.abort();
+        Ok(())
     }
 
     fn managed_path(&self) -> PathBuf {
@@ -352,18 +360,15 @@ impl Kube {
         let reclaimed = |l: &PeerList| l.removed.contains(me);
         let removed_here = ask(handle, Command::IpamStatus)
             .await?
-            .is_some_and(|s| s.removed.iter().any(|r| r.to_string() == *me));
+            .removed
+            .contains(&self.me_name);
         let (list, _) = self
             .update(Some(&handle.metrics), |l| {
                 !reclaimed(l) && !removed_here && l.register(me, node, nick)
             })
             .await?;
         if reclaimed(&list) || removed_here {
-            let msg = step_aside(&self.data_dir);
-            tracing::error!(
-                "this router ({me}) was removed from the ring after its Node was deleted; {msg}"
-            );
-            std::process::exit(1);
+            return Err(removed(self.me_name, &self.data_dir));
         }
         let candidates = list.candidates(me, &names);
         st.missing_since.retain(|p, _| candidates.contains(p));
@@ -396,7 +401,7 @@ impl Kube {
                 .mesh
                 .peers
                 .iter()
-                .any(|p| p.name.to_string() == peer && p.reachable)
+                .any(|p| p.reachable && p.name.to_string() == peer)
             {
                 debug!(%peer, node = %rec.node, "Node gone but its router still answers; waiting");
                 pending = true;
@@ -506,6 +511,25 @@ struct ReconcileState {
     managed: BTreeSet<SocketAddr>,
     /// Reclaim candidates, since when we have seen their Node gone.
     missing_since: BTreeMap<String, std::time::Instant>,
+}
+
+/// This router was removed from the ring (its Node was deleted while the
+/// host lived on): meshd stops with this error, and its restart joins as a
+/// new router.
+#[derive(Debug, thiserror::Error)]
+#[error("this router ({me}) was removed from the ring after its Node was deleted; {what}")]
+pub struct Removed {
+    pub me: weft_peer_proto::PeerName,
+    pub what: String,
+}
+
+/// Steps aside (see [`step_aside`]) and says so.
+pub fn removed(me: weft_peer_proto::PeerName, data_dir: &std::path::Path) -> anyhow::Error {
+    Removed {
+        me,
+        what: step_aside(data_dir),
+    }
+    .into()
 }
 
 /// Moves the identity and IPAM state of a removed router aside, so that the

@@ -4,8 +4,8 @@
 //!
 //!   cargo run --release -p weft-tests --bin mesh-scaling [N ...]
 
+use weft_mesh::Config;
 use weft_peer_proto::PeerName;
-use weft_router::mesh::Config;
 use weft_tests::bench::*;
 use weft_tests::sim::{SimConfig, converge_from_seed};
 

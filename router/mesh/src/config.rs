@@ -1,0 +1,65 @@
+//! How a router's mesh core behaves: limits, periods, fan-out, and the seed
+//! of its randomness.
+
+use std::time::Duration;
+
+use weft_peer_proto::PeerName;
+
+pub(crate) fn gc_period(cfg: &Config) -> Duration {
+    (cfg.peer_gc_after / 4).max(cfg.gossip_interval)
+}
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: PeerName,
+    pub nickname: String,
+    /// Random per process start.
+    pub uid: u64,
+    pub listen_port: u16,
+    /// Dial discovered peers only while we hold fewer sessions than this;
+    /// accept inbound sessions up to twice this. Explicit targets are always dialed.
+    pub conn_limit: usize,
+    /// Dial peers learned from the topology.
+    pub discovery: bool,
+    /// Period of anti-entropy (topology hash check with one random neighbour)
+    /// and of housekeeping.
+    pub gossip_interval: Duration,
+    /// How long news waits to be batched before it is relayed.
+    pub flush_interval: Duration,
+    /// Shortest time between two versions of our own entry: while sessions
+    /// come and go (a mesh starting up), changes are batched into one version
+    /// instead of flooding the mesh with one version per session.
+    pub own_interval: Duration,
+    /// Neighbours that news is relayed to.
+    pub fanout: usize,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// How long an unreachable peer stays in the topology.
+    pub peer_gc_after: Duration,
+    pub max_concurrent_dials: usize,
+    /// Most peers kept in the topology (a bound on memory whatever peers send).
+    pub max_peers: usize,
+    pub seed: u64,
+}
+
+impl Config {
+    pub fn new(name: PeerName, nickname: String, uid: u64, seed: u64) -> Self {
+        Config {
+            name,
+            nickname,
+            uid,
+            listen_port: weft_peer_proto::DEFAULT_PORT,
+            conn_limit: 32,
+            discovery: true,
+            gossip_interval: Duration::from_secs(2),
+            flush_interval: Duration::from_millis(100),
+            own_interval: Duration::from_millis(1000),
+            fanout: 4,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+            peer_gc_after: Duration::from_secs(60),
+            max_concurrent_dials: 16,
+            max_peers: 20_000,
+            seed,
+        }
+    }
+}
