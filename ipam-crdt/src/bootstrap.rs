@@ -42,7 +42,7 @@ pub enum Waiting {
 }
 
 #[derive(Debug, Clone)]
-pub struct Bootstrap {
+pub struct Ipam {
     me: PeerName,
     range: AddrRange,
     init: Init,
@@ -55,7 +55,7 @@ pub struct Bootstrap {
     pub refused: Option<(u64, u64)>,
 }
 
-impl Bootstrap {
+impl Ipam {
     pub fn new(me: PeerName, range: AddrRange, init: Init, now_ms: u64) -> Self {
         let (ring, voter, expected) = match &init {
             Init::Seed(seeds) if seeds.contains(&me) => (
@@ -67,7 +67,7 @@ impl Bootstrap {
             Init::Consensus(n) => (Ring::new(range), true, *n),
         };
         let patience_ms = 10_000;
-        Bootstrap {
+        Ipam {
             me,
             range,
             init,
@@ -90,7 +90,7 @@ impl Bootstrap {
         now_ms: u64,
     ) -> Self {
         let range = snapshot.ring.range();
-        let mut b = Bootstrap::new(me, range, init, now_ms);
+        let mut b = Ipam::new(me, range, init, now_ms);
         let seeded_now = b.alloc.ring().clone();
         b.alloc = Allocator::restore(me, snapshot);
         // A seed's own ring is implied by its flags; merging it is a no-op
@@ -221,7 +221,7 @@ mod tests {
     };
 
     /// Everyone sends its state to everyone, `rounds` times, ticking between.
-    fn exchange(nodes: &mut [Bootstrap], now: &mut u64, rounds: usize) {
+    fn exchange(nodes: &mut [Ipam], now: &mut u64, rounds: usize) {
         for r in 0..rounds {
             *now += 500;
             for (i, n) in nodes.iter_mut().enumerate() {
@@ -242,10 +242,10 @@ mod tests {
     #[test]
     fn consensus_of_three_splits_the_range_once_and_the_observer_learns_it() {
         let mut now = 0;
-        let mut nodes: Vec<Bootstrap> = (1..=3)
-            .map(|i| Bootstrap::new(PeerName(i), R, Init::Consensus(3), now))
+        let mut nodes: Vec<Ipam> = (1..=3)
+            .map(|i| Ipam::new(PeerName(i), R, Init::Consensus(3), now))
             .collect();
-        nodes.push(Bootstrap::new(PeerName(9), R, Init::Observer, now));
+        nodes.push(Ipam::new(PeerName(9), R, Init::Observer, now));
         assert_eq!(
             nodes[0].waiting(),
             Waiting::Consensus {
@@ -272,14 +272,14 @@ mod tests {
     #[test]
     fn restore_keeps_allocations_and_promises() {
         let mut now = 0;
-        let mut nodes: Vec<Bootstrap> = (1..=3)
-            .map(|i| Bootstrap::new(PeerName(i), R, Init::Consensus(3), now))
+        let mut nodes: Vec<Ipam> = (1..=3)
+            .map(|i| Ipam::new(PeerName(i), R, Init::Consensus(3), now))
             .collect();
         exchange(&mut nodes, &mut now, 12);
         let a = nodes[1].alloc_mut().allocate("c1").expect("ready");
         let snap = nodes[1].alloc().snapshot();
         let k = nodes[1].knowledge().clone();
-        let back = Bootstrap::restore(PeerName(2), Init::Consensus(3), snap, &k, now);
+        let back = Ipam::restore(PeerName(2), Init::Consensus(3), snap, &k, now);
         assert_eq!(back.waiting(), Waiting::Ready);
         assert_eq!(back.alloc().lookup("c1"), Some(a));
         assert_eq!(back.knowledge().get(&PeerName(2)), k.get(&PeerName(2)));
@@ -290,9 +290,9 @@ mod tests {
     #[test]
     fn an_observer_never_seeds_from_claims() {
         let mut now = 0;
-        let mut a = Bootstrap::new(PeerName(1), R, Init::Consensus(3), now);
-        let mut b = Bootstrap::new(PeerName(2), R, Init::Consensus(3), now);
-        let mut o = Bootstrap::new(PeerName(9), R, Init::Observer, now);
+        let mut a = Ipam::new(PeerName(1), R, Init::Consensus(3), now);
+        let mut b = Ipam::new(PeerName(2), R, Init::Consensus(3), now);
+        let mut o = Ipam::new(PeerName(9), R, Init::Observer, now);
         // Until voter 1 has accepted a value (a quorum of 2 promised it).
         for _ in 0..100 {
             now += 500;
@@ -327,9 +327,9 @@ mod tests {
         let seeds = vec![PeerName(1), PeerName(2)];
         let mut now = 0;
         let mut nodes = vec![
-            Bootstrap::new(PeerName(1), R, Init::Seed(seeds.clone()), now),
-            Bootstrap::new(PeerName(2), R, Init::Seed(seeds.clone()), now),
-            Bootstrap::new(PeerName(3), R, Init::Seed(seeds), now),
+            Ipam::new(PeerName(1), R, Init::Seed(seeds.clone()), now),
+            Ipam::new(PeerName(2), R, Init::Seed(seeds.clone()), now),
+            Ipam::new(PeerName(3), R, Init::Seed(seeds), now),
         ];
         assert_eq!(nodes[0].waiting(), Waiting::Ready);
         assert_eq!(
@@ -344,8 +344,8 @@ mod tests {
 
     #[test]
     fn separately_seeded_rings_refuse_each_other_and_say_so() {
-        let mut a = Bootstrap::new(PeerName(1), R, Init::Seed(vec![PeerName(1)]), 0);
-        let b = Bootstrap::new(PeerName(2), R, Init::Seed(vec![PeerName(2)]), 0);
+        let mut a = Ipam::new(PeerName(1), R, Init::Seed(vec![PeerName(1)]), 0);
+        let b = Ipam::new(PeerName(2), R, Init::Seed(vec![PeerName(2)]), 0);
         let err = a.on_state(Some(b.alloc().ring()), b.knowledge(), 5);
         assert!(matches!(err, Err(RingError::ClusterMismatch { .. })));
         assert_eq!(a.refused.map(|(_, at)| at), Some(5));
@@ -355,8 +355,8 @@ mod tests {
     #[test]
     fn a_quorum_decides_after_patience_when_a_voter_never_comes() {
         let mut now = 0;
-        let mut nodes: Vec<Bootstrap> = (1..=2)
-            .map(|i| Bootstrap::new(PeerName(i), R, Init::Consensus(3), now))
+        let mut nodes: Vec<Ipam> = (1..=2)
+            .map(|i| Ipam::new(PeerName(i), R, Init::Consensus(3), now))
             .collect();
         exchange(&mut nodes, &mut now, 4);
         assert!(

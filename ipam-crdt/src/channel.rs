@@ -1,4 +1,4 @@
-//! The `ipam` gossip channel: one router's [`Bootstrap`] (ring, allocator,
+//! The `ipam` gossip channel: one router's [`Ipam`] (ring, allocator,
 //! consensus) riding on the mesh, pure like the rest of this crate.
 //!
 //! Nothing leaves before it is on disk. Every change marks the state
@@ -23,7 +23,7 @@ use weft_peer_proto::ipam::{ClaimsWire, FreeHint, IpamMsg, RingWire};
 use weft_peer_proto::{ChannelName, PeerName};
 
 use crate::wire::{knowledge_from_wire, knowledge_to_wire};
-use crate::{AddrRange, AllocError, Bootstrap, Init, Ring, RingError, Snapshot, Waiting};
+use crate::{AddrRange, AllocError, Init, Ipam, Ring, RingError, Snapshot, Waiting};
 
 /// The channel's name on the mesh.
 pub const CHANNEL: &str = "ipam";
@@ -67,8 +67,8 @@ pub enum Unready {
 
 pub struct IpamChannel {
     name: ChannelName,
-    b: Bootstrap,
-    /// The origin of the millisecond clock [`Bootstrap`] runs on.
+    b: Ipam,
+    /// The origin of the millisecond clock [`Ipam`] runs on.
     epoch: Instant,
     /// The wall clock (ms since the Unix epoch) at `epoch`.
     wall_ms: u64,
@@ -86,7 +86,7 @@ pub struct IpamChannel {
 impl IpamChannel {
     /// A router with no state yet. `wall_ms` is the wall clock at `now`.
     pub fn new(me: PeerName, range: AddrRange, init: Init, now: Instant, wall_ms: u64) -> Self {
-        Self::with(Bootstrap::new(me, range, init, 0), now, wall_ms)
+        Self::with(Ipam::new(me, range, init, 0), now, wall_ms)
     }
 
     /// A router restarting from what it saved. Fails when the saved ring is
@@ -106,13 +106,13 @@ impl IpamChannel {
         };
         let knowledge = knowledge_from_wire(&saved.consensus);
         Ok(Self::with(
-            Bootstrap::restore(me, init, snap, &knowledge, 0),
+            Ipam::restore(me, init, snap, &knowledge, 0),
             now,
             wall_ms,
         ))
     }
 
-    fn with(b: Bootstrap, now: Instant, wall_ms: u64) -> Self {
+    fn with(b: Ipam, now: Instant, wall_ms: u64) -> Self {
         IpamChannel {
             name: ChannelName::new(CHANNEL).unwrap_or_else(|_| unreachable!("a valid name")),
             b,
@@ -243,7 +243,7 @@ impl IpamChannel {
 
     // ---- what it knows ----
 
-    pub fn bootstrap(&self) -> &Bootstrap {
+    pub fn ipam(&self) -> &Ipam {
         &self.b
     }
 

@@ -35,7 +35,7 @@ pub mod space;
 pub mod wire;
 
 pub use allocator::{AllocError, Allocator, Snapshot};
-pub use bootstrap::{Bootstrap, Init, Waiting};
+pub use bootstrap::{Init, Ipam, Waiting};
 pub use channel::{IpamChannel, IpamError, Persisted, Unready};
 pub use range::AddrRange;
 pub use ring::{Entry, MergeOutcome, Ring, RingError};

@@ -15,8 +15,9 @@ pub enum Frame {
     Topology(TopologyMsg),
     /// Any other named channel (IPAM and later ones).
     Gossip(GossipMsg),
-    /// How to reach the sender's data plane on this session: sent once each
-    /// way after the hello, and again whenever it changes.
+    /// How to reach the sender's data plane on this session: sent each way
+    /// after the hello, and again about once a second until a data packet
+    /// from the peer shows that the offer arrived.
     DataOffer(DataOffer),
 }
 

@@ -83,7 +83,7 @@ fn saved(sim: &Sim<IpamChannel>, i: usize, seed: u64) -> Option<Persisted> {
 /// A router's ring and allocations: from memory if it runs, else from disk.
 fn state_of(sim: &Sim<IpamChannel>, i: usize, seed: u64) -> Option<(Ring, Vec<(String, u32)>)> {
     if sim.nodes[i].alive {
-        let a = sim.nodes[i].mesh.channels().bootstrap().alloc();
+        let a = sim.nodes[i].mesh.channels().ipam().alloc();
         let allocs = a.allocations().map(|(k, v)| (k.to_owned(), v)).collect();
         return Some((a.ring().clone(), allocs));
     }
@@ -206,7 +206,7 @@ impl World {
             let me = self.sim.nodes[i].name;
             let mine = ring.ranges_of(me);
             if self.sim.nodes[i].alive {
-                let a = self.sim.nodes[i].mesh.channels().bootstrap().alloc();
+                let a = self.sim.nodes[i].mesh.channels().ipam().alloc();
                 assert!(
                     a.lost().is_empty(),
                     "router {i} lost allocations {:?}; seed {seed}",
@@ -259,7 +259,7 @@ impl World {
             let mut r = self.sim.nodes[*l]
                 .mesh
                 .channels()
-                .bootstrap()
+                .ipam()
                 .alloc()
                 .ring()
                 .clone();
@@ -291,7 +291,7 @@ impl World {
             .live()
             .into_iter()
             .map(|i| {
-                let ring = self.sim.nodes[i].mesh.channels().bootstrap().alloc().ring();
+                let ring = self.sim.nodes[i].mesh.channels().ipam().alloc().ring();
                 ring.entries()
                     .map(|(t, e)| (t, e.owner, e.version))
                     .collect()
@@ -310,7 +310,7 @@ fn scenario(seed: u64) {
         w.sim.nodes[0]
             .mesh
             .channels()
-            .bootstrap()
+            .ipam()
             .alloc()
             .ring()
             .is_seeded(),
@@ -339,7 +339,7 @@ fn scenario(seed: u64) {
         w.sim.restart(i);
         let ch = w.sim.nodes[i].mesh.channels();
         let after: BTreeMap<String, u32> = ch
-            .bootstrap()
+            .ipam()
             .alloc()
             .allocations()
             .map(|(k, a)| (k.to_owned(), a))
@@ -387,13 +387,7 @@ fn scenario(seed: u64) {
     );
 
     // The removed routers own nothing any more; donations really happened.
-    let ring = w.sim.nodes[0]
-        .mesh
-        .channels()
-        .bootstrap()
-        .alloc()
-        .ring()
-        .clone();
+    let ring = w.sim.nodes[0].mesh.channels().ipam().alloc().ring().clone();
     let owners = ring.ownership();
     for &dead in &crashed[3..] {
         let name = w.sim.nodes[dead].name;

@@ -13,7 +13,7 @@ use weft_peer_proto::{
     Features, Frame, GoodbyeReason, Hello, PROTOCOL_MAX, PROTOCOL_MIN, PeerName, VersionRange,
 };
 
-use crate::gossip::Channels;
+use crate::channel::Channels;
 use crate::mesh::{Mesh, Session};
 use crate::outbox::{Action, MeshEvent, SessionId, Transmit};
 use crate::topology;

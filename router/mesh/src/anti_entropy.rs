@@ -10,8 +10,8 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use weft_peer_proto::topology::{PeerEntry, TopologyMsg};
 use weft_peer_proto::{Frame, PeerName};
 
+use crate::channel::Channels;
 use crate::config::gc_period;
-use crate::gossip::Channels;
 use crate::mesh::Mesh;
 use crate::outbox::{MeshEvent, SessionId, Transmit};
 use crate::topology;

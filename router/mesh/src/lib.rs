@@ -26,8 +26,10 @@
 
 mod admission;
 mod anti_entropy;
+mod channel;
 mod config;
 mod connector;
+mod dial;
 mod gossip;
 mod mesh;
 mod outbox;
@@ -37,8 +39,8 @@ pub mod topology;
 
 pub use admission::Admit;
 pub use anti_entropy::ProtocolError;
+pub use channel::{ChannelError, Channels, GossipChannel, GossipSender, NoChannels, Outgoing};
 pub use config::Config;
-pub use gossip::{ChannelError, Channels, GossipChannel, GossipSender, NoChannels, Outgoing};
 pub use mesh::{Mesh, MeshCounters};
 pub use outbox::{Action, MeshEvent, SessionId, Transmit};
 pub use snapshot::{

@@ -1,7 +1,7 @@
 //! The [`Mesh`] itself: one router's sessions, topology, routes and dial
 //! targets, with the inputs of time and the queues its driver drains. The
 //! other modules each add one concern to it: [`crate::admission`],
-//! [`crate::anti_entropy`], [`crate::gossip`], [`crate::connector`],
+//! [`crate::anti_entropy`], [`crate::gossip`], [`crate::dial`],
 //! [`crate::snapshot`].
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,9 +13,9 @@ use rand::{Rng, SeedableRng};
 use weft_peer_proto::PeerName;
 use weft_peer_proto::topology::PeerEntry;
 
+use crate::channel::Channels;
 use crate::config::{Config, gc_period};
 use crate::connector::Connector;
-use crate::gossip::Channels;
 use crate::outbox::{Action, MeshEvent, Outbox, SessionId, Transmit};
 use crate::routes::Routes;
 use crate::topology::Topology;

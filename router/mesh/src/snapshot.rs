@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use weft_peer_proto::PeerName;
 
+use crate::channel::Channels;
 use crate::connector::DialState;
-use crate::gossip::Channels;
 use crate::mesh::Mesh;
 use crate::topology::Topology;
 

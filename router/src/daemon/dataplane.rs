@@ -16,7 +16,7 @@ impl Router {
     /// overlay address allocated, sends keep-alives.
     pub(super) fn dataplane_tick(&mut self) {
         let me = self.mesh.name();
-        let ring = self.mesh.channels().bootstrap().alloc().ring();
+        let ring = self.mesh.channels().ipam().alloc().ring();
         let tokens: Vec<_> = ring.entries().map(|(t, e)| (t, e.owner)).collect();
         let local = ring.ranges_of(me);
         let hops: Vec<_> = self

@@ -63,7 +63,7 @@ impl Router {
 
     /// Asks the reachable peer with the most free space for some.
     fn ask_for_space(&mut self, now: Instant) {
-        let ready = self.mesh.channels().bootstrap().waiting() == Waiting::Ready;
+        let ready = self.mesh.channels().ipam().waiting() == Waiting::Ready;
         if !ready || !self.allocations.may_ask(now) {
             return;
         }

@@ -323,10 +323,10 @@ impl Router {
             }
             Command::Lookup { key, reply } => {
                 let ipam = self.mesh.channels();
-                let _ = reply.send(ipam.bootstrap().alloc().lookup(&key));
+                let _ = reply.send(ipam.ipam().alloc().lookup(&key));
             }
             Command::ListIps(reply) => {
-                let alloc = self.mesh.channels().bootstrap().alloc();
+                let alloc = self.mesh.channels().ipam().alloc();
                 let list = alloc.allocations().map(|(k, a)| (k.to_owned(), a));
                 let _ = reply.send(list.collect());
             }

@@ -142,7 +142,7 @@ impl Router {
             .collect();
         let pending = self.allocations.len();
         let ch = self.mesh.channels();
-        let b = ch.bootstrap();
+        let b = ch.ipam();
         let ring = b.alloc().ring();
         let range = ring.range();
         let me = b.alloc().me();

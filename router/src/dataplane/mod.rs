@@ -61,7 +61,7 @@ pub struct DataPlaneConfig {
 }
 
 /// A session whose peer has not sent its offer yet.
-struct Pending {
+struct AwaitingOffer {
     peer: PeerName,
     nickname: String,
     role: Role,
@@ -82,7 +82,7 @@ pub struct DataPlane {
     cfg: DataPlaneConfig,
     mtu: u16,
     shared: Arc<Shared>,
-    pending: HashMap<SessionId, Pending>,
+    pending: HashMap<SessionId, AwaitingOffer>,
     links: HashMap<SessionId, Arc<Link>>,
     ring: Vec<(u32, PeerName)>,
     hops: Vec<(PeerName, PeerName)>,
@@ -260,7 +260,7 @@ impl DataPlane {
         let recv_index = self.fresh_index();
         self.pending.insert(
             conn,
-            Pending {
+            AwaitingOffer {
                 peer,
                 nickname,
                 role,
