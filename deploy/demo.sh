@@ -6,13 +6,18 @@
 # figure, then cleans up (also on Ctrl-C). Exits non-zero if any pod cannot
 # reach any other.
 #
-#   sudo deploy/demo.sh            # build, run, show, clean up
-#   sudo deploy/demo.sh --keep     # ... and keep it running until Ctrl-C
+#   deploy/demo.sh            # as root: build, run, show, clean up
+#   deploy/demo.sh --keep     # ... and keep it running until Ctrl-C
 #
-# Needs root (network namespaces), iproute2, jq, ping, iperf3 and a Rust
-# toolchain.
+# Needs root (network namespaces; use sudo only if you are not root) and a
+# Rust toolchain. What else it needs (iproute2, nftables, jq, ping, iperf3,
+# a C compiler for the build, ...) is installed with apt-get if missing, by
+# deploy/prereqs.sh; WEFT_NO_INSTALL=1 only reports it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=deploy/prereqs.sh
+. deploy/prereqs.sh
+weft_prereqs demo
 keep=0; [ "${1:-}" = "--keep" ] && keep=1
 N=3
 PODS=2
@@ -132,6 +137,7 @@ if [ $fail -ne 0 ]; then
 fi
 echo "demo mesh formed: $N routers, $((N * PODS)) pods all reaching each other, every session mutually authenticated and encrypted"
 if [ $keep -eq 1 ]; then
-  echo "running; try: sudo ip netns exec $P-n0 $bin/meshctl --socket $work/n0/meshd.sock status peers   (Ctrl-C to stop)"
+  as=""; [ -n "${SUDO_USER:-}" ] && as="sudo "
+  echo "running; try: ${as}ip netns exec $P-n0 $bin/meshctl --socket $work/n0/meshd.sock status peers   (Ctrl-C to stop)"
   while true; do sleep 3600; done
 fi
