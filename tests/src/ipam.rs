@@ -6,13 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
-use serde_json::Value;
+use weft_api::{Allocation, IpReply, IpamStatus, PeerName};
 
 use crate::netns::Lab;
 
-pub fn ipam(lab: &Lab, i: usize) -> Result<Value> {
+/// `meshctl status ipam --json` of node `i`.
+pub fn ipam(lab: &Lab, i: usize) -> Result<IpamStatus> {
     let out = lab.meshctl(i, &["status", "ipam", "--json"])?;
-    Ok(serde_json::from_slice(&out.stdout)?)
+    serde_json::from_slice(&out.stdout).context("meshctl status ipam --json")
 }
 
 /// A small runtime for the async API client.
@@ -21,16 +22,6 @@ pub fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
-}
-
-/// `method path` on node `i`'s API; the JSON answer (errors for non-2xx).
-pub async fn api(
-    lab_socket: std::path::PathBuf,
-    method: hyper::Method,
-    path: String,
-) -> Result<Value> {
-    let body = weft_api::client::request(&lab_socket, method, &path, None).await?;
-    Ok(serde_json::from_slice(&body)?)
 }
 
 /// Allocates `n` ids on each of `nodes`, `conc` at a time per node; returns id -> ip.
@@ -50,9 +41,10 @@ pub fn allocate_many(
                 let id = format!("{tag}-n{i}-{k}");
                 tasks.push(tokio::spawn(async move {
                     let _permit = sem.acquire().await;
-                    let v = api(sock, hyper::Method::POST, format!("/ip/{id}")).await?;
-                    let ip: Ipv4Addr = v["ip"].as_str().context("ip")?.parse()?;
-                    anyhow::Ok((id, ip))
+                    let path = format!("/ip/{id}");
+                    let r: IpReply =
+                        weft_api::client::json(&sock, hyper::Method::POST, &path, None).await?;
+                    anyhow::Ok((id, r.ip))
                 }));
             }
         }
@@ -69,14 +61,13 @@ pub fn allocate_many(
 pub fn all_holdings(lab: &Lab, nodes: &[usize]) -> Result<Vec<(Ipv4Addr, usize, String)>> {
     let mut out = Vec::new();
     for &i in nodes {
-        let list = rt().block_on(api(lab.nodes[i].socket(), hyper::Method::GET, "/ip".into()))?;
-        for e in list.as_array().cloned().unwrap_or_default() {
-            out.push((
-                e["ip"].as_str().unwrap_or_default().parse()?,
-                i,
-                e["id"].as_str().unwrap_or_default().to_owned(),
-            ));
-        }
+        let list: Vec<Allocation> = rt().block_on(weft_api::client::json(
+            &lab.nodes[i].socket(),
+            hyper::Method::GET,
+            "/ip",
+            None,
+        ))?;
+        out.extend(list.into_iter().map(|a| (a.ip, i, a.id)));
     }
     Ok(out)
 }
@@ -97,10 +88,10 @@ pub fn ready(lab: &Lab, nodes: &[usize]) -> Result<bool> {
     let mut clusters = BTreeSet::new();
     for &i in nodes {
         let s = ipam(lab, i)?;
-        if s["ready"] != true {
+        if !s.ready {
             return Ok(false);
         }
-        clusters.insert(s["cluster"].to_string());
+        clusters.insert(s.cluster);
     }
     Ok(clusters.len() == 1)
 }
@@ -115,17 +106,6 @@ pub fn rings_agree(lab: &Lab, nodes: &[usize]) -> Result<bool> {
 }
 
 /// Peer name -> addresses owned, from an IPAM status.
-pub fn owners(s: &Value) -> BTreeMap<String, u64> {
-    s["peers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|p| {
-            (
-                p["name"].as_str().unwrap_or_default().to_owned(),
-                p["owned"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect()
+pub fn owners(s: &IpamStatus) -> BTreeMap<PeerName, u64> {
+    s.peers.iter().map(|p| (p.name, p.owned)).collect()
 }

@@ -13,6 +13,7 @@ use std::process::{Command, Output};
 
 use anyhow::{Context, Result, bail};
 use nix::sched::{CloneFlags, setns};
+use weft_router::kube::peers::{self, PeerList};
 
 use crate::netns::{run, run_input};
 
@@ -32,13 +33,9 @@ fn tools_dir() -> Result<PathBuf> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("workspace root")?;
-    for cand in [
-        repo.join("../shared/tools/kube-apiserver"),
-        PathBuf::from("/work/shared/tools/kube-apiserver"),
-    ] {
-        if cand.join("start.sh").exists() {
-            return Ok(cand);
-        }
+    let cand = repo.join("../shared/tools/kube-apiserver");
+    if cand.join("start.sh").exists() {
+        return Ok(cand);
     }
     bail!(
         "kube-apiserver test tool not found beside the checkout (../shared/tools/kube-apiserver); \
@@ -218,7 +215,7 @@ impl ApiServer {
     }
 
     /// The peer list meshd keeps in ConfigMap kube-system/weft-peers.
-    pub fn peer_list(&self) -> Result<serde_json::Value> {
+    pub fn peer_list(&self) -> Result<PeerList> {
         let out = self.kubectl(&[
             "-n",
             "kube-system",
@@ -229,10 +226,7 @@ impl ApiServer {
             "json",
         ])?;
         let cm: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        match cm["data"]["peers.json"].as_str() {
-            Some(s) => Ok(serde_json::from_str(s)?),
-            None => Ok(serde_json::json!({})),
-        }
+        PeerList::parse(cm["data"][peers::KEY].as_str()).map_err(anyhow::Error::msg)
     }
 }
 

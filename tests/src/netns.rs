@@ -12,7 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde_json::Value;
+use weft_api::{Allocation, ConnectionState, IpReply, PeerName, Status};
 
 /// Where meshd, meshctl and the CNI plugin are: `WEFT_BIN_DIR`, or the target directory the
 /// test binary was built into, after making sure they are built and current
@@ -109,6 +109,12 @@ impl Node {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("meshd.log")).unwrap_or_default()
     }
+
+    /// The node's CNI state directory (meshd's `--cni-state-dir`, the
+    /// plugin's `stateDir`).
+    pub fn cni_dir(&self) -> PathBuf {
+        self.dir.join("cni")
+    }
 }
 
 pub struct Lab {
@@ -116,6 +122,166 @@ pub struct Lab {
     switch: String,
     pub nodes: Vec<Node>,
     dir: PathBuf,
+    routers: Routers,
+}
+
+/// How a lab starts its routers (set with [`LabBuilder`]).
+#[derive(Debug, Clone, Default)]
+struct Routers {
+    password: String,
+    /// For every node.
+    args: Vec<String>,
+    ipalloc_init: Option<String>,
+    cni: bool,
+    /// No node is told another's address.
+    no_peers: bool,
+    /// More for one node.
+    node_args: Vec<(usize, Vec<String>)>,
+}
+
+/// A lab and how its routers start: [`Lab::builder`], then [`start`]
+/// (every node's meshd, in order) or [`build`] (none yet; start them with
+/// [`Lab::router`] or [`Lab::start_all`]).
+///
+/// Node `i` runs meshd with the lab's paths, then [`args`], the
+/// `--ipalloc-init`, the CNI state directory, `--peer` with the first node's
+/// address (for every node but the first, unless [`no_peers`]), and its
+/// [`node_args`].
+///
+/// [`start`]: LabBuilder::start
+/// [`build`]: LabBuilder::build
+/// [`args`]: LabBuilder::args
+/// [`no_peers`]: LabBuilder::no_peers
+/// [`node_args`]: LabBuilder::node_args
+#[must_use]
+pub struct LabBuilder {
+    name: String,
+    n: usize,
+    routers: Routers,
+}
+
+impl LabBuilder {
+    /// The mesh password (`WEFT_PASSWORD`).
+    pub fn password(mut self, password: &str) -> Self {
+        self.routers.password = password.to_owned();
+        self
+    }
+
+    /// Arguments for every node's meshd.
+    pub fn args<S: AsRef<str>>(mut self, args: &[S]) -> Self {
+        self.routers
+            .args
+            .extend(args.iter().map(|s| s.as_ref().to_owned()));
+        self
+    }
+
+    /// `--ipalloc-init` for every node, e.g. `consensus=3` or `observer`.
+    pub fn ipalloc_init(mut self, init: &str) -> Self {
+        self.routers.ipalloc_init = Some(init.to_owned());
+        self
+    }
+
+    /// Each node's CNI state directory ([`Node::cni_dir`]) given to meshd.
+    pub fn with_cni(mut self) -> Self {
+        self.routers.cni = true;
+        self
+    }
+
+    /// No `--peer`: the routers find each other otherwise (Kubernetes).
+    pub fn no_peers(mut self) -> Self {
+        self.routers.no_peers = true;
+        self
+    }
+
+    /// More arguments for node `i` only.
+    pub fn node_args<S: AsRef<str>>(mut self, i: usize, args: &[S]) -> Self {
+        self.routers
+            .node_args
+            .push((i, args.iter().map(|s| s.as_ref().to_owned()).collect()));
+        self
+    }
+
+    /// The lab, no meshd started yet.
+    pub fn build(self) -> Result<Lab> {
+        let mut lab = Lab::new(&self.name, self.n)?;
+        lab.routers = self.routers;
+        Ok(lab)
+    }
+
+    /// The lab with meshd started on every node, in order.
+    pub fn start(self) -> Result<Lab> {
+        let mut lab = self.build()?;
+        lab.start_all()?;
+        Ok(lab)
+    }
+}
+
+/// One start of one node's meshd, from the lab's settings ([`Lab::router`]).
+#[must_use]
+pub struct RouterStart<'a> {
+    lab: &'a mut Lab,
+    i: usize,
+    password: String,
+    ipalloc_init: Option<String>,
+    peers: Vec<SocketAddr>,
+    args: Vec<String>,
+}
+
+impl RouterStart<'_> {
+    /// Another password than the lab's.
+    pub fn password(mut self, password: &str) -> Self {
+        self.password = password.to_owned();
+        self
+    }
+
+    /// Another `--ipalloc-init` than the lab's.
+    pub fn ipalloc_init(mut self, init: &str) -> Self {
+        self.ipalloc_init = Some(init.to_owned());
+        self
+    }
+
+    /// The addresses given with `--peer`, instead of the first node's.
+    pub fn peers(mut self, peers: &[SocketAddr]) -> Self {
+        self.peers = peers.to_vec();
+        self
+    }
+
+    /// More arguments, after the lab's.
+    pub fn args<S: AsRef<str>>(mut self, args: &[S]) -> Self {
+        self.args.extend(args.iter().map(|s| s.as_ref().to_owned()));
+        self
+    }
+
+    /// Starts meshd and waits for its API.
+    pub fn start(self) -> Result<()> {
+        let RouterStart {
+            lab,
+            i,
+            password,
+            ipalloc_init,
+            peers,
+            args,
+        } = self;
+        let r = &lab.routers;
+        let mut all = r.args.clone();
+        if let Some(init) = ipalloc_init {
+            all.push(format!("--ipalloc-init={init}"));
+        }
+        if r.cni {
+            all.push(format!(
+                "--cni-state-dir={}",
+                lab.nodes[i].cni_dir().display()
+            ));
+        }
+        all.extend(peers.iter().map(|p| format!("--peer={p}")));
+        for (node, more) in &r.node_args {
+            if *node == i {
+                all.extend(more.iter().cloned());
+            }
+        }
+        all.extend(args);
+        lab.start_meshd(i, &password, &all)
+    }
 }
 
 fn delete_namespaces_with_prefix(prefix: &str) {
@@ -138,8 +304,18 @@ fn delete_namespaces_with_prefix(prefix: &str) {
 }
 
 impl Lab {
-    /// A lab of `n` nodes on one underlay (10.77.0.0/24). `name` must be
-    /// unique per test and short (it goes into namespace names).
+    /// A lab of `n` nodes and how its routers start; see [`LabBuilder`].
+    pub fn builder(name: &str, n: usize) -> LabBuilder {
+        LabBuilder {
+            name: name.to_owned(),
+            n,
+            routers: Routers::default(),
+        }
+    }
+
+    /// A lab of `n` nodes on one underlay (10.77.0.0/24), no meshd
+    /// running. `name` must be unique per test and short (it goes into
+    /// namespace names).
     pub fn new(name: &str, n: usize) -> Result<Self> {
         let prefix = format!("wt-{name}-");
         delete_namespaces_with_prefix(&prefix);
@@ -152,6 +328,7 @@ impl Lab {
             switch: switch.clone(),
             nodes: Vec::new(),
             dir,
+            routers: Routers::default(),
         };
         ip(&["netns", "add", &switch])?;
         ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
@@ -207,7 +384,36 @@ impl Lab {
             .args(args))
     }
 
-    /// Starts meshd in node `i` with the lab's paths plus `args`.
+    /// Node `i`'s meshd as the lab starts it ([`LabBuilder`]), to adjust
+    /// and [`RouterStart::start`] (also to restart it after
+    /// [`kill_meshd`](Lab::kill_meshd)).
+    pub fn router(&mut self, i: usize) -> RouterStart<'_> {
+        let peers = if i > 0 && !self.routers.no_peers {
+            vec![self.nodes[0].addr()]
+        } else {
+            Vec::new()
+        };
+        RouterStart {
+            password: self.routers.password.clone(),
+            ipalloc_init: self.routers.ipalloc_init.clone(),
+            peers,
+            args: Vec::new(),
+            i,
+            lab: self,
+        }
+    }
+
+    /// Starts meshd on every node, in order, as [`router`](Lab::router)
+    /// has it.
+    pub fn start_all(&mut self) -> Result<()> {
+        for i in 0..self.nodes.len() {
+            self.router(i).start()?;
+        }
+        Ok(())
+    }
+
+    /// Starts meshd in node `i` with the lab's paths plus `args` (and
+    /// nothing of the [`LabBuilder`]'s settings).
     pub fn start_meshd(&mut self, i: usize, password: &str, args: &[String]) -> Result<()> {
         let node = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new()
@@ -245,12 +451,14 @@ impl Lab {
     }
 
     /// `meshctl status --json` of node `i`.
-    pub fn status(&self, i: usize) -> Result<Value> {
-        let out = run(Command::new(bin_dir().join("meshctl"))
-            .arg("--socket")
-            .arg(self.nodes[i].socket())
-            .args(["status", "--json"]))?;
-        Ok(serde_json::from_slice(&out.stdout)?)
+    pub fn status(&self, i: usize) -> Result<Status> {
+        let out = self.meshctl(i, &["status", "--json"])?;
+        serde_json::from_slice(&out.stdout).context("meshctl status --json")
+    }
+
+    /// Node `i`'s peer name.
+    pub fn name_of(&self, i: usize) -> Result<PeerName> {
+        Ok(self.status(i)?.name)
     }
 
     pub fn meshctl(&self, i: usize, args: &[&str]) -> Result<Output> {
@@ -321,13 +529,15 @@ impl Lab {
             .args(["-sf", "-X", "POST", "--unix-socket"])
             .arg(self.nodes[i].socket())
             .arg(format!("http://meshd/ip/{id}")))?;
-        let v: Value = serde_json::from_slice(&out.stdout)?;
-        let cidr = v["cidr"].as_str().context("cidr")?.to_owned();
-        let addr: Ipv4Addr = v["ip"].as_str().context("ip")?.parse()?;
+        let reply: IpReply = serde_json::from_slice(&out.stdout).context("POST /ip")?;
+        let cidr = reply.cidr.to_string();
+        let addr = reply.ip;
         let gw = self.gateway(i)?;
-        let mtu = self.status(i)?["dataplane"]["mtu"]
-            .as_u64()
+        let mtu = self
+            .status(i)?
+            .dataplane
             .context("data plane MTU")?
+            .mtu
             .to_string();
         let ns = format!("wt-{}-n{i}p{j}", self.name);
         let host_if = format!("vp{j}");
@@ -377,56 +587,23 @@ impl Lab {
         Ok(ns)
     }
 
-    /// Starts meshd on every node: the range split by consensus of all of
-    /// them, each node's CNI state directory in its own directory, the
-    /// later nodes told about the first.
-    pub fn start_all_with_cni(&mut self, password: &str) -> Result<()> {
-        let n = self.nodes.len();
-        for i in 0..n {
-            let mut args = vec![
-                format!("--ipalloc-init=consensus={n}"),
-                format!(
-                    "--cni-state-dir={}",
-                    self.nodes[i].dir.join("cni").display()
-                ),
-            ];
-            if i > 0 {
-                args.push(format!("--peer={}", self.nodes[0].addr()));
-            }
-            self.start_meshd(i, password, &args)?;
-        }
-        Ok(())
-    }
-
     /// Node `i`'s allocation keys that start with `prefix`.
     pub fn keys_with_prefix(&self, i: usize, prefix: &str) -> Result<Vec<String>> {
         Ok(self
             .allocations(i)?
             .into_iter()
-            .map(|(k, _)| k)
+            .map(|a| a.id)
             .filter(|k| k.starts_with(prefix))
             .collect())
     }
 
-    /// Node `i`'s allocations as meshd lists them: `(key, ip)`.
-    pub fn allocations(&self, i: usize) -> Result<Vec<(String, String)>> {
+    /// Node `i`'s allocations as meshd lists them (`GET /ip`).
+    pub fn allocations(&self, i: usize) -> Result<Vec<Allocation>> {
         let out = run(Command::new("curl")
             .args(["-sf", "--unix-socket"])
             .arg(self.nodes[i].socket())
             .arg("http://meshd/ip"))?;
-        let v: Value = serde_json::from_slice(&out.stdout)?;
-        Ok(v.as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|e| {
-                        (
-                            e["id"].as_str().unwrap_or_default().to_owned(),
-                            e["ip"].as_str().unwrap_or_default().to_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default())
+        serde_json::from_slice(&out.stdout).context("GET /ip")
     }
 
     /// A namespace on the underlay switch at `10.77.0.<host>` that is not a
@@ -471,27 +648,29 @@ impl Drop for Lab {
     }
 }
 
-/// Names (`name` fields) of the peers with an established session in a status.
-pub fn established_peers(status: &Value) -> Vec<String> {
-    status["mesh"]["connections"]
-        .as_array()
-        .map(|cs| {
-            cs.iter()
-                .filter(|c| c["state"] == "established")
-                .filter_map(|c| c["peer"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+/// The peers with an established session in a status.
+pub fn established_peers(status: &Status) -> Vec<PeerName> {
+    status
+        .mesh
+        .connections
+        .iter()
+        .filter(|c| c.state == ConnectionState::Established)
+        .filter_map(|c| c.peer)
+        .collect()
 }
 
-/// Names of every peer in a status' topology (self included).
-pub fn known_peers(status: &Value) -> Vec<String> {
-    status["mesh"]["peers"]
-        .as_array()
-        .map(|ps| {
-            ps.iter()
-                .filter_map(|p| p["name"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+/// Every peer in a status' topology (self included).
+pub fn known_peers(status: &Status) -> Vec<PeerName> {
+    status.mesh.peers.iter().map(|p| p.name).collect()
+}
+
+/// The peers a status' topology shows as reachable.
+pub fn reachable_peers(status: &Status) -> Vec<PeerName> {
+    status
+        .mesh
+        .peers
+        .iter()
+        .filter(|p| p.reachable)
+        .map(|p| p.name)
+        .collect()
 }

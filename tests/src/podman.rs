@@ -22,7 +22,7 @@ impl Podman {
         let net_d = dir.join("net.d");
         std::fs::create_dir_all(&net_d)?;
         std::fs::create_dir_all(dir.join("tmp"))?;
-        let list = shipped_conflist(&lab.nodes[i].socket(), &lab.nodes[i].dir.join("cni"))?;
+        let list = shipped_conflist(&lab.nodes[i].socket(), &lab.nodes[i].cni_dir())?;
         std::fs::write(net_d.join("10-weft.conflist"), list.to_string())?;
         std::fs::write(
             dir.join("containers.conf"),

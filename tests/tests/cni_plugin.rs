@@ -10,13 +10,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use weft_tests::cni::{Call, exec_plugin, run_list, shipped_conflist, weft, weft_plugin};
-use weft_tests::netns::Lab;
+use weft_tests::netns::{Lab, LabBuilder};
 
 const PW: &str = "correct horse battery staple";
 const NET: &str = "weftnet";
 
 fn state_dir(lab: &Lab, i: usize) -> PathBuf {
-    lab.nodes[i].dir.join("cni")
+    lab.nodes[i].cni_dir()
 }
 
 fn conf(lab: &Lab, i: usize, version: &str) -> Value {
@@ -30,16 +30,14 @@ fn conf(lab: &Lab, i: usize, version: &str) -> Value {
     })
 }
 
-fn start(lab: &mut Lab, i: usize) -> Result<()> {
-    let n = lab.nodes.len();
-    let mut args = vec![
-        format!("--ipalloc-init=consensus={n}"),
-        format!("--cni-state-dir={}", state_dir(lab, i).display()),
-    ];
-    if i > 0 {
-        args.push(format!("--peer={}", lab.nodes[0].addr()));
-    }
-    lab.start_meshd(i, PW, &args)
+/// A lab of `n` routers for the plugin: each with its CNI state directory,
+/// every one but the first told the first's address, IPAM by consensus of
+/// all.
+fn lab(name: &str, n: usize) -> LabBuilder {
+    Lab::builder(name, n)
+        .password(PW)
+        .ipalloc_init(&format!("consensus={n}"))
+        .with_cni()
 }
 
 fn netns_path(ns: &str) -> String {
@@ -47,7 +45,7 @@ fn netns_path(ns: &str) -> String {
 }
 
 fn has_key(lab: &Lab, i: usize, key: &str) -> Result<bool> {
-    Ok(lab.allocations(i)?.iter().any(|(k, _)| k == key))
+    Ok(lab.allocations(i)?.iter().any(|a| a.id == key))
 }
 
 fn host_links(lab: &Lab, i: usize) -> Result<String> {
@@ -223,9 +221,7 @@ fn errors_are_spec_json_with_the_right_codes() -> Result<()> {
 /// failure undone.
 #[test]
 fn lifecycle_across_two_nodes() -> Result<()> {
-    let mut lab = Lab::new("cl", 2)?;
-    start(&mut lab, 0)?;
-    start(&mut lab, 1)?;
+    let lab = lab("cl", 2).start()?;
     let gw = [lab.gateway(0)?, lab.gateway(1)?];
     let mut pods = Vec::new();
     for (k, version) in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"].iter().enumerate() {
@@ -466,8 +462,7 @@ fn lifecycle_across_two_nodes() -> Result<()> {
 /// down during DEL releases the address once it is back.
 #[test]
 fn gc_and_releases_while_meshd_is_down() -> Result<()> {
-    let mut lab = Lab::new("cg", 1)?;
-    start(&mut lab, 0)?;
+    let mut lab = lab("cg", 1).start()?;
     lab.gateway(0)?;
     let node = lab.nodes[0].ns.clone();
     let c = conf(&lab, 0, "1.1.0");
@@ -524,7 +519,7 @@ fn gc_and_releases_while_meshd_is_down() -> Result<()> {
     ensure!(a.code() == Some(11), "ADD: {}", a.stdout);
     let ns3 = lab.add_netns("g3")?;
     // Back up: the release left behind is made, and pods can be added again.
-    start(&mut lab, 0)?;
+    lab.router(0).start()?;
     lab.wait_for("the deferred release", Duration::from_secs(30), |l| {
         Ok(!has_key(l, 0, &format!("cni:{NET}:gc2/eth0"))?)
     })?;
@@ -546,8 +541,7 @@ fn gc_and_releases_while_meshd_is_down() -> Result<()> {
 /// qdisc on the pod's host veth while it lives).
 #[test]
 fn chained_portmap_and_bandwidth() -> Result<()> {
-    let mut lab = Lab::new("cp", 1)?;
-    start(&mut lab, 0)?;
+    let lab = lab("cp", 1).start()?;
     lab.gateway(0)?;
     let node = lab.nodes[0].ns.clone();
     let list = shipped_conflist(&lab.nodes[0].socket(), &state_dir(&lab, 0))?;

@@ -22,8 +22,11 @@ fn cni_keys(lab: &Lab, i: usize) -> Result<Vec<String>> {
 
 #[test]
 fn podman_containers_on_two_nodes() -> Result<()> {
-    let mut lab = Lab::new("pm", 2)?;
-    lab.start_all_with_cni(PW)?;
+    let lab = Lab::builder("pm", 2)
+        .password(PW)
+        .ipalloc_init("consensus=2")
+        .with_cni()
+        .start()?;
     lab.gateway(0)?;
     lab.gateway(1)?;
     let tar = busybox_tar(lab.dir(), "podman")?;

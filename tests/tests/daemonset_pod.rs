@@ -22,7 +22,7 @@ use weft_tests::podman::Podman;
 
 const PW: &str = "daemonset pod password";
 
-/// The manifest's documents as JSON (PyYAML, which `.ci/run` installs with
+/// The manifest's documents as JSON (PyYAML, which `tests/run.sh` installs with
 /// kubernetes-validate).
 fn manifest() -> Result<Vec<Value>> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/weft.yaml");

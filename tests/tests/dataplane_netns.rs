@@ -8,50 +8,37 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
-use weft_tests::netns::{Lab, Pod};
+use weft_api::LinkStatus;
+use weft_tests::netns::{Lab, LabBuilder, Pod};
 
 const PW: &str = "correct horse battery staple";
 const SETTLE: Duration = Duration::from_secs(60);
 
-/// Starts meshd on every node, each knowing node 0 (IPAM by consensus of all).
-fn start_all(lab: &mut Lab, extra: &[(usize, &[&str])]) -> Result<()> {
-    let n = lab.nodes.len();
-    for i in 0..n {
-        let mut args = vec![format!("--ipalloc-init=consensus={n}")];
-        if i > 0 {
-            args.push(format!("--peer={}", lab.nodes[0].addr()));
-        }
-        for (node, more) in extra {
-            if *node == i {
-                args.extend(more.iter().map(|s| s.to_string()));
-            }
-        }
-        lab.start_meshd(i, PW, &args)?;
-    }
-    Ok(())
+/// A lab of `n` routers, every one but the first told the first's address,
+/// IPAM by consensus of all.
+fn lab(name: &str, n: usize) -> LabBuilder {
+    Lab::builder(name, n)
+        .password(PW)
+        .ipalloc_init(&format!("consensus={n}"))
 }
 
 /// Node `a` has an up data link to node `b`, for every pair.
 fn links_up(lab: &Lab, pairs: &[(usize, usize)]) -> Result<bool> {
     for &(a, b) in pairs {
         match link(lab, a, b) {
-            Ok(l) if l["up"] == true => {}
+            Ok(l) if l.up => {}
             _ => return Ok(false),
         }
     }
     Ok(true)
 }
 
-/// Status JSON of node `a`'s link to node `b`.
-fn link(lab: &Lab, a: usize, b: usize) -> Result<Value> {
-    let name = lab.status(b)?["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+/// Node `a`'s link to node `b`, as its status shows it.
+fn link(lab: &Lab, a: usize, b: usize) -> Result<LinkStatus> {
+    let name = lab.name_of(b)?;
     let s = lab.status(a)?;
-    s["dataplane"]["links"]
-        .as_array()
-        .and_then(|ls| ls.iter().find(|l| l["peer"] == name.as_str()).cloned())
+    s.dataplane
+        .and_then(|d| d.links.into_iter().find(|l| l.peer == name))
         .with_context(|| format!("n{a} has no link to n{b}"))
 }
 
@@ -119,14 +106,14 @@ fn occurrences(hay: &[u8], needle: &[u8]) -> usize {
 
 #[test]
 fn pods_nodes_and_the_outside_world() -> Result<()> {
-    let mut lab = Lab::new("dp", 3)?;
+    // Node 2 sits behind a smaller MTU, so PMTU discovery has work to do.
+    let mut lab = lab("dp", 3).node_args(2, &["--mtu=1300"]).build()?;
     // Every node filters by reverse path strictly, as many distributions do (the
     // ICMP errors meshd writes must survive it).
     for i in 0..3 {
         lab.exec(i, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1"])?;
     }
-    // Node 2 sits behind a smaller MTU, so PMTU discovery has work to do.
-    start_all(&mut lab, &[(2, &["--mtu=1300"])])?;
+    lab.start_all()?;
     let all = [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)];
     lab.wait_for("data links", SETTLE, |l| links_up(l, &all))?;
     let pods = pods(&lab, 2)?;
@@ -205,8 +192,8 @@ fn pods_nodes_and_the_outside_world() -> Result<()> {
         text.contains("mtu = 1300") || text.contains("mtu=1300"),
         "no frag-needed with MTU 1300: {text}"
     );
-    ensure!(link(&lab, 0, 2)?["mtu"] == 1300, "link MTU to node 2");
-    ensure!(link(&lab, 0, 1)?["mtu"] == 1432, "link MTU to node 1");
+    ensure!(link(&lab, 0, 2)?.mtu == 1300, "link MTU to node 2");
+    ensure!(link(&lab, 0, 1)?.mtu == 1432, "link MTU to node 1");
     ping_ok(&lab, &pods[0].ns, pods[4].ip)?;
 
     // Unowned destinations: nobody owns addresses outside the range.
@@ -283,14 +270,8 @@ fn pods_nodes_and_the_outside_world() -> Result<()> {
 
     // Counters: bytes and packets both ways on a link, and the masquerade.
     let l = link(&lab, 0, 2)?;
-    ensure!(
-        l["tx_packets"].as_u64() > Some(0) && l["rx_packets"].as_u64() > Some(0),
-        "{l}"
-    );
-    ensure!(
-        l["transport"] == "udp/aes-256-gcm" && l["encrypted"] == true,
-        "{l}"
-    );
+    ensure!(l.tx_packets > 0 && l.rx_packets > 0, "{l:?}");
+    ensure!(l.transport == "udp/aes-256-gcm" && l.encrypted, "{l:?}");
     let m = lab.metrics(0)?;
     ensure!(m.contains("weft_data_bytes_total"), "data metrics missing");
     let _ = std::fs::remove_dir_all(&dir);
@@ -299,8 +280,7 @@ fn pods_nodes_and_the_outside_world() -> Result<()> {
 
 #[test]
 fn spoofed_sources_are_dropped_at_the_receiver() -> Result<()> {
-    let mut lab = Lab::new("dps", 2)?;
-    start_all(&mut lab, &[])?;
+    let lab = lab("dps", 2).start()?;
     lab.wait_for("data links", SETTLE, |l| links_up(l, &[(0, 1), (1, 0)]))?;
     let a = lab.add_pod(0, 0)?;
     let b = lab.add_pod(1, 0)?;
@@ -312,14 +292,15 @@ fn spoofed_sources_are_dropped_at_the_receiver() -> Result<()> {
         &a.ns,
         &["ip", "addr", "add", &format!("{forged}/32"), "dev", "eth0"],
     )?;
-    let before = link(&lab, 1, 0)?["drops"]["spoofed"].as_u64().unwrap_or(0);
+    let spoofed = |l: LinkStatus| l.drops.get("spoofed").copied().unwrap_or(0);
+    let before = spoofed(link(&lab, 1, 0)?);
     let out = Command::new("ip")
         .args(["netns", "exec", &a.ns, "ping", "-c", "3", "-W", "1", "-I"])
         .arg(forged.to_string())
         .arg(b.ip.to_string())
         .output()?;
     ensure!(!out.status.success(), "a forged source got an answer");
-    let after = link(&lab, 1, 0)?["drops"]["spoofed"].as_u64().unwrap_or(0);
+    let after = spoofed(link(&lab, 1, 0)?);
     ensure!(after >= before + 3, "spoofed drops {before} -> {after}");
     // The honest address still works.
     ping_ok(&lab, &a.ns, b.ip)?;
@@ -328,15 +309,17 @@ fn spoofed_sources_are_dropped_at_the_receiver() -> Result<()> {
 
 #[test]
 fn relays_through_a_third_node_and_survives_a_restart() -> Result<()> {
-    let mut lab = Lab::new("dpr", 3)?;
+    let mut lab = lab("dpr", 3).build()?;
     // Node 0 and node 2 cannot reach each other in the underlay.
     lab.block(0, 2)?;
+    // A chain: each node knows the one before it.
     for i in 0..3 {
-        let mut args = vec!["--ipalloc-init=consensus=3".to_string()];
-        if i > 0 {
-            args.push(format!("--peer={}", lab.nodes[i - 1].addr()));
-        }
-        lab.start_meshd(i, PW, &args)?;
+        let peers = if i > 0 {
+            vec![lab.nodes[i - 1].addr()]
+        } else {
+            Vec::new()
+        };
+        lab.router(i).peers(&peers).start()?;
     }
     lab.wait_for("data links via node 1", SETTLE, |l| {
         links_up(l, &[(0, 1), (1, 0), (1, 2), (2, 1)])
@@ -376,11 +359,8 @@ fn relays_through_a_third_node_and_survives_a_restart() -> Result<()> {
         Ok(String::from_utf8_lossy(&out.stdout).contains("Unreachable"))
     })?;
     // It comes back: the same pods reach remote pods again.
-    let args = vec![
-        "--ipalloc-init=consensus=3".to_string(),
-        format!("--peer={}", lab.nodes[1].addr()),
-    ];
-    lab.start_meshd(0, PW, &args)?;
+    let n1 = lab.nodes[1].addr();
+    lab.router(0).peers(&[n1]).start()?;
     lab.wait_for("pod traffic after restart", SETTLE, |l| {
         Ok(l.pings(&a.ns, c.ip))
     })?;

@@ -143,8 +143,11 @@ fn host_veths(lab: &Lab, i: usize) -> Result<usize> {
 
 #[test]
 fn docker_containers_on_two_hosts_attach_ping_and_detach() -> Result<()> {
-    let mut lab = Lab::new("dk", 2)?;
-    lab.start_all_with_cni(PW)?;
+    let lab = Lab::builder("dk", 2)
+        .password(PW)
+        .ipalloc_init("consensus=2")
+        .with_cni()
+        .start()?;
     for i in 0..2 {
         lab.gateway(i)?;
     }

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
+use weft_api::PeerName;
 use weft_tests::ipam::{
     all_holdings, allocate_many, assert_no_duplicates, ipam, owners, ready, rings_agree,
 };
@@ -13,50 +14,32 @@ use weft_tests::netns::Lab;
 
 const PW: &str = "ipam test password";
 
-fn args(init: &str, peers: &[String]) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "--gossip-interval",
-        "500ms",
-        "--peer-timeout",
-        "3s",
-        "--ipalloc-init",
-        init,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    for p in peers {
-        v.push("--peer".into());
-        v.push(p.clone());
+/// A lab of `n` nodes whose first three split the range by consensus (quick
+/// gossip and failure detection, every one but the first told the first's
+/// address), running once IPAM is ready on them.
+fn start_three(name: &str, n: usize) -> Result<Lab> {
+    let mut lab = Lab::builder(name, n)
+        .password(PW)
+        .args(&["--gossip-interval", "500ms", "--peer-timeout", "3s"])
+        .ipalloc_init("consensus=3")
+        .build()?;
+    for i in 0..3 {
+        lab.router(i).start()?;
     }
-    v
-}
-
-fn start_three(lab: &mut Lab) -> Result<()> {
-    let first = lab.nodes[0].addr().to_string();
-    lab.start_meshd(0, PW, &args("consensus=3", &[]))?;
-    lab.start_meshd(1, PW, &args("consensus=3", std::slice::from_ref(&first)))?;
-    lab.start_meshd(2, PW, &args("consensus=3", &[first]))?;
     lab.wait_for("consensus among the three", Duration::from_secs(60), |l| {
         ready(l, &[0, 1, 2])
-    })
+    })?;
+    Ok(lab)
 }
 
 #[test]
 fn three_routers_allocate_3000_distinct_addresses_and_survive_kill_9() -> Result<()> {
-    let mut lab = Lab::new("ipam3k", 3)?;
-    start_three(&mut lab)?;
+    let mut lab = start_three("ipam3k", 3)?;
     let s = ipam(&lab, 0)?;
-    let shares: Vec<f64> = s["peers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|p| p["share"].as_f64().unwrap_or(0.0))
-        .collect();
+    let shares: Vec<f64> = s.peers.iter().map(|p| p.share).collect();
     ensure!(
         shares.len() == 3 && shares.iter().all(|x| (x - 1.0 / 3.0).abs() < 0.01),
-        "uneven split: {s}"
+        "uneven split: {s:?}"
     );
     let got = allocate_many(&lab, &[0, 1, 2], 1000, "a")?;
     ensure!(got.len() == 3000);
@@ -72,11 +55,7 @@ fn three_routers_allocate_3000_distinct_addresses_and_survive_kill_9() -> Result
     ensure!(range_ok, "an address outside 10.32.0.0/12");
     // kill -9 and restart: every allocation is still there, nothing doubled.
     lab.kill_meshd(1);
-    lab.start_meshd(
-        1,
-        PW,
-        &args("consensus=3", &[lab.nodes[0].addr().to_string()]),
-    )?;
+    lab.router(1).start()?;
     // The router's own overlay address (the bridge gateway) is one more
     // allocation of its own; count the test's.
     let held: Vec<_> = all_holdings(&lab, &[1])?
@@ -103,8 +82,7 @@ fn three_routers_allocate_3000_distinct_addresses_and_survive_kill_9() -> Result
 
 #[test]
 fn a_partitioned_router_keeps_allocating_and_no_address_is_doubled_after_healing() -> Result<()> {
-    let mut lab = Lab::new("ipampart", 3)?;
-    start_three(&mut lab)?;
+    let lab = start_three("ipampart", 3)?;
     // Cut node 2 off from both others.
     let (a, b) = (lab.nodes[0].ip, lab.nodes[1].ip);
     let rules = format!(
@@ -114,10 +92,7 @@ fn a_partitioned_router_keeps_allocating_and_no_address_is_doubled_after_healing
     let file = std::env::temp_dir().join("weft-lab-ipampart.nft");
     std::fs::write(&file, rules)?;
     lab.exec(2, &["nft", "-f", file.to_str().unwrap_or_default()])?;
-    let name2 = lab.status(2)?["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let name2 = lab.name_of(2)?;
     lab.wait_for("node 2 cut off", Duration::from_secs(15), |l| {
         Ok(!weft_tests::netns::established_peers(&l.status(0)?).contains(&name2))
     })?;
@@ -140,10 +115,9 @@ fn a_partitioned_router_keeps_allocating_and_no_address_is_doubled_after_healing
 #[test]
 fn a_late_router_gets_space_and_rmpeer_gives_a_dead_routers_space_to_one_live_router() -> Result<()>
 {
-    let mut lab = Lab::new("ipamrm", 4)?;
-    start_three(&mut lab)?;
+    let mut lab = start_three("ipamrm", 4)?;
     // A fourth router, joining later as an observer: no share at first, space on demand.
-    lab.start_meshd(3, PW, &args("observer", &[lab.nodes[0].addr().to_string()]))?;
+    lab.router(3).ipalloc_init("observer").start()?;
     lab.wait_for(
         "the late router to learn the ring",
         Duration::from_secs(30),
@@ -152,42 +126,29 @@ fn a_late_router_gets_space_and_rmpeer_gives_a_dead_routers_space_to_one_live_ro
     let late = allocate_many(&lab, &[3], 5, "late")?;
     ensure!(late.len() == 5);
     let s = ipam(&lab, 3)?;
-    let mine = s["peers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .find(|p| p["is_self"] == true);
+    let mine = s.peers.iter().find(|p| p.is_self);
     ensure!(
-        mine.is_some_and(|p| p["owned"].as_u64().unwrap_or(0) > 0),
-        "the late router owns nothing: {s}"
+        mine.is_some_and(|p| p.owned > 0),
+        "the late router owns nothing: {s:?}"
     );
     // Node 2 dies for good.
-    let dead = lab.status(2)?["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let dead = lab.name_of(2)?;
     lab.kill_meshd(2);
     lab.wait_for("node 2 unreachable", Duration::from_secs(20), |l| {
         let s = ipam(l, 0)?;
-        Ok(s["peers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .any(|p| p["name"] == dead.as_str() && p["reachable"] == false))
+        Ok(s.peers.iter().any(|p| p.name == dead && !p.reachable))
     })?;
-    let before: BTreeMap<String, u64> = owners(&ipam(&lab, 0)?);
+    let before: BTreeMap<PeerName, u64> = owners(&ipam(&lab, 0)?);
     let dead_owned = before.get(&dead).copied().unwrap_or(0);
     ensure!(dead_owned > 0);
-    lab.meshctl(0, &["rmpeer", &dead])?;
+    lab.meshctl(0, &["rmpeer", &dead.to_string()])?;
     lab.wait_for(
         "the dead router's space to move",
         Duration::from_secs(30),
         |l| Ok(!owners(&ipam(l, 0)?).contains_key(&dead) && rings_agree(l, &[0, 1, 3])?),
     )?;
     let after = owners(&ipam(&lab, 0)?);
-    let gained: Vec<(&String, u64)> = after
+    let gained: Vec<(&PeerName, u64)> = after
         .iter()
         .map(|(p, n)| (p, n.saturating_sub(before.get(p).copied().unwrap_or(0))))
         .filter(|(_, g)| *g > 0)

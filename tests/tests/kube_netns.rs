@@ -3,15 +3,17 @@
 //! do exactly what meshd does, and meshd processes in node namespaces,
 //! authenticated as that ServiceAccount, take their peers from Node objects,
 //! bootstrap through the API and reclaim the space of deleted Nodes.
-//! Needs root (CI runs as root), kubectl and etcd (.ci/run installs them).
+//! Needs root (CI runs as root), kubectl and etcd (tests/run.sh installs them).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
+use weft_api::{Allocation, PeerName, Status};
 use weft_tests::ipam::{
     all_holdings, allocate_many, assert_no_duplicates, ipam, owners, rings_agree,
 };
@@ -74,7 +76,7 @@ fn manifests_apply_and_the_service_account_may_do_exactly_what_meshd_does() -> R
     ])?;
     apply_manifests(&api)?;
     ensure!(
-        api.peer_list()?["seed"][0] == "kept",
+        api.peer_list()?.seed.first().map(String::as_str) == Some("kept"),
         "re-applying the manifest wiped the peer list"
     );
 
@@ -118,6 +120,8 @@ fn manifests_apply_and_the_service_account_may_do_exactly_what_meshd_does() -> R
     Ok(())
 }
 
+/// meshd's arguments on node `i`: Kubernetes as the ServiceAccount of
+/// `kubeconfig`, quick resyncs, reclaims and failure detection.
 fn kube_args(i: usize, kubeconfig: &Path) -> Vec<String> {
     [
         "--kube",
@@ -139,8 +143,9 @@ fn kube_args(i: usize, kubeconfig: &Path) -> Vec<String> {
     .collect()
 }
 
-fn name_of(lab: &Lab, i: usize) -> Result<String> {
-    Ok(lab.status(i)?["name"].as_str().context("name")?.to_owned())
+/// Starts node `i`'s meshd with [`kube_args`].
+fn start(lab: &mut Lab, i: usize, kubeconfig: &Path) -> Result<()> {
+    lab.router(i).args(&kube_args(i, kubeconfig)).start()
 }
 
 fn network_available(api: &ApiServer, node: &str) -> Result<bool> {
@@ -169,36 +174,32 @@ fn reclaims(lab: &Lab, nodes: &[usize]) -> Result<u64> {
 
 /// Until `peer` is off the peer list and owns nothing in the (agreeing)
 /// rings of nodes 0 and 1.
-fn wait_reclaimed(lab: &Lab, api: &ApiServer, peer: &str) -> Result<()> {
+fn wait_reclaimed(lab: &Lab, api: &ApiServer, peer: PeerName) -> Result<()> {
     lab.wait_for(
         &format!("the space of {peer} (Node deleted) to be reclaimed"),
         Duration::from_secs(60),
         |l| {
             let own = owners(&ipam(l, 0)?);
-            Ok(api.peer_list()?["peers"].get(peer).is_none()
-                && own.get(peer).copied().unwrap_or(0) == 0
+            Ok(!api.peer_list()?.peers.contains_key(&peer.to_string())
+                && own.get(&peer).copied().unwrap_or(0) == 0
                 && rings_agree(l, &[0, 1])?)
         },
     )
 }
 
 /// Node `i`'s allocations, sorted.
-fn held(lab: &Lab, i: usize) -> Result<Vec<(String, String)>> {
+fn held(lab: &Lab, i: usize) -> Result<Vec<Allocation>> {
     let mut a = lab.allocations(i)?;
-    a.sort();
+    a.sort_by(|x, y| (&x.id, x.ip).cmp(&(&y.id, y.ip)));
     Ok(a)
 }
 
 /// The whole range is owned, by exactly the routers `live`, and each
 /// router's allocations are what they were.
-fn check_space(
-    lab: &Lab,
-    live: &[usize],
-    before: &BTreeMap<usize, Vec<(String, String)>>,
-) -> Result<()> {
-    let names: Vec<String> = live
+fn check_space(lab: &Lab, live: &[usize], before: &BTreeMap<usize, Vec<Allocation>>) -> Result<()> {
+    let names: Vec<PeerName> = live
         .iter()
-        .map(|&i| name_of(lab, i))
+        .map(|&i| lab.name_of(i))
         .collect::<Result<_>>()?;
     let own = owners(&ipam(lab, live[0])?);
     ensure!(
@@ -223,7 +224,8 @@ fn check_space(
 #[test]
 fn routers_find_each_other_through_nodes_and_reclaim_deleted_nodes_space_exactly_once() -> Result<()>
 {
-    let mut lab = Lab::new("kr", 4)?;
+    // No --peer: the routers find each other through the Node objects.
+    let mut lab = Lab::builder("kr", 4).password(PW).no_peers().build()?;
     // Not under the lab's directory, which Lab::new wipes: a killed run's
     // servers are found (and stopped) through their pid files.
     let api = ApiServer::start(&std::env::temp_dir().join("weft-kube-kr"))?;
@@ -241,18 +243,18 @@ fn routers_find_each_other_through_nodes_and_reclaim_deleted_nodes_space_exactly
 
     // 1. The first router seeds the range through the API: it allocates at
     //    once, with no other router running (no quorum to wait for).
-    lab.start_meshd(0, PW, &kube_args(0, &sa_config))?;
+    start(&mut lab, 0, &sa_config)?;
     let first = lab
         .gateway(0)
         .context("the first router got no address alone")?;
-    let n0 = name_of(&lab, 0)?;
-    ensure!(api.peer_list()?["seed"] == serde_json::json!([n0]));
+    let n0 = lab.name_of(0)?;
+    ensure!(api.peer_list()?.seed == [n0.to_string()]);
     ensure!(first.octets()[0] == 10);
 
     // 2. The others are given no --peer: they dial the Nodes' InternalIPs,
     //    join the seed's ring and get space by donation.
-    lab.start_meshd(1, PW, &kube_args(1, &sa_config))?;
-    lab.start_meshd(2, PW, &kube_args(2, &sa_config))?;
+    start(&mut lab, 1, &sa_config)?;
+    start(&mut lab, 2, &sa_config)?;
     for i in 1..3 {
         lab.gateway(i)?;
     }
@@ -275,8 +277,10 @@ fn routers_find_each_other_through_nodes_and_reclaim_deleted_nodes_space_exactly
     let list = api.peer_list()?;
     for i in 0..3 {
         ensure!(
-            list["peers"][name_of(&lab, i)?]["node"] == format!("kr-n{i}").as_str(),
-            "peer list: {list}"
+            list.peers
+                .get(&lab.name_of(i)?.to_string())
+                .is_some_and(|p| p.node == format!("kr-n{i}")),
+            "peer list: {list:?}"
         );
     }
     allocate_many(&lab, &[0, 1, 2], 20, "pod")?;
@@ -287,7 +291,7 @@ fn routers_find_each_other_through_nodes_and_reclaim_deleted_nodes_space_exactly
     for i in 0..2 {
         before.insert(i, held(&lab, i)?);
     }
-    let n2 = name_of(&lab, 2)?;
+    let n2 = lab.name_of(2)?;
     let n2_owned = owners(&ipam(&lab, 0)?)[&n2];
     ensure!(n2_owned > 0);
 
@@ -297,16 +301,14 @@ fn routers_find_each_other_through_nodes_and_reclaim_deleted_nodes_space_exactly
         lab.kill_meshd(i);
     }
     api.kubectl(&["delete", "node", "kr-n2"])?;
-    lab.start_meshd(0, PW, &kube_args(0, &sa_config))?;
-    lab.start_meshd(1, PW, &kube_args(1, &sa_config))?;
-    wait_reclaimed(&lab, &api, &n2)?;
+    start(&mut lab, 0, &sa_config)?;
+    start(&mut lab, 1, &sa_config)?;
+    wait_reclaimed(&lab, &api, n2)?;
     ensure!(reclaims(&lab, &[0, 1])? == 1, "reclaimed more than once");
     check_space(&lab, &[0, 1], &before)?;
     for i in 0..2 {
         ensure!(
-            ipam(&lab, i)?["removed"]
-                .as_array()
-                .is_some_and(|r| r.iter().any(|p| p == n2.as_str())),
+            ipam(&lab, i)?.removed.contains(&n2),
             "node {i} does not know {n2} was removed"
         );
     }
@@ -314,17 +316,17 @@ fn routers_find_each_other_through_nodes_and_reclaim_deleted_nodes_space_exactly
     // 4. A Node deleted while the others run: its router joins, takes
     //    space, dies; its Node is deleted; one live router reclaims.
     api.create_node("kr-n3", &lab.nodes[3].ip.to_string())?;
-    lab.start_meshd(3, PW, &kube_args(3, &sa_config))?;
+    start(&mut lab, 3, &sa_config)?;
     lab.gateway(3)?;
     allocate_many(&lab, &[3], 10, "late")?;
-    let n3 = name_of(&lab, 3)?;
+    let n3 = lab.name_of(3)?;
     lab.wait_for("rings to agree with n3", Duration::from_secs(20), |l| {
         rings_agree(l, &[0, 1, 3])
     })?;
+    let n3_ip = IpAddr::from(lab.nodes[3].ip);
+    let dials_n3 = |s: &Status| s.mesh.targets.iter().any(|t| t.addr.ip() == n3_ip);
     ensure!(
-        lab.status(0)?["mesh"]["targets"]
-            .to_string()
-            .contains(&lab.nodes[3].ip.to_string()),
+        dials_n3(&lab.status(0)?),
         "kr-n3's address was never dialed"
     );
     let own_before = owners(&ipam(&lab, 0)?);
@@ -335,13 +337,13 @@ fn routers_find_each_other_through_nodes_and_reclaim_deleted_nodes_space_exactly
     }
     lab.kill_meshd(3);
     api.kubectl(&["delete", "node", "kr-n3"])?;
-    wait_reclaimed(&lab, &api, &n3)?;
+    wait_reclaimed(&lab, &api, n3)?;
     ensure!(
         reclaims(&lab, &[0, 1])? == 2,
         "each deleted Node is reclaimed once"
     );
     let own_after = owners(&ipam(&lab, 0)?);
-    let gained: Vec<(&String, u64)> = own_after
+    let gained: Vec<(&PeerName, u64)> = own_after
         .iter()
         .map(|(p, n)| (p, n.saturating_sub(own_before.get(p).copied().unwrap_or(0))))
         .filter(|(_, g)| *g > 0)
@@ -353,10 +355,7 @@ fn routers_find_each_other_through_nodes_and_reclaim_deleted_nodes_space_exactly
     check_space(&lab, &[0, 1], &before)?;
     // The dead Node's address is no longer dialed.
     lab.wait_for("kr-n3's address forgotten", Duration::from_secs(20), |l| {
-        let s = l.status(0)?;
-        Ok(!s["mesh"]["targets"]
-            .to_string()
-            .contains(&lab.nodes[3].ip.to_string()))
+        Ok(!dials_n3(&l.status(0)?))
     })?;
 
     // 5. The host comes back under the same Node name with its old data
@@ -382,9 +381,9 @@ fn routers_find_each_other_through_nodes_and_reclaim_deleted_nodes_space_exactly
         out.status
     );
     ensure!(!data.join("identity.key").exists());
-    lab.start_meshd(3, PW, &kube_args(3, &sa_config))?;
+    start(&mut lab, 3, &sa_config)?;
     lab.gateway(3)?;
-    let renewed = name_of(&lab, 3)?;
+    let renewed = lab.name_of(3)?;
     ensure!(renewed != n3, "the same identity came back");
     allocate_many(&lab, &[3], 5, "again")?;
     lab.wait_for(

@@ -1,19 +1,22 @@
 //! Real meshd processes in network namespaces (needs root; CI runs as root).
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use weft_tests::netns::{Lab, established_peers, known_peers};
+use weft_api::{Encryption, PeerName};
+use weft_tests::netns::{Lab, LabBuilder, established_peers, known_peers, reachable_peers};
 
 const PW: &str = "correct horse battery staple";
 const CONVERGE: Duration = Duration::from_secs(45);
+/// Quick gossip and failure detection.
+const FAST: &[&str] = &["--gossip-interval", "500ms", "--peer-timeout", "3s"];
 
-fn name_of(lab: &Lab, i: usize) -> Result<String> {
-    Ok(lab.status(i)?["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned())
+/// A lab whose routers run with [`FAST`] and the password, every one but
+/// the first told the first's address.
+fn lab(name: &str, n: usize) -> LabBuilder {
+    Lab::builder(name, n).password(PW).args(FAST)
 }
 
 /// Every node in `nodes` has an established session with every other one in
@@ -21,20 +24,12 @@ fn name_of(lab: &Lab, i: usize) -> Result<String> {
 fn full_mesh(lab: &Lab, nodes: &[usize]) -> Result<bool> {
     let mut names = Vec::new();
     for &i in nodes {
-        names.push(name_of(lab, i)?);
+        names.push(lab.name_of(i)?);
     }
     for (k, &i) in nodes.iter().enumerate() {
         let s = lab.status(i)?;
-        let est: BTreeSet<String> = established_peers(&s).into_iter().collect();
-        let reachable: BTreeSet<String> = s["mesh"]["peers"]
-            .as_array()
-            .map(|ps| {
-                ps.iter()
-                    .filter(|p| p["reachable"] == true)
-                    .filter_map(|p| p["name"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let est: BTreeSet<PeerName> = established_peers(&s).into_iter().collect();
+        let reachable: BTreeSet<PeerName> = reachable_peers(&s).into_iter().collect();
         for (m, n) in names.iter().enumerate() {
             if m != k && !(est.contains(n) && reachable.contains(n)) {
                 return Ok(false);
@@ -44,37 +39,23 @@ fn full_mesh(lab: &Lab, nodes: &[usize]) -> Result<bool> {
     Ok(true)
 }
 
-fn fast(extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["--gossip-interval", "500ms", "--peer-timeout", "3s"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
-}
-
 #[test]
 fn five_routers_knowing_only_the_first_form_a_full_mesh() -> Result<()> {
-    let mut lab = Lab::new("five", 5)?;
-    let first = lab.nodes[0].addr().to_string();
-    lab.start_meshd(0, PW, &fast(&[]))?;
-    for i in 1..5 {
-        lab.start_meshd(i, PW, &fast(&["--peer", &first]))?;
-    }
+    let lab = lab("five", 5).start()?;
     lab.wait_for("a full mesh of 5", CONVERGE, |l| {
         full_mesh(l, &[0, 1, 2, 3, 4])
     })?;
     for i in 0..5 {
         let s = lab.status(i)?;
-        ensure!(established_peers(&s).len() == 4, "node {i}: {s}");
+        ensure!(established_peers(&s).len() == 4, "node {i}: {s:?}");
         ensure!(
-            s["encryption"] == "password",
-            "node {i} encryption: {}",
-            s["encryption"]
+            s.encryption == Encryption::Password,
+            "node {i} encryption: {:?}",
+            s.encryption
         );
-        let peers = s["mesh"]["peers"].as_array().cloned().unwrap_or_default();
+        let peers = &s.mesh.peers;
         ensure!(
-            peers.len() == 5 && peers.iter().all(|p| p["reachable"] == true),
+            peers.len() == 5 && peers.iter().all(|p| p.reachable),
             "node {i} peers: {peers:?}"
         );
     }
@@ -86,27 +67,21 @@ fn five_routers_knowing_only_the_first_form_a_full_mesh() -> Result<()> {
 
 #[test]
 fn a_router_with_the_wrong_password_is_rejected_on_both_sides() -> Result<()> {
-    let mut lab = Lab::new("pw", 4)?;
-    let first = lab.nodes[0].addr().to_string();
-    lab.start_meshd(0, PW, &fast(&[]))?;
-    lab.start_meshd(1, PW, &fast(&["--peer", &first]))?;
-    lab.start_meshd(2, PW, &fast(&["--peer", &first]))?;
+    let mut lab = lab("pw", 4).build()?;
+    for i in 0..3 {
+        lab.router(i).start()?;
+    }
     // The intruder knows everyone, and everyone is told about it.
-    let all: Vec<String> = (0..3).map(|i| lab.nodes[i].addr().to_string()).collect();
-    let args = vec![
-        "--peer",
-        all[0].as_str(),
-        "--peer",
-        all[1].as_str(),
-        "--peer",
-        all[2].as_str(),
-    ];
-    lab.start_meshd(3, "not the password", &fast(&args))?;
+    let all: Vec<SocketAddr> = (0..3).map(|i| lab.nodes[i].addr()).collect();
+    lab.router(3)
+        .password("not the password")
+        .peers(&all)
+        .start()?;
     lab.meshctl(1, &["connect", &lab.nodes[3].addr().to_string()])?;
     lab.wait_for("3 honest routers in a full mesh", CONVERGE, |l| {
         full_mesh(l, &[0, 1, 2])
     })?;
-    let intruder = name_of(&lab, 3)?;
+    let intruder = lab.name_of(3)?;
     lab.wait_for("handshake failures counted on both sides", CONVERGE, |l| {
         let honest = l.metrics(1)?;
         let bad = l.metrics(3)?;
@@ -121,7 +96,7 @@ fn a_router_with_the_wrong_password_is_rejected_on_both_sides() -> Result<()> {
         let s = lab.status(i)?;
         ensure!(
             !known_peers(&s).contains(&intruder),
-            "node {i} knows the intruder: {s}"
+            "node {i} knows the intruder: {s:?}"
         );
         ensure!(
             !established_peers(&s).contains(&intruder),
@@ -131,18 +106,18 @@ fn a_router_with_the_wrong_password_is_rejected_on_both_sides() -> Result<()> {
     let s = lab.status(3)?;
     ensure!(
         established_peers(&s).is_empty(),
-        "the intruder got a session: {s}"
+        "the intruder got a session: {s:?}"
     );
     ensure!(
         known_peers(&s).len() == 1,
-        "the intruder learned peers: {s}"
+        "the intruder learned peers: {s:?}"
     );
     Ok(())
 }
 
 #[test]
 fn with_a_and_c_cut_off_c_is_routed_through_b() -> Result<()> {
-    let mut lab = Lab::new("cut", 3)?;
+    let mut lab = lab("cut", 3).build()?;
     let c_ip = lab.nodes[2].ip;
     // Drop everything between A and C in A's namespace.
     let rules = format!(
@@ -152,34 +127,33 @@ fn with_a_and_c_cut_off_c_is_routed_through_b() -> Result<()> {
     let rules_file = std::env::temp_dir().join("weft-lab-cut.nft");
     std::fs::write(&rules_file, rules)?;
     lab.exec(0, &["nft", "-f", rules_file.to_str().unwrap_or_default()])?;
-    let b = lab.nodes[1].addr().to_string();
-    let c = lab.nodes[2].addr().to_string();
-    lab.start_meshd(1, PW, &fast(&[]))?;
+    let b = lab.nodes[1].addr();
+    let c = lab.nodes[2].addr();
+    lab.router(1).peers(&[]).start()?;
     // A is even told to dial C directly; the underlay will not let it.
-    lab.start_meshd(0, PW, &fast(&["--peer", &b, "--peer", &c]))?;
-    lab.start_meshd(2, PW, &fast(&["--peer", &b]))?;
-    let c_name = name_of(&lab, 2)?;
-    let b_name = name_of(&lab, 1)?;
+    lab.router(0).peers(&[b, c]).start()?;
+    lab.router(2).peers(&[b]).start()?;
+    let c_name = lab.name_of(2)?;
+    let b_name = lab.name_of(1)?;
     lab.wait_for("A routes to C via B", CONVERGE, |l| {
         let s = l.status(0)?;
-        let routes = s["mesh"]["routes"].as_array().cloned().unwrap_or_default();
-        Ok(routes
+        Ok(s.mesh
+            .routes
             .iter()
-            .any(|r| r["dst"] == c_name.as_str() && r["via"] == b_name.as_str() && r["hops"] == 2))
+            .any(|r| r.dst == c_name && r.via == b_name && r.hops == 2))
     })?;
     let s = lab.status(0)?;
     ensure!(
         !established_peers(&s).contains(&c_name),
         "A has a direct session with C despite the drop rule"
     );
-    let c_peer = s["mesh"]["peers"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == c_name.as_str()).cloned());
+    let c_peer = s.mesh.peers.iter().find(|p| p.name == c_name);
     ensure!(
-        c_peer.is_some_and(|p| p["reachable"] == true),
-        "C not reachable from A: {s}"
+        c_peer.is_some_and(|p| p.reachable),
+        "C not reachable from A: {s:?}"
     );
     let conns = String::from_utf8(lab.meshctl(0, &["status", "connections"])?.stdout)?;
+    let c = c.to_string();
     ensure!(
         conns
             .lines()
@@ -191,16 +165,12 @@ fn with_a_and_c_cut_off_c_is_routed_through_b() -> Result<()> {
 
 #[test]
 fn a_killed_router_is_noticed_and_rejoins_after_restart() -> Result<()> {
-    let mut lab = Lab::new("kill", 4)?;
-    let first = lab.nodes[0].addr().to_string();
-    lab.start_meshd(0, PW, &fast(&[]))?;
-    for i in 1..4 {
-        lab.start_meshd(i, PW, &fast(&["--peer", &first]))?;
-    }
+    let mut lab = lab("kill", 4).start()?;
+    let first = lab.nodes[0].addr();
     lab.wait_for("a full mesh of 4", CONVERGE, |l| {
         full_mesh(l, &[0, 1, 2, 3])
     })?;
-    let victim = name_of(&lab, 3)?;
+    let victim = lab.name_of(3)?;
     // A target added at runtime must survive the restart.
     lab.meshctl(3, &["connect", &lab.nodes[1].addr().to_string()])?;
     lab.kill_meshd(3);
@@ -229,34 +199,27 @@ fn a_killed_router_is_noticed_and_rejoins_after_restart() -> Result<()> {
         |l| {
             for i in 0..3 {
                 let s = l.status(i)?;
-                let p = s["mesh"]["peers"]
-                    .as_array()
-                    .and_then(|ps| ps.iter().find(|p| p["name"] == victim.as_str()).cloned());
-                if p.is_some_and(|p| p["reachable"] == true) {
+                let p = s.mesh.peers.iter().find(|p| p.name == victim);
+                if p.is_some_and(|p| p.reachable) {
                     return Ok(false);
                 }
             }
             Ok(true)
         },
     )?;
-    lab.start_meshd(3, PW, &fast(&[]))?;
+    // Restarted with no --peer: it must dial its persisted targets.
+    lab.router(3).peers(&[]).start()?;
     lab.wait_for("the full mesh back after restart", CONVERGE, |l| {
         full_mesh(l, &[0, 1, 2, 3])
     })?;
     ensure!(
-        name_of(&lab, 3)? == victim,
+        lab.name_of(3)? == victim,
         "the restarted router changed its name"
     );
     let s = lab.status(3)?;
-    let targets: Vec<String> = s["mesh"]["targets"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|t| t["addr"].as_str().map(str::to_owned))
-        .collect();
+    let targets: Vec<SocketAddr> = s.mesh.targets.iter().map(|t| t.addr).collect();
     ensure!(
-        targets.contains(&first) && targets.contains(&lab.nodes[1].addr().to_string()),
+        targets.contains(&first) && targets.contains(&lab.nodes[1].addr()),
         "targets not persisted: {targets:?}"
     );
     lab.meshctl(3, &["forget", &lab.nodes[1].addr().to_string()])?;
