@@ -274,7 +274,9 @@ async fn rmpeer(
 async fn expose(State(h): State<Handle>) -> Response {
     match ask(&h, Command::Expose).await {
         Ok(Ok(address)) => Json(ExposeReply { address }).into_response(),
-        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        // Waiting will not help: there is no bridge to put an address on.
+        Ok(Err(e @ NotReady::NoDataPlane)) => error(StatusCode::CONFLICT, e.to_string()),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(r) => *r,
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
-use weft_api::{Cidr, IpamStatus, NetworkStatus, PeerName, Status};
+use weft_api::{Cidr, IpamStatus, NetworkStatus, NotReady, PeerName, Status};
 
 use crate::metrics::Metrics;
 
@@ -55,7 +55,7 @@ pub enum Command {
         reply: oneshot::Sender<Result<PeerName, String>>,
     },
     /// The host's overlay address, once it has one.
-    Expose(oneshot::Sender<Result<Cidr, String>>),
+    Expose(oneshot::Sender<Result<Cidr, NotReady>>),
     /// How pods are wired here, and whether meshd can take them now.
     Network(oneshot::Sender<NetworkStatus>),
 }

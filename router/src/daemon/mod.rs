@@ -192,8 +192,17 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
     acceptor.abort();
     endpoint.close(0u32.into(), b"shutdown");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-    api.abort();
-    http.abort();
+    // The servers finish what they serve once shutdown flips; when the
+    // router stopped for another reason (it was removed), they are ended.
+    for server in [api, http] {
+        let abort = server.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(1), server)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
     let _ = std::fs::remove_file(&cfg.api_socket);
     info!("meshd stopped");
     outcome
@@ -338,14 +347,15 @@ impl Router {
             }
             Command::Expose(reply) => {
                 let r = match &self.dp {
-                    None => Err(NotReady::NoDataPlane.to_string()),
-                    Some(dp) => dp
-                        .gateway()
-                        .map(|addr| Cidr {
+                    None => Err(NotReady::NoDataPlane),
+                    Some(dp) => match dp.gateway() {
+                        Some(addr) => Ok(Cidr {
                             addr,
                             prefix: self.range.prefix,
-                        })
-                        .ok_or_else(|| "no overlay address yet: IPAM is not ready".into()),
+                        }),
+                        None => Err(crate::ipam::not_ready(self.mesh.channels(), now)
+                            .unwrap_or(NotReady::NoGateway)),
+                    },
                 };
                 let _ = reply.send(r);
             }
