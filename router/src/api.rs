@@ -7,14 +7,17 @@
 //! | POST | `/connect` | `{"addrs": ["host:port", ...]}` | `{}` |
 //! | POST | `/forget` | `{"addrs": [...]}` | `{}`, or 404 for addresses that were not targets |
 //! | POST | `/ip/{id}` (`?ifname=eth0` keys by interface too, `?addr=A.B.C.D` claims) | | [`IpReply`]; waits up to 30 s for bootstrap or space, then 503 with the reason |
-//! | DELETE | `/ip/{id}` | | `{"id", "released": ip or null}`; an unknown id is not an error |
+//! | DELETE | `/ip/{id}` | | [`Released`]; an unknown id is not an error |
 //! | GET | `/ip/{id}` | | [`IpReply`], or 404 |
-//! | GET | `/ip` | | `[{"id", "ip"}]` |
+//! | GET | `/ip` | | `[`[`Allocation`]`]` |
 //! | GET | `/ipam` | | [`IpamStatus`](weft_api::IpamStatus) |
-//! | POST | `/rmpeer` | `{"peer": name or nickname}` | `{"removed": name}`; 409 for a reachable peer |
+//! | POST | `/rmpeer` | [`RmPeerRequest`] | [`RmPeerReply`]; 409 for a reachable peer |
+//! | POST | `/expose` | | [`ExposeReply`]; 503 with the reason until IPAM gave it, 409 without a data plane |
+//! | GET | `/network` | | [`NetworkStatus`](weft_api::NetworkStatus): 200 when pods can be added here, else 503 |
 //! | GET | `/healthz` | | `ok` |
 //!
 //! Metrics server: `GET /metrics` (Prometheus text), `/healthz`, `/readyz`.
+//! docs/api.md is the same table for operators, with who calls what.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;

@@ -1,17 +1,17 @@
-//! The tokio shell around the pure cores: one [`Router`] owns the
+//! The tokio shell around the pure cores: one `Router` owns the
 //! [`Mesh`] (with the IPAM channel riding on it), feeds it session events,
 //! operator commands and timer expiries, saves what changed, and then
 //! carries out what it asks for (frames to send, dials, closes).
 //!
-//! - [`sessions`]: QUIC sessions in and out of the core;
-//! - [`ipam`] and [`allocations`]: the local API's address requests, the
+//! - `sessions`: QUIC sessions in and out of the core;
+//! - `ipam` and `allocations`: the local API's address requests, the
 //!   ones that wait, and whom to ask for space;
-//! - [`status`]: what `GET /status`, `/ipam` and `/network` answer, and
+//! - `status`: what `GET /status`, `/ipam` and `/network` answer, and
 //!   the metrics refreshed from them;
-//! - [`persist`]: targets and known peers on disk (IPAM saves in
+//! - `persist`: targets and known peers on disk (IPAM saves in
 //!   [`crate::ipam`]);
-//! - [`dataplane`]: the ring and routes fed to the data plane;
-//! - [`cni`]: releases the plugin left while meshd was down.
+//! - `dataplane`: the ring and routes fed to the data plane;
+//! - `cni`: releases the plugin left while meshd was down.
 
 mod allocations;
 mod cni;
