@@ -67,7 +67,7 @@ pub enum Unready {
 
 pub struct IpamChannel {
     name: ChannelName,
-    b: Ipam,
+    ipam: Ipam,
     /// The origin of the millisecond clock [`Ipam`] runs on.
     epoch: Instant,
     /// The wall clock (ms since the Unix epoch) at `epoch`.
@@ -112,10 +112,10 @@ impl IpamChannel {
         ))
     }
 
-    fn with(b: Ipam, now: Instant, wall_ms: u64) -> Self {
+    fn with(ipam: Ipam, now: Instant, wall_ms: u64) -> Self {
         IpamChannel {
             name: ChannelName::new(CHANNEL).unwrap_or_else(|_| unreachable!("a valid name")),
-            b,
+            ipam,
             epoch: now,
             wall_ms,
             hints: BTreeMap::new(),
@@ -144,11 +144,11 @@ impl IpamChannel {
         if !self.unsaved || self.stopped.is_some() {
             return None;
         }
-        let snap = self.b.alloc().snapshot();
+        let snap = self.ipam.alloc().snapshot();
         Some(Persisted {
             ring: snap.ring.to_wire(),
             allocs: snap.allocs,
-            consensus: knowledge_to_wire(self.b.knowledge()),
+            consensus: knowledge_to_wire(self.ipam.knowledge()),
         })
     }
 
@@ -194,10 +194,10 @@ impl IpamChannel {
     /// before the address is handed out.
     pub fn allocate(&mut self, key: &str, addr: Option<u32>) -> Result<u32, IpamError> {
         self.running()?;
-        let before = self.b.alloc().lookup(key);
+        let before = self.ipam.alloc().lookup(key);
         let a = match addr {
-            Some(a) => self.b.alloc_mut().claim(key, a).map(|()| a)?,
-            None => self.b.alloc_mut().allocate(key)?,
+            Some(a) => self.ipam.alloc_mut().claim(key, a).map(|()| a)?,
+            None => self.ipam.alloc_mut().allocate(key)?,
         };
         if before != Some(a) {
             self.unsaved = true;
@@ -208,7 +208,7 @@ impl IpamChannel {
     /// Releases `key` (unknown keys are fine).
     pub fn release(&mut self, key: &str) -> Result<Option<u32>, IpamError> {
         self.running()?;
-        let r = self.b.alloc_mut().release(key);
+        let r = self.ipam.alloc_mut().release(key);
         if r.is_some() {
             self.unsaved = true;
         }
@@ -218,7 +218,7 @@ impl IpamChannel {
     /// Gives the space of `peer`, gone for good, to its heir.
     pub fn remove_peer(&mut self, peer: PeerName) -> Result<bool, IpamError> {
         self.running()?;
-        let changed = self.b.alloc_mut().remove_peer(peer);
+        let changed = self.ipam.alloc_mut().remove_peer(peer);
         if changed {
             self.changed();
         }
@@ -236,7 +236,7 @@ impl IpamChannel {
 
     /// Time passing (consensus proposals). `jitter` is random.
     pub fn tick(&mut self, now: Instant, jitter: u64) {
-        if self.stopped.is_none() && self.b.tick(self.ms(now), jitter) {
+        if self.stopped.is_none() && self.ipam.tick(self.ms(now), jitter) {
             self.changed();
         }
     }
@@ -244,16 +244,16 @@ impl IpamChannel {
     // ---- what it knows ----
 
     pub fn ipam(&self) -> &Ipam {
-        &self.b
+        &self.ipam
     }
 
     pub fn range(&self) -> AddrRange {
-        self.b.alloc().ring().range()
+        self.ipam.alloc().ring().range()
     }
 
     /// Whether we are in the ring's removed set: we can allocate nothing, ever.
     pub fn is_removed(&self) -> bool {
-        let a = self.b.alloc();
+        let a = self.ipam.alloc();
         a.ring().removed().contains(&a.me())
     }
 
@@ -261,8 +261,8 @@ impl IpamChannel {
     /// ready, since when it is).
     pub fn waiting(&self, now: Instant) -> (Waiting, u64) {
         (
-            self.b.waiting(),
-            self.ms(now).saturating_sub(self.b.since_ms()) / 1000,
+            self.ipam.waiting(),
+            self.ms(now).saturating_sub(self.ipam.since_ms()) / 1000,
         )
     }
 
@@ -301,8 +301,8 @@ impl IpamChannel {
     /// The router to ask for space among those `eligible`: the one with the
     /// most free addresses as far as we know, else the one owning the most.
     pub fn donor(&self, eligible: impl Fn(PeerName) -> bool) -> Option<PeerName> {
-        let me = self.b.alloc().me();
-        self.b
+        let me = self.ipam.alloc().me();
+        self.ipam
             .alloc()
             .ring()
             .ownership()
@@ -316,8 +316,8 @@ impl IpamChannel {
 
     /// The encoded state we gossip, with our free count refreshed in it.
     fn state_msg(&mut self, now: Instant) -> Option<Vec<u8>> {
-        let me = self.b.alloc().me();
-        let free = self.b.alloc().free_count();
+        let me = self.ipam.alloc().me();
+        let free = self.ipam.alloc().free_count();
         if self.hints.get(&me).is_none_or(|(_, f)| *f != free) {
             let wall = self.wall_ms.saturating_add(self.ms(now));
             let seq = wall.max(self.hints.get(&me).map_or(0, |(s, _)| s + 1));
@@ -325,13 +325,13 @@ impl IpamChannel {
         }
         // Once the ring is seeded nobody needs the claims (a late router
         // adopts the ring), and they grow with the square of the voters.
-        let consensus = if self.b.alloc().ring().is_seeded() {
+        let consensus = if self.ipam.alloc().ring().is_seeded() {
             Vec::new()
         } else {
-            knowledge_to_wire(self.b.knowledge())
+            knowledge_to_wire(self.ipam.knowledge())
         };
         let msg = IpamMsg::State {
-            ring: self.b.alloc().ring().to_wire(),
+            ring: self.ipam.alloc().ring().to_wire(),
             consensus,
             free: self
                 .hints
@@ -360,7 +360,7 @@ impl IpamChannel {
         let ring = Ring::from_wire(&ring, self.range()).map_err(|e| bad(e.to_string()))?;
         let now_ms = self.ms(now);
         match self
-            .b
+            .ipam
             .on_state(Some(&ring), &knowledge_from_wire(&consensus), now_ms)
         {
             Ok(true) => self.changed(),
@@ -373,8 +373,8 @@ impl IpamChannel {
             }
         }
         // Hints only for routers that own space, so they stay bounded.
-        let owners = self.b.alloc().ring().ownership();
-        let me = self.b.alloc().me();
+        let owners = self.ipam.alloc().ring().ownership();
+        let me = self.ipam.alloc().me();
         for h in free {
             let newer = self.hints.get(&h.peer).is_none_or(|(s, _)| *s < h.seq);
             if h.peer != me && owners.contains_key(&h.peer) && newer {
@@ -403,7 +403,7 @@ impl GossipChannel for IpamChannel {
     ) -> Result<(), ChannelError> {
         match Self::decode(payload)? {
             IpamMsg::SpaceRequest => {
-                if self.stopped.is_none() && self.b.alloc_mut().donate(src).is_some() {
+                if self.stopped.is_none() && self.ipam.alloc_mut().donate(src).is_some() {
                     self.changed();
                     self.direct.push(src);
                 }
@@ -451,5 +451,131 @@ impl GossipChannel for IpamChannel {
 
     fn sender(&mut self) -> &mut GossipSender {
         &mut self.sender
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weft_mesh::Outgoing;
+
+    use super::*;
+
+    const A: PeerName = PeerName(1);
+    const B: PeerName = PeerName(2);
+
+    fn range() -> AddrRange {
+        "10.32.0.0/24".parse().expect("range")
+    }
+
+    fn queued(ch: &mut IpamChannel) -> Vec<Outgoing> {
+        std::iter::from_fn(|| ch.sender().pop()).collect()
+    }
+
+    /// A seed owning the whole range, and an observer owning nothing,
+    /// both saved once.
+    fn pair(now: Instant) -> (IpamChannel, IpamChannel) {
+        let mut a = IpamChannel::new(A, range(), Init::Seed(vec![A]), now, 1);
+        let mut b = IpamChannel::new(B, range(), Init::Observer, now, 1);
+        for ch in [&mut a, &mut b] {
+            assert!(
+                ch.full_state(now).is_none(),
+                "nothing before the first save"
+            );
+            assert!(ch.unsaved().is_some());
+            ch.saved(now);
+            assert!(ch.unsaved().is_none());
+        }
+        (a, b)
+    }
+
+    #[test]
+    fn news_leaves_only_once_it_is_saved() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        let state = match queued(&mut a).as_slice() {
+            [Outgoing::Gossip(s)] => s.clone(),
+            q => panic!("the seed gossips its ring once saved, not {q:?}"),
+        };
+        queued(&mut b);
+        // The observer learns the ring: nothing relayed, nothing sent, and
+        // no full state for a new neighbour until it is saved.
+        assert_eq!(b.on_gossip(now, &state).expect("a good state"), None);
+        assert!(b.sender().is_empty());
+        assert!(b.full_state(now).is_none());
+        let saved = b.unsaved().expect("the ring is news");
+        assert!(
+            Ring::from_wire(&saved.ring, range())
+                .expect("ring")
+                .is_seeded()
+        );
+        b.saved(now);
+        assert!(matches!(queued(&mut b).as_slice(), [Outgoing::Gossip(_)]));
+        assert!(b.full_state(now).is_some());
+    }
+
+    #[test]
+    fn a_donation_reaches_the_recipient_only_after_the_donor_saved() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        let state = match queued(&mut a).as_slice() {
+            [Outgoing::Gossip(s)] => s.clone(),
+            q => panic!("{q:?}"),
+        };
+        b.on_gossip(now, &state).expect("a good state");
+        b.saved(now);
+        queued(&mut b);
+        assert_eq!(
+            b.allocate("pod", None),
+            Err(IpamError::Alloc(AllocError::NoSpace))
+        );
+        b.ask_for_space(A);
+        let request = match queued(&mut b).as_slice() {
+            [Outgoing::Unicast { dst, payload }] if *dst == A => payload.clone(),
+            q => panic!("a space request to the donor, not {q:?}"),
+        };
+        a.on_unicast(now, B, &request).expect("a good request");
+        assert!(
+            a.sender().is_empty(),
+            "nothing leaves before the donor saved"
+        );
+        assert!(a.unsaved().is_some());
+        a.saved(now);
+        let q = queued(&mut a);
+        assert!(q.iter().any(|o| matches!(o, Outgoing::Gossip(_))), "{q:?}");
+        let to_b = q.iter().find_map(|o| match o {
+            Outgoing::Unicast { dst, payload } if *dst == B => Some(payload.clone()),
+            _ => None,
+        });
+        b.on_unicast(
+            now,
+            A,
+            &to_b.expect("the new ring straight to the recipient"),
+        )
+        .expect("a good state");
+        b.saved(now);
+        assert!(
+            b.allocate("pod", None).is_ok(),
+            "the recipient owns space now"
+        );
+    }
+
+    #[test]
+    fn a_failed_save_stops_the_channel_and_drops_what_waited() {
+        let now = Instant::now();
+        let (mut a, _) = pair(now);
+        assert!(a.allocate("pod", None).is_ok());
+        a.remove_peer(PeerName(9)).expect("runs");
+        a.save_failed("disk full".into());
+        assert!(a.sender().is_empty(), "what waited for the save is dropped");
+        assert!(a.unsaved().is_none());
+        assert!(a.full_state(now).is_none());
+        let stopped = IpamError::Stopped("disk full".into());
+        assert_eq!(a.allocate("other", None), Err(stopped.clone()));
+        assert_eq!(a.release("pod"), Err(stopped.clone()));
+        assert_eq!(a.remove_peer(PeerName(9)), Err(stopped));
+        a.ask_for_space(B);
+        assert!(a.sender().is_empty());
+        assert_eq!(a.unready(now), Some(Unready::Stopped("disk full".into())));
+        assert_eq!(a.stopped(), Some("disk full"));
     }
 }

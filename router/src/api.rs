@@ -12,7 +12,7 @@
 //! | GET | `/ip` | | `[`[`Allocation`]`]` |
 //! | GET | `/ipam` | | [`IpamStatus`](weft_api::IpamStatus) |
 //! | POST | `/rmpeer` | [`RmPeerRequest`] | [`RmPeerReply`]; 409 for a reachable peer |
-//! | POST | `/expose` | | [`ExposeReply`]; 503 with the reason until IPAM gave it, 409 without a data plane |
+//! | POST | `/expose` | | [`ExposeReply`]; 503 with the reason while IPAM is splitting the range, 409 when waiting cannot help |
 //! | GET | `/network` | | [`NetworkStatus`](weft_api::NetworkStatus): 200 when pods can be added here, else 503 |
 //! | GET | `/healthz` | | `ok` |
 //!
@@ -277,8 +277,11 @@ async fn rmpeer(
 async fn expose(State(h): State<Handle>) -> Response {
     match ask(&h, Command::Expose).await {
         Ok(Ok(address)) => Json(ExposeReply { address }).into_response(),
-        // Waiting will not help: there is no bridge to put an address on.
-        Ok(Err(e @ NotReady::NoDataPlane)) => error(StatusCode::CONFLICT, e.to_string()),
+        // Waiting will not help: no bridge to put an address on, or IPAM
+        // will never give one.
+        Ok(Err(e @ (NotReady::NoDataPlane | NotReady::Removed | NotReady::Stopped { .. }))) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(r) => *r,
     }

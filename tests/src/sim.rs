@@ -110,6 +110,8 @@ pub struct SimStats {
 pub type StartChannels<C> = Box<dyn FnMut(usize, PeerName, Option<&[u8]>, Instant) -> C>;
 /// Saves what a node's channels changed, if anything: the bytes to keep.
 pub type SaveChannels<C> = Box<dyn FnMut(&mut C, Instant) -> Option<Vec<u8>>>;
+/// Looks at every frame a node sends: (index, name, frame, what it saved).
+pub type InspectSends = Box<dyn FnMut(usize, PeerName, &Frame, Option<&[u8]>)>;
 
 pub struct Sim<C = NoChannels> {
     pub cfg: SimConfig,
@@ -131,6 +133,7 @@ pub struct Sim<C = NoChannels> {
     base: Config,
     start: StartChannels<C>,
     save: SaveChannels<C>,
+    inspect: Option<InspectSends>,
 }
 
 pub fn addr_of(i: usize) -> SocketAddr {
@@ -179,7 +182,14 @@ impl<C: Channels> Sim<C> {
             base,
             start,
             save,
+            inspect: None,
         }
+    }
+
+    /// Calls `f` on every frame a node sends, with what the node saved last
+    /// (to check that nothing leaves that is not on disk, say).
+    pub fn inspect_sends(&mut self, f: InspectSends) {
+        self.inspect = Some(f);
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -289,6 +299,10 @@ impl<C: Channels> Sim<C> {
     }
 
     fn send(&mut self, from: usize, conn: SessionId, frame: Frame) {
+        if let Some(f) = self.inspect.as_mut() {
+            let node = &self.nodes[from];
+            f(from, node.name, &frame, node.disk.as_deref());
+        }
         let len = encode_frame(&frame).map(|b| b.len() + 4).unwrap_or(0);
         self.stats.frames_sent += 1;
         self.stats.bytes_sent[from] += len as u64;
@@ -355,12 +369,14 @@ impl<C: Channels> Sim<C> {
     /// notice after the idle timeout.
     fn sever(&mut self, pred: impl Fn(usize, usize) -> bool, why: &str) {
         let at = self.now + self.cfg.idle_timeout;
-        let doomed: Vec<((usize, SessionId), (usize, SessionId))> = self
+        let mut doomed: Vec<((usize, SessionId), (usize, SessionId))> = self
             .links
             .iter()
             .filter(|((a, _), (b, _))| pred(*a, *b))
             .map(|(k, v)| (*k, *v))
             .collect();
+        // In a fixed order, so that a seed replays a run exactly.
+        doomed.sort_unstable();
         for (a, _) in &doomed {
             self.links.remove(a);
         }

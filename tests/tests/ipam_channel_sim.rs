@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use weft_ipam_crdt::{AddrRange, AllocError, Init, IpamChannel, IpamError, Persisted, Ring};
 use weft_mesh::Config;
-use weft_peer_proto::PeerName;
+use weft_peer_proto::codec::decode_ipam;
+use weft_peer_proto::ipam::IpamMsg;
+use weft_peer_proto::{Frame, PeerName, Verb};
 use weft_tests::sim::{Sim, SimConfig, addr_of};
 
 const ROUTERS: usize = 50;
@@ -52,13 +54,20 @@ fn make_sim(seed: u64) -> Sim<IpamChannel> {
     cfg.duplicate = 0.01;
     let mut base = Config::new(PeerName(0), String::new(), 0, 0);
     base.conn_limit = 8;
-    let start = move |i: usize, name: PeerName, disk: Option<&[u8]>, now: Instant| match disk {
-        None => IpamChannel::new(name, range(), init(i), now, WALL_MS),
-        Some(bytes) => {
-            let saved: Persisted = serde_json::from_slice(bytes)
-                .unwrap_or_else(|e| panic!("router {i}'s saved state: {e}; seed {seed}"));
-            IpamChannel::restore(name, range(), init(i), &saved, now, WALL_MS)
-                .unwrap_or_else(|e| panic!("router {i} restores: {e}; seed {seed}"))
+    // The wall clock moves with virtual time (free-space hints must count
+    // up across restarts).
+    let mut t0 = None;
+    let start = move |i: usize, name: PeerName, disk: Option<&[u8]>, now: Instant| {
+        let t0 = *t0.get_or_insert(now);
+        let wall_ms = WALL_MS + now.duration_since(t0).as_millis() as u64;
+        match disk {
+            None => IpamChannel::new(name, range(), init(i), now, wall_ms),
+            Some(bytes) => {
+                let saved: Persisted = serde_json::from_slice(bytes)
+                    .unwrap_or_else(|e| panic!("router {i}'s saved state: {e}; seed {seed}"));
+                IpamChannel::restore(name, range(), init(i), &saved, now, wall_ms)
+                    .unwrap_or_else(|e| panic!("router {i} restores: {e}; seed {seed}"))
+            }
         }
     };
     // As meshd does after every input: write what changed, then let the
@@ -69,7 +78,38 @@ fn make_sim(seed: u64) -> Sim<IpamChannel> {
         ch.saved(now);
         Some(bytes)
     };
-    Sim::with_channels(cfg, base, Box::new(start), Box::new(save))
+    let mut sim = Sim::with_channels(cfg, base, Box::new(start), Box::new(save));
+    sim.inspect_sends(Box::new(move |i, name, frame, disk| {
+        sent_is_saved(seed, i, name, frame, disk)
+    }));
+    sim
+}
+
+/// Every IPAM state a router sends of its own is already on its disk: the
+/// ring it sends, merged into the ring it saved, changes nothing.
+fn sent_is_saved(seed: u64, i: usize, name: PeerName, frame: &Frame, disk: Option<&[u8]>) {
+    let Frame::Gossip(msg) = frame else { return };
+    let own = match msg.verb {
+        Verb::Gossip => true,
+        Verb::Unicast { src, .. } | Verb::Broadcast { src } => src == name,
+    };
+    if msg.channel.as_str() != weft_ipam_crdt::channel::CHANNEL || !own {
+        return;
+    }
+    let Ok(IpamMsg::State { ring, .. }) = decode_ipam(&msg.payload) else {
+        return;
+    };
+    let sent = Ring::from_wire(&ring, range())
+        .unwrap_or_else(|e| panic!("router {i} sent a bad ring: {e}; seed {seed}"));
+    let disk =
+        disk.unwrap_or_else(|| panic!("router {i} sent IPAM state before saving any; seed {seed}"));
+    let saved: Persisted = serde_json::from_slice(disk).expect("saved state");
+    let mut on_disk = Ring::from_wire(&saved.ring, range()).expect("saved ring");
+    let merged = on_disk.merge(&sent);
+    assert!(
+        merged.as_ref().is_ok_and(|o| !o.changed),
+        "router {i} sent a ring that is not on its disk ({merged:?}); seed {seed}"
+    );
 }
 
 fn saved(sim: &Sim<IpamChannel>, i: usize, seed: u64) -> Option<Persisted> {

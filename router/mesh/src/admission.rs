@@ -55,6 +55,7 @@ impl<C: Channels> Mesh<C> {
         addr: SocketAddr,
         outbound: bool,
     ) -> Admit {
+        self.now = now;
         let peer = hello.name;
         if peer == self.cfg.name {
             if outbound {
@@ -197,6 +198,7 @@ impl<C: Channels> Mesh<C> {
     /// A session ended (either side closed it, it timed out, or we were told
     /// to close it). Unknown ids are ignored.
     pub fn connection_down(&mut self, now: Instant, conn: SessionId, reason: String) {
+        self.now = now;
         let Some(c) = self.drop_conn(conn) else {
             return;
         };

@@ -37,6 +37,7 @@ impl<C: Channels> Mesh<C> {
         conn: SessionId,
         frame: Frame,
     ) -> Result<(), ProtocolError> {
+        self.now = now;
         let Some(from) = self.sessions.get(&conn).map(|c| c.peer) else {
             return Ok(());
         };
@@ -136,7 +137,9 @@ impl<C: Channels> Mesh<C> {
                 self.routes_dirty = true;
                 // Our own news goes to every neighbour: they need it to route to us.
                 let me = self.topology.me().clone();
-                let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+                let mut ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+                // In a fixed order, so that a seed replays a run exactly.
+                ids.sort_unstable();
                 for conn in ids {
                     self.out.transmits.push_back(Transmit {
                         session: conn,

@@ -92,7 +92,8 @@ impl GossipSender {
         self.queue.is_empty()
     }
 
-    pub(crate) fn pop(&mut self) -> Option<Outgoing> {
+    /// The oldest queued message (the mesh takes them in order).
+    pub fn pop(&mut self) -> Option<Outgoing> {
         self.queue.pop_front()
     }
 }

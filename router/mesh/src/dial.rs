@@ -40,6 +40,7 @@ impl<C: Channels> Mesh<C> {
     }
 
     pub fn dial_failed(&mut self, now: Instant, addr: SocketAddr, error: String) {
+        self.now = now;
         self.connector.failed(addr, error, now, &mut self.rng);
     }
 

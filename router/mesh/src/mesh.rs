@@ -82,7 +82,8 @@ pub struct Mesh<C> {
     /// Next look for unreachable peers to forget (needs routes, so not every tick).
     pub(crate) next_gc: Instant,
     pub(crate) unreachable_since: HashMap<PeerName, Instant>,
-    /// The latest `now` an input brought (for deliveries to ourselves).
+    /// The latest `now` an input brought (for a channel's unicasts to
+    /// ourselves, delivered when the driver drains).
     pub(crate) now: Instant,
     pub(crate) channels: C,
     pub(crate) out: Outbox,

@@ -205,7 +205,13 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
     }
     let _ = std::fs::remove_file(&cfg.api_socket);
     info!("meshd stopped");
-    outcome
+    // The loop has stopped saving: now the state can be moved aside.
+    match outcome {
+        Err(e) if e.is::<crate::kube::MustStepAside>() => {
+            Err(crate::kube::removed(identity.name, &cfg.data_dir))
+        }
+        other => other,
+    }
 }
 
 /// With `--kube`, connects to the API and lets it decide how IPAM starts,

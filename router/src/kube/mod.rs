@@ -225,7 +225,7 @@ impl Kube {
     }
 
     /// Runs the Node watch and the reconcile loop until `shutdown`. It ends
-    /// early only with [`Removed`]: this router must stop.
+    /// early only with [`MustStepAside`]: this router must stop.
     pub async fn run(self, handle: Handle, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         let (store, writer) = reflector::store::<Node>();
@@ -274,7 +274,7 @@ impl Kube {
             if due {
                 pending = match self.reconcile(&all, &nodes, &handle, &mut st).await {
                     Ok(p) => p,
-                    Err(e) if e.is::<Removed>() => {
+                    Err(e) if e.is::<MustStepAside>() => {
                         watch_task.abort();
                         return Err(e);
                     }
@@ -368,7 +368,7 @@ impl Kube {
             })
             .await?;
         if reclaimed(&list) || removed_here {
-            return Err(removed(self.me_name, &self.data_dir));
+            return Err(MustStepAside(self.me_name).into());
         }
         let candidates = list.candidates(me, &names);
         st.missing_since.retain(|p, _| candidates.contains(p));
@@ -513,23 +513,21 @@ struct ReconcileState {
     missing_since: BTreeMap<String, std::time::Instant>,
 }
 
-/// This router was removed from the ring (its Node was deleted while the
-/// host lived on): meshd stops with this error, and its restart joins as a
-/// new router.
+/// What the Kubernetes task ends with when this router was removed from the
+/// ring (its Node was deleted while the host lived on): the router loop
+/// stops, and only then is its state stepped aside with [`removed`], so
+/// that no save of the loop's can write `ipam.json` back.
 #[derive(Debug, thiserror::Error)]
-#[error("this router ({me}) was removed from the ring after its Node was deleted; {what}")]
-pub struct Removed {
-    pub me: weft_peer_proto::PeerName,
-    pub what: String,
-}
+#[error("this router ({0}) was removed from the ring after its Node was deleted")]
+pub struct MustStepAside(pub weft_peer_proto::PeerName);
 
-/// Steps aside (see [`step_aside`]) and says so.
+/// Steps aside (see [`step_aside`]) and says so: the error meshd stops with.
+/// Call it only when nothing can save IPAM state any more.
 pub fn removed(me: weft_peer_proto::PeerName, data_dir: &std::path::Path) -> anyhow::Error {
-    Removed {
-        me,
-        what: step_aside(data_dir),
-    }
-    .into()
+    anyhow::anyhow!(
+        "this router ({me}) was removed from the ring after its Node was deleted; {}",
+        step_aside(data_dir)
+    )
 }
 
 /// Moves the identity and IPAM state of a removed router aside, so that the
