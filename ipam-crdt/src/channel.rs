@@ -39,6 +39,7 @@ pub struct Persisted {
 
 /// Why the channel cannot take a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum IpamError {
     /// A write of our state failed: nothing more is allocated or sent.
     #[error("IPAM stopped after a failed write: {0}")]
@@ -456,7 +457,7 @@ impl GossipChannel for IpamChannel {
 
 #[cfg(test)]
 mod tests {
-    use weft_mesh::Outgoing;
+    use weft_mesh::ChannelSend;
 
     use super::*;
 
@@ -467,7 +468,7 @@ mod tests {
         "10.32.0.0/24".parse().expect("range")
     }
 
-    fn queued(ch: &mut IpamChannel) -> Vec<Outgoing> {
+    fn queued(ch: &mut IpamChannel) -> Vec<ChannelSend> {
         std::iter::from_fn(|| ch.sender().pop()).collect()
     }
 
@@ -493,7 +494,7 @@ mod tests {
         let now = Instant::now();
         let (mut a, mut b) = pair(now);
         let state = match queued(&mut a).as_slice() {
-            [Outgoing::Gossip(s)] => s.clone(),
+            [ChannelSend::Gossip(s)] => s.clone(),
             q => panic!("the seed gossips its ring once saved, not {q:?}"),
         };
         queued(&mut b);
@@ -509,7 +510,10 @@ mod tests {
                 .is_seeded()
         );
         b.saved(now);
-        assert!(matches!(queued(&mut b).as_slice(), [Outgoing::Gossip(_)]));
+        assert!(matches!(
+            queued(&mut b).as_slice(),
+            [ChannelSend::Gossip(_)]
+        ));
         assert!(b.full_state(now).is_some());
     }
 
@@ -518,7 +522,7 @@ mod tests {
         let now = Instant::now();
         let (mut a, mut b) = pair(now);
         let state = match queued(&mut a).as_slice() {
-            [Outgoing::Gossip(s)] => s.clone(),
+            [ChannelSend::Gossip(s)] => s.clone(),
             q => panic!("{q:?}"),
         };
         b.on_gossip(now, &state).expect("a good state");
@@ -530,7 +534,7 @@ mod tests {
         );
         b.ask_for_space(A);
         let request = match queued(&mut b).as_slice() {
-            [Outgoing::Unicast { dst, payload }] if *dst == A => payload.clone(),
+            [ChannelSend::Unicast { dst, payload }] if *dst == A => payload.clone(),
             q => panic!("a space request to the donor, not {q:?}"),
         };
         a.on_unicast(now, B, &request).expect("a good request");
@@ -541,9 +545,12 @@ mod tests {
         assert!(a.unsaved().is_some());
         a.saved(now);
         let q = queued(&mut a);
-        assert!(q.iter().any(|o| matches!(o, Outgoing::Gossip(_))), "{q:?}");
+        assert!(
+            q.iter().any(|o| matches!(o, ChannelSend::Gossip(_))),
+            "{q:?}"
+        );
         let to_b = q.iter().find_map(|o| match o {
-            Outgoing::Unicast { dst, payload } if *dst == B => Some(payload.clone()),
+            ChannelSend::Unicast { dst, payload } if *dst == B => Some(payload.clone()),
             _ => None,
         });
         b.on_unicast(

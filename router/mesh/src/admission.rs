@@ -14,7 +14,7 @@ use weft_peer_proto::{
 };
 
 use crate::channel::Channels;
-use crate::mesh::{Mesh, Session};
+use crate::mesh::{Mesh, Neighbour};
 use crate::outbox::{Action, MeshEvent, SessionId, Transmit};
 use crate::topology;
 
@@ -50,7 +50,7 @@ impl<C: Channels> Mesh<C> {
     pub fn connection_up(
         &mut self,
         now: Instant,
-        conn: SessionId,
+        session: SessionId,
         hello: &Hello,
         addr: SocketAddr,
         outbound: bool,
@@ -108,7 +108,7 @@ impl<C: Channels> Mesh<C> {
                 reason: GoodbyeReason::Duplicate,
                 message: "replaced by a newer session".into(),
             });
-            self.drop_conn(old_id);
+            self.drop_session(old_id);
         } else if !outbound && self.sessions.len() >= self.cfg.conn_limit.saturating_mul(2) {
             // Tell the peer about some of our neighbours (with the addresses
             // they were reached at), so that it can dial someone else.
@@ -124,7 +124,7 @@ impl<C: Channels> Mesh<C> {
             );
             for chunk in topology::chunk_entries(entries) {
                 self.out.transmits.push_back(Transmit {
-                    session: conn,
+                    session,
                     frame: Frame::Topology(TopologyMsg::Update { entries: chunk }),
                 });
             }
@@ -134,8 +134,8 @@ impl<C: Channels> Mesh<C> {
             self.learn_own_addr(a);
         }
         self.sessions.insert(
-            conn,
-            Session {
+            session,
+            Neighbour {
                 peer,
                 nickname: hello.nickname.clone(),
                 addr,
@@ -147,7 +147,7 @@ impl<C: Channels> Mesh<C> {
                 digest_at: None,
             },
         );
-        self.by_peer.insert(peer, conn);
+        self.by_peer.insert(peer, session);
         if outbound {
             self.connector.connected(addr, peer);
         }
@@ -159,13 +159,13 @@ impl<C: Channels> Mesh<C> {
         });
         // Bring each other up to date, and tell everyone about the new link.
         self.out.transmits.push_back(Transmit {
-            session: conn,
+            session,
             frame: Frame::Topology(TopologyMsg::Digest {
                 entries: self.topology.digest(),
                 reply: false,
             }),
         });
-        self.send_full_states(now, conn);
+        self.send_full_states(now, session);
         self.mark_own_dirty(now);
         Admit::Accept
     }
@@ -187,9 +187,9 @@ impl<C: Channels> Mesh<C> {
         self.own_addrs.truncate(MAX_ADDRS_PER_PEER);
     }
 
-    fn drop_conn(&mut self, conn: SessionId) -> Option<Session> {
-        let c = self.sessions.remove(&conn)?;
-        if self.by_peer.get(&c.peer) == Some(&conn) {
+    fn drop_session(&mut self, session: SessionId) -> Option<Neighbour> {
+        let c = self.sessions.remove(&session)?;
+        if self.by_peer.get(&c.peer) == Some(&session) {
             self.by_peer.remove(&c.peer);
         }
         Some(c)
@@ -197,9 +197,9 @@ impl<C: Channels> Mesh<C> {
 
     /// A session ended (either side closed it, it timed out, or we were told
     /// to close it). Unknown ids are ignored.
-    pub fn connection_down(&mut self, now: Instant, conn: SessionId, reason: String) {
+    pub fn connection_down(&mut self, now: Instant, session: SessionId, reason: String) {
         self.now = now;
-        let Some(c) = self.drop_conn(conn) else {
+        let Some(c) = self.drop_session(session) else {
             return;
         };
         self.out.event(MeshEvent::Disconnected {
@@ -245,7 +245,7 @@ mod tests {
     fn closed(m: &mut Mesh<NoChannels>) -> Vec<SessionId> {
         std::iter::from_fn(|| m.poll_action())
             .filter_map(|a| match a {
-                Action::Close { session: conn, .. } => Some(conn),
+                Action::Close { session, .. } => Some(session),
                 Action::Dial(_) => None,
             })
             .collect()

@@ -18,6 +18,7 @@ use crate::topology;
 
 /// A peer broke the protocol on a session.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProtocolError {
     #[error("unexpected hello after the session started")]
     UnexpectedHello,
@@ -34,11 +35,11 @@ impl<C: Channels> Mesh<C> {
     pub fn handle_frame(
         &mut self,
         now: Instant,
-        conn: SessionId,
+        session: SessionId,
         frame: Frame,
     ) -> Result<(), ProtocolError> {
         self.now = now;
-        let Some(from) = self.sessions.get(&conn).map(|c| c.peer) else {
+        let Some(from) = self.sessions.get(&session).map(|c| c.peer) else {
             return Ok(());
         };
         match frame {
@@ -47,10 +48,10 @@ impl<C: Channels> Mesh<C> {
             // offers to the data plane before they get here.
             Frame::Goodbye(_) | Frame::DataOffer(_) => {}
             Frame::Topology(TopologyMsg::Summary { hash, .. }) => {
-                if hash != self.topology.hash() && self.may_answer(now, conn, false) {
+                if hash != self.topology.hash() && self.may_answer(now, session, false) {
                     let entries = self.topology.digest();
                     self.out.transmits.push_back(Transmit {
-                        session: conn,
+                        session,
                         frame: Frame::Topology(TopologyMsg::Digest {
                             entries,
                             reply: true,
@@ -59,19 +60,19 @@ impl<C: Channels> Mesh<C> {
                 }
             }
             Frame::Topology(TopologyMsg::Digest { entries, reply }) => {
-                if !self.may_answer(now, conn, true) {
+                if !self.may_answer(now, session, true) {
                     return Ok(());
                 }
                 for chunk in self.topology.newer_than(&entries) {
                     self.out.transmits.push_back(Transmit {
-                        session: conn,
+                        session,
                         frame: Frame::Topology(TopologyMsg::Update { entries: chunk }),
                     });
                 }
                 if reply && self.topology.lacks_any(&entries) {
                     let entries = self.topology.digest();
                     self.out.transmits.push_back(Transmit {
-                        session: conn,
+                        session,
                         frame: Frame::Topology(TopologyMsg::Digest {
                             entries,
                             reply: false,
@@ -80,18 +81,18 @@ impl<C: Channels> Mesh<C> {
                 }
             }
             Frame::Topology(TopologyMsg::Update { entries }) => {
-                self.merge_topology(now, conn, entries)
+                self.merge_topology(now, session, entries)
             }
-            Frame::Gossip(msg) => self.handle_gossip(now, conn, from, msg),
+            Frame::Gossip(msg) => self.handle_gossip(now, session, from, msg),
         }
         Ok(())
     }
 
     /// At most one answer of each kind per session per half gossip interval:
     /// answering costs us far more than asking costs the peer.
-    fn may_answer(&mut self, now: Instant, conn: SessionId, updates: bool) -> bool {
+    fn may_answer(&mut self, now: Instant, session: SessionId, updates: bool) -> bool {
         let min_gap = self.cfg.gossip_interval / 2;
-        let Some(c) = self.sessions.get_mut(&conn) else {
+        let Some(c) = self.sessions.get_mut(&session) else {
             return false;
         };
         let at = if updates {
@@ -107,7 +108,7 @@ impl<C: Channels> Mesh<C> {
         true
     }
 
-    fn merge_topology(&mut self, now: Instant, conn: SessionId, entries: Vec<PeerEntry>) {
+    fn merge_topology(&mut self, now: Instant, session: SessionId, entries: Vec<PeerEntry>) {
         let out = self.topology.merge(entries, now);
         self.counters.peers_refused += out.refused as u64;
         if out.news.is_empty() && !out.own_bumped {
@@ -117,7 +118,7 @@ impl<C: Channels> Mesh<C> {
         self.discovery_dirty = true;
         self.counters.topology_news += out.news.len() as u64;
         for e in out.news {
-            self.pending_news.insert(e.name, (e, Some(conn)));
+            self.pending_news.insert(e.name, (e, Some(session)));
         }
         if out.own_bumped {
             let me = self.topology.me().clone();
@@ -140,9 +141,9 @@ impl<C: Channels> Mesh<C> {
                 let mut ids: Vec<SessionId> = self.sessions.keys().copied().collect();
                 // In a fixed order, so that a seed replays a run exactly.
                 ids.sort_unstable();
-                for conn in ids {
+                for session in ids {
                     self.out.transmits.push_back(Transmit {
-                        session: conn,
+                        session,
                         frame: Frame::Topology(TopologyMsg::Update {
                             entries: vec![me.clone()],
                         }),
@@ -158,15 +159,15 @@ impl<C: Channels> Mesh<C> {
         let mut ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         ids.sort_unstable();
         ids.shuffle(&mut self.rng);
-        for conn in ids.into_iter().take(self.cfg.fanout) {
+        for session in ids.into_iter().take(self.cfg.fanout) {
             let entries: Vec<PeerEntry> = news
                 .values()
-                .filter(|(_, src)| *src != Some(conn))
+                .filter(|(_, src)| *src != Some(session))
                 .map(|(e, _)| e.clone())
                 .collect();
             for chunk in topology::chunk_entries(entries) {
                 self.out.transmits.push_back(Transmit {
-                    session: conn,
+                    session,
                     frame: Frame::Topology(TopologyMsg::Update { entries: chunk }),
                 });
             }
@@ -177,13 +178,13 @@ impl<C: Channels> Mesh<C> {
         // Anti-entropy with one random neighbour.
         let mut ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         ids.sort_unstable();
-        if let Some(&conn) = ids.choose(&mut self.rng) {
+        if let Some(&session) = ids.choose(&mut self.rng) {
             let (hash, peers) = (self.topology.hash(), self.topology.len() as u32);
             self.out.transmits.push_back(Transmit {
-                session: conn,
+                session,
                 frame: Frame::Topology(TopologyMsg::Summary { hash, peers }),
             });
-            self.send_full_states(now, conn);
+            self.send_full_states(now, session);
         }
         if now >= self.next_gc {
             self.next_gc = now + gc_period(&self.cfg);

@@ -53,7 +53,7 @@ pub trait GossipChannel: Send {
 
 /// A message a channel queued, with the verb to send it by.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outgoing {
+pub enum ChannelSend {
     Unicast { dst: PeerName, payload: Vec<u8> },
     Broadcast(Vec<u8>),
     Gossip(Vec<u8>),
@@ -64,23 +64,23 @@ pub enum Outgoing {
 /// input changed.
 #[derive(Debug, Default)]
 pub struct GossipSender {
-    queue: VecDeque<Outgoing>,
+    queue: VecDeque<ChannelSend>,
 }
 
 impl GossipSender {
     /// Sends `payload` hop by hop to `dst`'s instance of the channel.
     pub fn unicast(&mut self, dst: PeerName, payload: Vec<u8>) {
-        self.queue.push_back(Outgoing::Unicast { dst, payload });
+        self.queue.push_back(ChannelSend::Unicast { dst, payload });
     }
 
     /// Sends `payload` to every reachable router's instance of the channel.
     pub fn broadcast(&mut self, payload: Vec<u8>) {
-        self.queue.push_back(Outgoing::Broadcast(payload));
+        self.queue.push_back(ChannelSend::Broadcast(payload));
     }
 
     /// Gossips `payload` (news of ours) to a few neighbours.
     pub fn gossip(&mut self, payload: Vec<u8>) {
-        self.queue.push_back(Outgoing::Gossip(payload));
+        self.queue.push_back(ChannelSend::Gossip(payload));
     }
 
     /// Drops everything queued (a channel that stopped, say).
@@ -93,7 +93,7 @@ impl GossipSender {
     }
 
     /// The oldest queued message (the mesh takes them in order).
-    pub fn pop(&mut self) -> Option<Outgoing> {
+    pub fn pop(&mut self) -> Option<ChannelSend> {
         self.queue.pop_front()
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use rand::seq::SliceRandom;
 use weft_peer_proto::{ChannelName, Frame, GossipMsg, PeerName, Verb};
 
-use crate::channel::{ChannelError, Channels, GossipChannel, Outgoing};
+use crate::channel::{ChannelError, ChannelSend, Channels, GossipChannel};
 use crate::mesh::Mesh;
 use crate::outbox::{MeshEvent, SessionId, Transmit};
 
@@ -15,7 +15,7 @@ impl<C: Channels> Mesh<C> {
     pub(crate) fn handle_gossip(
         &mut self,
         now: Instant,
-        conn: SessionId,
+        session: SessionId,
         from: PeerName,
         msg: GossipMsg,
     ) {
@@ -53,7 +53,7 @@ impl<C: Channels> Mesh<C> {
                         verb: Verb::Gossip,
                         payload: delta,
                     };
-                    self.relay(Frame::Gossip(out), Some(conn));
+                    self.relay(Frame::Gossip(out), Some(session));
                 }
             }
         }
@@ -84,11 +84,8 @@ impl<C: Channels> Mesh<C> {
     }
 
     pub(crate) fn send_to_peer(&mut self, peer: PeerName, frame: Frame) {
-        if let Some(&conn) = self.by_peer.get(&peer) {
-            self.out.transmits.push_back(Transmit {
-                session: conn,
-                frame,
-            });
+        if let Some(&session) = self.by_peer.get(&peer) {
+            self.out.transmits.push_back(Transmit { session, frame });
         }
     }
 
@@ -102,16 +99,16 @@ impl<C: Channels> Mesh<C> {
             .collect();
         ids.sort_unstable();
         ids.shuffle(&mut self.rng);
-        for conn in ids.into_iter().take(self.cfg.fanout) {
+        for session in ids.into_iter().take(self.cfg.fanout) {
             self.out.transmits.push_back(Transmit {
-                session: conn,
+                session,
                 frame: frame.clone(),
             });
         }
     }
 
     /// Every channel's complete state, to one session.
-    pub(crate) fn send_full_states(&mut self, now: Instant, conn: SessionId) {
+    pub(crate) fn send_full_states(&mut self, now: Instant, session: SessionId) {
         let mut states = Vec::new();
         self.channels.each(&mut |c| {
             if let Some(s) = c.full_state(now) {
@@ -120,7 +117,7 @@ impl<C: Channels> Mesh<C> {
         });
         for (channel, payload) in states {
             self.out.send(
-                conn,
+                session,
                 Frame::Gossip(GossipMsg {
                     channel,
                     verb: Verb::Gossip,
@@ -144,16 +141,16 @@ impl<C: Channels> Mesh<C> {
         }
     }
 
-    fn send_out(&mut self, channel: ChannelName, o: Outgoing) {
+    fn send_out(&mut self, channel: ChannelName, o: ChannelSend) {
         let src = self.cfg.name;
         match o {
-            Outgoing::Unicast { dst, payload } if dst == src => {
+            ChannelSend::Unicast { dst, payload } if dst == src => {
                 let now = self.now;
                 self.deliver(&channel, src, |c| {
                     c.on_unicast(now, src, &payload).map(|_| None)
                 });
             }
-            Outgoing::Unicast { dst, payload } => {
+            ChannelSend::Unicast { dst, payload } => {
                 let Some(hop) = self.routes().next_hop(dst) else {
                     self.counters.unroutable += 1;
                     return;
@@ -165,7 +162,7 @@ impl<C: Channels> Mesh<C> {
                 };
                 self.send_to_peer(hop, Frame::Gossip(msg));
             }
-            Outgoing::Broadcast(payload) => {
+            ChannelSend::Broadcast(payload) => {
                 let msg = GossipMsg {
                     channel,
                     verb: Verb::Broadcast { src },
@@ -175,7 +172,7 @@ impl<C: Channels> Mesh<C> {
                     self.send_to_peer(child, Frame::Gossip(msg.clone()));
                 }
             }
-            Outgoing::Gossip(payload) => {
+            ChannelSend::Gossip(payload) => {
                 let msg = GossipMsg {
                     channel,
                     verb: Verb::Gossip,

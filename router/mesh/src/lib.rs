@@ -39,7 +39,7 @@ pub mod topology;
 
 pub use admission::Admit;
 pub use anti_entropy::ProtocolError;
-pub use channel::{ChannelError, Channels, GossipChannel, GossipSender, NoChannels, Outgoing};
+pub use channel::{ChannelError, ChannelSend, Channels, GossipChannel, GossipSender, NoChannels};
 pub use config::Config;
 pub use mesh::{Mesh, MeshCounters};
 pub use outbox::{Action, MeshEvent, SessionId, Transmit};

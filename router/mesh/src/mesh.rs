@@ -41,9 +41,10 @@ pub struct MeshCounters {
     pub throttled: u64,
 }
 
-/// One established session, as the core sees it.
+/// The router at the other end of one established session, as the core
+/// sees it.
 #[derive(Debug, Clone)]
-pub(crate) struct Session {
+pub(crate) struct Neighbour {
     pub(crate) peer: PeerName,
     pub(crate) nickname: String,
     /// An address the peer can be dialed at.
@@ -66,7 +67,7 @@ pub struct Mesh<C> {
     pub(crate) topology: Topology,
     pub(crate) routes: Routes,
     pub(crate) routes_dirty: bool,
-    pub(crate) sessions: HashMap<SessionId, Session>,
+    pub(crate) sessions: HashMap<SessionId, Neighbour>,
     pub(crate) by_peer: HashMap<PeerName, SessionId>,
     pub(crate) connector: Connector,
     pub(crate) own_addrs: Vec<SocketAddr>,

@@ -22,8 +22,10 @@ impl Router {
                 Err(e) => Attempt::Failed(IpamFailure::new(500, e)),
             },
             Err(IpamError::Alloc(AllocError::NotReady | AllocError::NoSpace)) => Attempt::Wait,
-            Err(e @ IpamError::Stopped(_)) => Attempt::Failed(IpamFailure::new(500, e.to_string())),
             Err(e @ IpamError::Alloc(_)) => Attempt::Failed(IpamFailure::new(409, e.to_string())),
+            // Stopped after a failed write, or whatever else keeps it from
+            // serving: not the caller's fault.
+            Err(e) => Attempt::Failed(IpamFailure::new(500, e.to_string())),
         }
     }
 
