@@ -32,6 +32,14 @@ pub struct WaitingAllocation {
     reply: Reply,
 }
 
+impl WaitingAllocation {
+    /// Fails it: it waited [`ALLOC_WAIT`] for `why`.
+    pub fn time_out(self, why: &str) {
+        tracing::warn!(key = %self.key, %why, "allocation timed out");
+        let _ = self.reply.send(Err(IpamFailure::new(503, why)));
+    }
+}
+
 /// What one try at an allocation came to.
 pub enum Attempt {
     Done(u32),
@@ -79,16 +87,17 @@ impl AllocationQueue {
         }
     }
 
-    /// Tries every waiting allocation again with `attempt`; answers those
-    /// done or failed, and those past their deadline with `why` (the reason
-    /// they waited). Requests whose client gave up are dropped untried:
-    /// allocating for them would leak the address.
+    /// Tries every waiting allocation again with `attempt` and answers
+    /// those done or failed. Returns those past their deadline, for the
+    /// caller to fail with the reason they waited. Requests whose client
+    /// gave up are dropped untried: allocating for them would leak the
+    /// address.
     pub fn retry(
         &mut self,
         now: Instant,
         mut attempt: impl FnMut(&str, Option<u32>) -> Attempt,
-        why: impl Fn() -> String,
-    ) {
+    ) -> Vec<WaitingAllocation> {
+        let mut expired = Vec::new();
         for w in std::mem::take(&mut self.waiting) {
             if w.reply.is_closed() {
                 continue;
@@ -100,13 +109,11 @@ impl AllocationQueue {
                 Attempt::Failed(f) => {
                     let _ = w.reply.send(Err(f));
                 }
-                Attempt::Wait if now >= w.deadline => {
-                    tracing::warn!(key = %w.key, why = %why(), "allocation timed out");
-                    let _ = w.reply.send(Err(IpamFailure::new(503, why())));
-                }
+                Attempt::Wait if now >= w.deadline => expired.push(w),
                 Attempt::Wait => self.waiting.push(w),
             }
         }
+        expired
     }
 
     /// Whether a request for space may go out now.
@@ -144,23 +151,24 @@ mod tests {
         q.push("c".into(), None, tx_c, t0);
         drop(rx_c); // the client gave up: never tried again
         let mut tried = Vec::new();
-        q.retry(
-            t0 + Duration::from_secs(1),
-            |k, _| {
-                tried.push(k.to_owned());
-                if k == "a" {
-                    Attempt::Done(7)
-                } else {
-                    Attempt::Wait
-                }
-            },
-            || "no space".into(),
-        );
+        let expired = q.retry(t0 + Duration::from_secs(1), |k, _| {
+            tried.push(k.to_owned());
+            if k == "a" {
+                Attempt::Done(7)
+            } else {
+                Attempt::Wait
+            }
+        });
+        assert!(expired.is_empty(), "nothing past its deadline yet");
         assert_eq!(tried, ["a", "b"]);
         assert_eq!(rx_a.try_recv().ok().and_then(|r| r.ok()), Some(7));
         assert!(rx_b.try_recv().is_err(), "b still waits");
         assert_eq!(q.len(), 1);
-        q.retry(t0 + ALLOC_WAIT, |_, _| Attempt::Wait, || "no space".into());
+        let expired = q.retry(t0 + ALLOC_WAIT, |_, _| Attempt::Wait);
+        assert_eq!(expired.len(), 1);
+        for w in expired {
+            w.time_out("no space");
+        }
         let failed = rx_b.try_recv().expect("answered").expect_err("timed out");
         assert_eq!((failed.status, failed.message.as_str()), (503, "no space"));
         assert!(q.is_empty());

@@ -51,13 +51,14 @@ impl Router {
             return;
         }
         let mut queue = std::mem::take(&mut self.allocations);
-        let why = crate::ipam::waiting_reason(self.mesh.channels(), now);
-        queue.retry(
-            now,
-            |key, addr| self.try_allocate(key, addr, now),
-            || why.clone(),
-        );
+        let expired = queue.retry(now, |key, addr| self.try_allocate(key, addr, now));
         self.allocations = queue;
+        if !expired.is_empty() {
+            let why = crate::ipam::waiting_reason(self.mesh.channels(), now);
+            for w in expired {
+                w.time_out(&why);
+            }
+        }
         if !self.allocations.is_empty() {
             self.ask_for_space(now);
         }
