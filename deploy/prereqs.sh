@@ -61,6 +61,13 @@ _WP_TEST=(
   "=openssl|openssl"
   "kubectl|kubernetes-client"
   "=dockerd|docker.io"
+  # The cluster suite (tests/cluster): containerd with its CRI plugin for
+  # the kubelets, conntrack for kube-proxy, OpenBSD nc and strip for the
+  # images it makes.
+  "=containerd|containerd"
+  "=conntrack|conntrack"
+  "=nc.openbsd|netcat-openbsd"
+  "strip|binutils"
 )
 
 # Python packages of the tests, as "IMPORT-CHECK|PIP-NAME".

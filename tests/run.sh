@@ -14,7 +14,11 @@
 # 4. The crate purity checks.
 # 5. cargo nextest run --workspace: every unit, simulation and real-kernel
 #    test (network namespaces, podman, Docker, a real kube-apiserver).
-# 6. Fuzzes every decoder of peer bytes for 20 s each.
+# 6. The cluster suite: a real Kubernetes 1.20 cluster of three nodes on this
+#    machine with Weft installed by `kubectl apply -f deploy/kubernetes/`:
+#    the upstream e2e tests of tests/cluster/ci-tests.txt (e2e.sh), then the
+#    harness's own tests (harness.sh).
+# 7. Fuzzes every decoder of peer bytes for 20 s each.
 #
 # On two cores the nextest run takes about five minutes and the fuzzing about
 # two, plus the first build; docs/testing.md says what each part needs and
@@ -90,6 +94,13 @@ step "tests: cargo nextest run --workspace"
 # Namespaces of a killed earlier run would only be in the way.
 ip netns list | awk '{print $1}' | grep -E '^(wt|wdemo|wb)-' | xargs -r -n1 ip netns del || true
 cargo nextest run --workspace
+
+step "cluster: the upstream Kubernetes e2e tests on a real 3-node cluster (tests/cluster/e2e.sh)"
+# The binaries the nextest run just built go into Weft's image.
+export WEFT_BIN_DIR=${WEFT_BIN_DIR:-$PWD/target/debug}
+tests/cluster/e2e.sh --focus-file tests/cluster/ci-tests.txt
+step "cluster: the harness's own tests (tests/cluster/harness.sh)"
+tests/cluster/harness.sh
 
 step "fuzz every peer-bytes decoder briefly (cargo-fuzz; nightly flags via RUSTC_BOOTSTRAP)"
 (cd peer-proto && for t in decode_frame len_prefix data_header ipam_msg; do
