@@ -62,11 +62,12 @@ _WP_TEST=(
   "kubectl|kubernetes-client"
   "=dockerd|docker.io"
   # The cluster suite (tests/cluster): containerd with its CRI plugin for
-  # the kubelets, conntrack for kube-proxy, OpenBSD nc and strip for the
-  # images it makes.
+  # the kubelets, conntrack for kube-proxy, OpenBSD nc, wget and strip for
+  # the images it makes.
   "=containerd|containerd"
   "=conntrack|conntrack"
   "=nc.openbsd|netcat-openbsd"
+  "wget|wget"
   "strip|binutils"
 )
 

@@ -8,9 +8,10 @@
 #   pause    registry.k8s.io/pause:3.6 (containerd's sandbox image) and
 #            k8s.gcr.io/pause:3.2 (the e2e framework's), the tool's static pause
 #   agnhost  k8s.gcr.io/e2e-test-images/agnhost:2.21 (the name the 1.20 e2e
-#            framework asks for) from agnhost 2.25, with sh, curl, OpenBSD nc
-#            and ip, which the network tests run inside it
-#   busybox  docker.io/library/busybox:1.29 and :1.28 from Debian's static busybox
+#            framework asks for) from agnhost 2.25, with sh, curl, wget,
+#            OpenBSD nc and ip, which the network tests run inside it
+#   busybox  docker.io/library/busybox:1.29 and :1.28 from Debian's static
+#            busybox (with GNU wget, as busybox's crashes, and dash as sh)
 
 # _img_copy ROOT FILE [DEST]: FILE into ROOT (at DEST, default the same path)
 # with the shared libraries and loader it needs, at the paths ldd names.
@@ -88,6 +89,9 @@ cluster_images() {
   _img_copy "$r" "$(command -v curl)" /usr/bin/curl
   _img_copy "$r" "$(readlink -f "$(command -v nc.openbsd)")" /usr/bin/nc
   _img_copy "$r" "$(command -v ip)" /sbin/ip
+  # Debian's static busybox wget segfaults at once (even on the host):
+  # GNU wget takes the same -q -T -O options the tests use.
+  _img_copy "$r" "$(command -v wget)" /usr/bin/wget
   # Not busybox's sh: Debian builds it to prefer its own applets to PATH,
   # so `nc -u` would be busybox's nc, which has no -u.
   _img_copy "$r" "$(readlink -f /bin/sh)" /bin/sh
@@ -97,6 +101,8 @@ cluster_images() {
     k8s.gcr.io/e2e-test-images/agnhost:2.21 k8s.gcr.io/e2e-test-images/agnhost:2.25
 
   r=$dir/busybox.root; rm -rf "$r"; _img_base "$r"
+  _img_copy "$r" "$(command -v wget)" /usr/bin/wget
+  _img_copy "$r" "$(readlink -f /bin/sh)" /bin/sh
   _img_busybox "$r"
   _img_pack "$r" "$dir/busybox.tar" '{config:{Env:["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],Cmd:["sh"]}}' \
     docker.io/library/busybox:1.29 docker.io/library/busybox:1.28 localhost/busybox:latest

@@ -369,22 +369,11 @@ weft_install() {
 }
 
 # wc_pod_gateway: lets the control plane reach pods. A real control-plane
-# node runs Weft and so reaches every pod from its overlay address; the
-# control plane here is not a node, so its namespace routes the pod range
-# through node 1, which source-NATs that traffic to its own overlay address
-# (the address of its `weft` bridge) and so makes it node 1's host traffic.
-# The API server's pod and service proxy, which some e2e tests use, needs it.
+# node runs Weft; the control plane here is not a node, so its namespace
+# routes the pod range through node 1, as an operator's router would, and
+# meshd there carries that forwarded traffic into the overlay as node 1's
+# own. The API server's pod and service proxy, which some e2e tests use,
+# needs it.
 wc_pod_gateway() {
-  local a
-  a=$(node_exec 1 ip -4 -o addr show dev weft | awk '{print $4}' | cut -d/ -f1 | head -1)
-  [ -n "$a" ] || wc_die "node 1 has no address on the weft bridge"
-  node_exec 1 nft -f - <<EOF || wc_die "node 1: the control plane's gateway rule"
-table ip wc-gateway {
-  chain post {
-    type nat hook postrouting priority srcnat + 10;
-    ip saddr $WC_SUBNET.1 ip daddr $WC_POD_CIDR snat to $a
-  }
-}
-EOF
   ip -n "$WC_PREFIX-cp" route replace "$WC_POD_CIDR" via "$(node_ip 1)"
 }
