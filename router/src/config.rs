@@ -43,7 +43,9 @@ pub struct MeshdArgs {
     #[arg(long, env = "WEFT_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// File holding the mesh password on its first line; further lines are
-    /// passwords also accepted from peers (for rotation).
+    /// passwords also accepted from peers (for rotation). With --kube, no
+    /// password (no file, a missing or an empty one) means the Secret
+    /// weft-password's, which the first router fills with a random one.
     #[arg(long, env = "WEFT_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
     /// PEM CA certificate(s) that sign the routers' certificates (instead of a password).
@@ -118,7 +120,7 @@ pub struct MeshdArgs {
     /// ~/.kube/config if there is one, else the pod's service account].
     #[arg(long, env = "WEFT_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// Namespace of the peer-list ConfigMap.
+    /// Namespace of the peer-list ConfigMap and the password Secret.
     #[arg(long, env = "WEFT_KUBE_NAMESPACE", default_value = "kube-system")]
     pub kube_namespace: String,
     /// The ConfigMap meshd keeps its peer list in (created by the manifest).
@@ -160,48 +162,65 @@ pub fn parse_peer_addr(s: &str) -> Result<SocketAddr> {
         .with_context(|| format!("peer address {s:?} resolves to nothing"))
 }
 
-fn read_secret(path: &PathBuf) -> Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let pws: Vec<String> = text
-        .lines()
+/// The passwords a password file or Secret holds: one a line, the first
+/// signs, blank lines skipped.
+pub fn password_lines(text: &str) -> Vec<String> {
+    text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .map(str::to_owned)
-        .collect();
-    if pws.is_empty() {
+        .collect()
+}
+
+/// The passwords in `path`. With `kube_fallback`, a missing file or one
+/// holding no password is no password (the Secret is asked instead).
+fn read_secret(path: &PathBuf, kube_fallback: bool) -> Result<Vec<String>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if kube_fallback && e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let pws = password_lines(&text);
+    if pws.is_empty() && !kube_fallback {
         bail!("{} holds no password", path.display());
     }
     Ok(pws)
 }
 
 impl MeshdArgs {
-    pub fn admission(&self) -> Result<Admission> {
+    /// How sessions are admitted. With `--kube`, no password yet (no file
+    /// given, or it is missing or empty, as the DaemonSet's optional Secret
+    /// volume is before the first router fills the Secret) means: ask the
+    /// Secret `weft-password` once the API answers.
+    pub fn admission(&self) -> Result<AdmissionSource> {
         if let (Some(ca), Some(cert), Some(key)) = (&self.tls_ca, &self.tls_cert, &self.tls_key) {
             let read = |p: &PathBuf| {
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
             };
-            return Ok(Admission::Ca {
+            return Ok(AdmissionSource::Given(Admission::Ca {
                 ca_pem: read(ca)?,
                 cert_pem: read(cert)?,
                 key_pem: read(key)?,
-            });
+            }));
         }
         let mut pws = Vec::new();
         if let Some(p) = &self.password {
             pws.push(p.clone());
         }
         if let Some(f) = &self.password_file {
-            pws.extend(read_secret(f)?);
+            pws.extend(read_secret(f, self.kube)?);
         }
         if pws.iter().any(String::is_empty) {
             bail!("the mesh password is empty");
         }
         if !pws.is_empty() {
-            return Ok(Admission::Password(pws));
+            return Ok(AdmissionSource::Given(Admission::Password(pws)));
+        }
+        if self.kube && (self.password_file.is_some() || !self.allow_unauthenticated) {
+            return Ok(AdmissionSource::KubeSecret);
         }
         if self.allow_unauthenticated {
-            return Ok(Admission::Unauthenticated);
+            return Ok(AdmissionSource::Given(Admission::Unauthenticated));
         }
         bail!(
             "no mesh secret: give --password-file, WEFT_PASSWORD or --tls-ca/--tls-cert/--tls-key \
@@ -294,6 +313,15 @@ impl MeshdArgs {
         })
     }
 }
+/// Where the admission comes from.
+pub enum AdmissionSource {
+    /// Known from the flags and files.
+    Given(Admission),
+    /// `--kube` and no password yet: the Secret `weft-password` holds it,
+    /// or is filled with a random one ([`crate::kube::Kube::mesh_password`]).
+    KubeSecret,
+}
+
 /// Everything `meshd` is started with, already parsed.
 pub struct DaemonConfig {
     pub listen: SocketAddr,
@@ -301,7 +329,7 @@ pub struct DaemonConfig {
     pub api_socket: PathBuf,
     pub metrics_addr: SocketAddr,
     pub peers: Vec<SocketAddr>,
-    pub admission: Admission,
+    pub admission: AdmissionSource,
     pub nickname: String,
     pub conn_limit: usize,
     pub discovery: bool,
@@ -317,4 +345,58 @@ pub struct DaemonConfig {
     pub cni_state_dir: Option<PathBuf>,
     /// Kubernetes integration (`--kube`).
     pub kube: Option<crate::kube::KubeConfig>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(args: &[&str]) -> Result<AdmissionSource> {
+        let argv = std::iter::once("meshd").chain(args.iter().copied());
+        MeshdArgs::try_parse_from(argv)?.admission()
+    }
+
+    fn is_kube_secret(a: Result<AdmissionSource>) -> bool {
+        matches!(a, Ok(AdmissionSource::KubeSecret))
+    }
+
+    #[test]
+    fn with_kube_no_password_yet_means_the_secret_and_without_it_an_error() {
+        let dir = std::env::temp_dir().join(format!("weft-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let missing = dir.join("missing");
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "\n \n").expect("write");
+        let (missing, empty) = (
+            missing.to_str().expect("utf-8"),
+            empty.to_str().expect("utf-8"),
+        );
+
+        assert!(is_kube_secret(admission(&[
+            "--kube",
+            "--password-file",
+            missing
+        ])));
+        assert!(is_kube_secret(admission(&[
+            "--kube",
+            "--password-file",
+            empty
+        ])));
+        assert!(is_kube_secret(admission(&["--kube"])));
+        assert!(matches!(
+            admission(&["--kube", "--allow-unauthenticated"]),
+            Ok(AdmissionSource::Given(Admission::Unauthenticated))
+        ));
+        assert!(matches!(
+            admission(&["--kube", "--password", "p", "--password-file", missing]),
+            Ok(AdmissionSource::Given(Admission::Password(p))) if p == ["p"]
+        ));
+
+        let err = |args: &[&str]| format!("{:#}", admission(args).err().expect("an error"));
+        assert!(err(&["--password-file", missing]).contains("reading"));
+        assert!(err(&["--password-file", empty]).contains("holds no password"));
+        assert!(err(&[]).contains("no mesh secret"));
+        assert!(err(&["--kube", "--password", ""]).contains("the mesh password is empty"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -161,7 +161,7 @@ impl Metrics {
         );
         registry.register(
             "kube_conflicts",
-            "Writes of the peer list that lost to a concurrent writer and were retried",
+            "Writes of the peer list or the password Secret that lost to a concurrent writer",
             m.kube_conflicts.clone(),
         );
         registry.register(

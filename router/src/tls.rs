@@ -37,6 +37,7 @@ pub const SERVER_NAME: &str = "weft.mesh";
 const KDF_SALT: &[u8] = b"weft-mesh-ca-v1";
 
 /// How sessions are admitted.
+#[derive(Clone)]
 pub enum Admission {
     /// The first password signs our certificate; all are accepted.
     Password(Vec<String>),

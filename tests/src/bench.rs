@@ -39,7 +39,9 @@ pub fn loopback_router(
         api_socket: dir.join("api.sock"),
         metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         peers,
-        admission: weft_router::tls::Admission::Password(vec![password.into()]),
+        admission: weft_router::daemon::AdmissionSource::Given(
+            weft_router::tls::Admission::Password(vec![password.into()]),
+        ),
         nickname: nickname.into(),
         conn_limit: 32,
         discovery: true,

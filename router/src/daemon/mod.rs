@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -38,12 +38,12 @@ use weft_peer_proto::GoodbyeReason;
 pub use self::allocations::ALLOC_WAIT;
 use self::allocations::AllocationQueue;
 use self::sessions::Session;
-pub use crate::config::DaemonConfig;
+pub use crate::config::{AdmissionSource, DaemonConfig};
 use crate::handle::{Command, Handle, IpamFailure};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::session::{self, SessionCtx, SessionEvent};
-use crate::tls::TlsSetup;
+use crate::tls::{Admission, TlsSetup};
 
 /// The IPAM key of the host's own overlay address (the bridge gateway).
 pub const GATEWAY_KEY: &str = "weft:host-gateway";
@@ -84,12 +84,16 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
     };
     let http =
         crate::api::serve_metrics(cfg.metrics_addr, handle.clone(), shutdown.clone()).await?;
-    let (kube, ipalloc_init) = connect_kube(&cfg, &identity, &metrics, &shutdown).await?;
+    let KubeStart {
+        kube,
+        init: ipalloc_init,
+        admission,
+    } = connect_kube(&cfg, &identity, &metrics, &shutdown).await?;
     let TlsSetup {
         identity,
         server,
         client,
-    } = crate::tls::setup(&cfg.admission, identity)?;
+    } = crate::tls::setup(&admission, identity)?;
     let endpoint = sessions::endpoint(&cfg, server, client)?;
     let listen = endpoint.local_addr()?;
 
@@ -140,13 +144,13 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         cfg.handshake_timeout,
     ));
 
-    info!(name = %identity.name, nickname = %cfg.nickname, %listen, encryption = cfg.admission.label(), "meshd starting");
+    info!(name = %identity.name, nickname = %cfg.nickname, %listen, encryption = admission.label(), "meshd starting");
     let status_base = Status {
         version: env!("CARGO_PKG_VERSION").into(),
         name: identity.name,
         nickname: cfg.nickname.clone(),
         uid,
-        encryption: cfg.admission.encryption(),
+        encryption: admission.encryption(),
         protocol: format!(
             "weft {}..{}",
             weft_peer_proto::PROTOCOL_MIN,
@@ -214,7 +218,15 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
     }
 }
 
-/// With `--kube`, connects to the API and lets it decide how IPAM starts,
+/// What meshd starts with once the Kubernetes API (if any) was asked.
+struct KubeStart {
+    kube: Option<crate::kube::Kube>,
+    init: weft_ipam_crdt::Init,
+    admission: Admission,
+}
+
+/// With `--kube`, connects to the API, takes the mesh password from the
+/// Secret if meshd was given none, and lets the API decide how IPAM starts,
 /// before it starts. A router with IPAM state restores its ring whatever the
 /// init, so it does not wait for the API (it registers from the task).
 async fn connect_kube(
@@ -222,9 +234,16 @@ async fn connect_kube(
     identity: &Identity,
     metrics: &Metrics,
     shutdown: &watch::Receiver<bool>,
-) -> Result<(Option<crate::kube::Kube>, weft_ipam_crdt::Init)> {
+) -> Result<KubeStart> {
     let Some(k) = &cfg.kube else {
-        return Ok((None, cfg.ipalloc_init.clone()));
+        let AdmissionSource::Given(admission) = &cfg.admission else {
+            bail!("the mesh password can come from a Secret only with --kube");
+        };
+        return Ok(KubeStart {
+            kube: None,
+            init: cfg.ipalloc_init.clone(),
+            admission: admission.clone(),
+        });
     };
     let kube = crate::kube::Kube::connect(
         k.clone(),
@@ -233,6 +252,14 @@ async fn connect_kube(
         cfg.data_dir.clone(),
     )
     .await?;
+    // Before anything is written for us: a router without the password
+    // must not register.
+    let admission = match &cfg.admission {
+        AdmissionSource::Given(a) => a.clone(),
+        AdmissionSource::KubeSecret => {
+            Admission::Password(kube.mesh_password(shutdown, metrics).await?)
+        }
+    };
     let mut init = cfg.ipalloc_init.clone();
     if k.decide_bootstrap && !crate::ipam::has_state(&cfg.data_dir) {
         init = kube.bootstrap(shutdown, metrics).await?;
@@ -240,7 +267,11 @@ async fn connect_kube(
         // Before IPAM opens: not one address from the old ranges.
         return Err(crate::kube::removed(identity.name, &cfg.data_dir));
     }
-    Ok((Some(kube), init))
+    Ok(KubeStart {
+        kube: Some(kube),
+        init,
+        admission,
+    })
 }
 
 /// Waits for the Kubernetes task, if there is one (forever, if not).

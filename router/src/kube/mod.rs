@@ -16,11 +16,15 @@
 //!   The same pass runs at start-up, so Nodes deleted while meshd was down
 //!   are reclaimed too.
 //! - **`NetworkUnavailable=False`** on our Node once pods can be wired.
+//! - **The mesh password** from the Secret `weft-password` when the router
+//!   has none of its own, filled with a random one by the first router
+//!   ([`password`]).
 //!
 //! What it needs from the API (and the DaemonSet's RBAC grants nothing
 //! more): Nodes get/list/watch, nodes/status patch, and get/update of the one
-//! ConfigMap.
+//! ConfigMap and the one Secret.
 
+pub mod password;
 pub mod peers;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,0 +1,186 @@
+//! The mesh password in the Secret `weft-password` (key `password`), for a
+//! router started with `--kube` and no password of its own yet (the
+//! DaemonSet's optional Secret volume is empty until the Secret holds one).
+//!
+//! The manifest ships the Secret with no data. A router that finds it empty
+//! fills it with a random password by a `replace` carrying the
+//! resourceVersion it read: exactly one router's write lands, every other
+//! one gets 409 Conflict, reads again and takes the winner's. A password the
+//! user put there first is only read. As in a password file, the first line
+//! signs and every line is accepted. The password is never logged.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use rand::TryRngCore;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::{Kube, is_status};
+use crate::handle::stopped;
+use crate::metrics::Metrics;
+
+/// The Secret the manifest creates (the Role grants get and update of it alone).
+pub const SECRET: &str = "weft-password";
+/// Its key, and so the file name in the Secret volume.
+pub const KEY: &str = "password";
+/// Bytes of OS randomness in a generated password (hex-encoded).
+const RANDOM_BYTES: usize = 32;
+/// Lost writes before giving up: each loss means another router's write
+/// landed, so the next read normally finds a password.
+const MAX_CONFLICTS: usize = 8;
+
+/// The passwords a Secret's data holds (empty: none yet).
+pub fn passwords(data: Option<&BTreeMap<String, ByteString>>) -> Result<Vec<String>> {
+    let Some(value) = data.and_then(|d| d.get(KEY)) else {
+        return Ok(Vec::new());
+    };
+    let text =
+        std::str::from_utf8(&value.0).map_err(|_| anyhow!("its key {KEY} is not UTF-8 text"))?;
+    Ok(crate::config::password_lines(text))
+}
+
+/// A new random password: [`RANDOM_BYTES`] from the OS, in hex.
+pub fn generate() -> Result<String> {
+    let mut bytes = [0u8; RANDOM_BYTES];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut bytes)
+        .context("no randomness from the OS for the mesh password")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Why one attempt failed.
+enum Failure {
+    /// Retrying will not help: stop meshd with this.
+    Fatal(anyhow::Error),
+    /// The API did not answer as it should; try again in a while.
+    Transient(anyhow::Error),
+}
+
+impl Kube {
+    fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.cfg.namespace)
+    }
+
+    /// The mesh passwords from the Secret, filling it with a random one if
+    /// it holds none. Retries while the API does not answer (or refuses,
+    /// as it may for a moment after the RBAC was applied) until `shutdown`
+    /// flips; a missing Secret stops meshd.
+    pub async fn mesh_password(
+        &self,
+        shutdown: &watch::Receiver<bool>,
+        metrics: &Metrics,
+    ) -> Result<Vec<String>> {
+        let mut shutdown = shutdown.clone();
+        let mut warned = 0u32;
+        loop {
+            match self.password_once(metrics).await {
+                Ok(pws) => return Ok(pws),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Transient(e)) => {
+                    metrics.kube_errors.inc();
+                    if warned.is_multiple_of(5) {
+                        warn!("waiting for the Kubernetes API to give the mesh password: {e:#}");
+                    }
+                    warned += 1;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = stopped(&mut shutdown) => bail!("stopped while waiting for the mesh password from the Kubernetes API"),
+            }
+        }
+    }
+
+    async fn password_once(&self, metrics: &Metrics) -> Result<Vec<String>, Failure> {
+        let api = self.secrets();
+        let ns = &self.cfg.namespace;
+        for _ in 0..MAX_CONFLICTS {
+            let secret = match api.get(SECRET).await {
+                Ok(s) => s,
+                Err(e) if is_status(&e, 404) => {
+                    return Err(Failure::Fatal(anyhow!(
+                        "Secret {ns}/{SECRET} does not exist: apply deploy/kubernetes/ \
+                         (weft-password.yaml creates it empty, and the first router fills it), \
+                         or create it with your own password"
+                    )));
+                }
+                Err(e) => {
+                    return Err(Failure::Transient(
+                        anyhow!(e).context(format!("reading Secret {ns}/{SECRET}")),
+                    ));
+                }
+            };
+            let pws = passwords(secret.data.as_ref())
+                .map_err(|e| Failure::Fatal(e.context(format!("Secret {ns}/{SECRET}"))))?;
+            if !pws.is_empty() {
+                info!(secret = %format!("{ns}/{SECRET}"), "mesh password read from the Secret");
+                return Ok(pws);
+            }
+            let mut new = secret;
+            new.data.get_or_insert_with(BTreeMap::new).insert(
+                KEY.to_owned(),
+                ByteString(generate().map_err(Failure::Fatal)?.into()),
+            );
+            // replace() sends the resourceVersion we read: if another router
+            // filled the Secret meanwhile, ours fails with 409.
+            match api.replace(SECRET, &PostParams::default(), &new).await {
+                Ok(_) => {
+                    info!(secret = %format!("{ns}/{SECRET}"), "the Secret held no mesh password: filled it with a random one");
+                    // What we wrote, read back the way every other router reads it.
+                    return passwords(new.data.as_ref()).map_err(Failure::Fatal);
+                }
+                Err(e) if is_status(&e, 409) => {
+                    metrics.kube_conflicts.inc();
+                    debug!("another router filled the password Secret first; reading its password");
+                }
+                Err(e) => {
+                    return Err(Failure::Transient(
+                        anyhow!(e).context(format!("writing Secret {ns}/{SECRET}")),
+                    ));
+                }
+            }
+        }
+        Err(Failure::Fatal(anyhow!(
+            "Secret {ns}/{SECRET} kept changing under us ({MAX_CONFLICTS} conflicts in a row) \
+             and still holds no password"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(value: &[u8]) -> BTreeMap<String, ByteString> {
+        BTreeMap::from([(KEY.to_owned(), ByteString(value.to_vec()))])
+    }
+
+    #[test]
+    fn lines_as_in_a_password_file_and_nothing_is_no_password() {
+        assert!(passwords(None).expect("valid").is_empty());
+        assert!(passwords(Some(&BTreeMap::new())).expect("valid").is_empty());
+        assert!(passwords(Some(&data(b" \n\n"))).expect("valid").is_empty());
+        assert_eq!(
+            passwords(Some(&data(b"new\n old \n"))).expect("valid"),
+            vec!["new", "old"]
+        );
+        assert!(passwords(Some(&data(&[0xff, 0xfe]))).is_err());
+    }
+
+    #[test]
+    fn generated_passwords_are_long_hex_and_differ() {
+        let (a, b) = (generate().expect("random"), generate().expect("random"));
+        assert_eq!(a.len(), 2 * RANDOM_BYTES);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+        assert_eq!(
+            passwords(Some(&data(a.as_bytes()))).expect("valid"),
+            vec![a]
+        );
+    }
+}
