@@ -228,6 +228,21 @@ impl ApiServer {
         let cm: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         PeerList::parse(cm["data"][peers::KEY].as_str()).map_err(anyhow::Error::msg)
     }
+
+    /// What the Secret kube-system/weft-password holds under `password`
+    /// ("" when it holds nothing).
+    pub fn mesh_password(&self) -> Result<String> {
+        let out = self.kubectl(&[
+            "-n",
+            "kube-system",
+            "get",
+            "secret",
+            "weft-password",
+            "-o",
+            "go-template={{with .data}}{{with .password}}{{base64decode .}}{{end}}{{end}}",
+        ])?;
+        Ok(String::from_utf8(out.stdout)?)
+    }
 }
 
 impl Drop for ApiServer {

@@ -79,6 +79,27 @@ fn manifests_apply_and_the_service_account_may_do_exactly_what_meshd_does() -> R
         api.peer_list()?.seed.first().map(String::as_str) == Some("kept"),
         "re-applying the manifest wiped the peer list"
     );
+    // And the password meshd (or the user) put in the Secret.
+    ensure!(
+        api.mesh_password()?.is_empty(),
+        "the manifest's Secret holds a password"
+    );
+    api.kubectl(&[
+        "-n",
+        "kube-system",
+        "patch",
+        "secret",
+        "weft-password",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"stringData":{"password":"kept"}}"#,
+    ])?;
+    apply_manifests(&api)?;
+    ensure!(
+        api.mesh_password()? == "kept",
+        "re-applying the manifest wiped the password"
+    );
 
     // What meshd does, and nothing else.
     let ns = ["-n", "kube-system"];
@@ -89,6 +110,8 @@ fn manifests_apply_and_the_service_account_may_do_exactly_what_meshd_does() -> R
         &["patch", "nodes", "--subresource=status"],
         &["get", "configmaps/weft-peers", ns[0], ns[1]],
         &["update", "configmaps/weft-peers", ns[0], ns[1]],
+        &["get", "secrets/weft-password", ns[0], ns[1]],
+        &["update", "secrets/weft-password", ns[0], ns[1]],
     ];
     let denied: &[&[&str]] = &[
         &["create", "nodes"],
@@ -104,8 +127,14 @@ fn manifests_apply_and_the_service_account_may_do_exactly_what_meshd_does() -> R
         &["get", "configmaps/weft-config", ns[0], ns[1]],
         &["update", "configmaps/weft-config", ns[0], ns[1]],
         &["get", "configmaps/weft-peers", "-n", "default"],
-        &["get", "secrets/weft-password", ns[0], ns[1]],
         &["list", "secrets", ns[0], ns[1]],
+        &["watch", "secrets", ns[0], ns[1]],
+        &["create", "secrets", ns[0], ns[1]],
+        &["delete", "secrets/weft-password", ns[0], ns[1]],
+        &["patch", "secrets/weft-password", ns[0], ns[1]],
+        &["get", "secrets/other", ns[0], ns[1]],
+        &["update", "secrets/other", ns[0], ns[1]],
+        &["get", "secrets/weft-password", "-n", "default"],
         &["list", "pods", "--all-namespaces"],
         &["create", "leases.coordination.k8s.io", ns[0], ns[1]],
         &["create", "serviceaccounts/weft/token", ns[0], ns[1]],
@@ -393,3 +422,4 @@ fn routers_find_each_other_through_nodes_and_reclaim_deleted_nodes_space_exactly
     )?;
     assert_no_duplicates(&all_holdings(&lab, &[0, 1, 3])?)
 }
+
