@@ -161,7 +161,7 @@ pub struct LabBuilder {
 }
 
 impl LabBuilder {
-    /// The mesh password (`WEFT_PASSWORD`).
+    /// The mesh password (`WEFT_PASSWORD`; unset without one).
     pub fn password(mut self, password: &str) -> Self {
         self.routers.password = password.to_owned();
         self
@@ -227,7 +227,7 @@ pub struct RouterStart<'a> {
     args: Vec<String>,
 }
 
-impl RouterStart<'_> {
+impl<'a> RouterStart<'a> {
     /// Another password than the lab's.
     pub fn password(mut self, password: &str) -> Self {
         self.password = password.to_owned();
@@ -254,6 +254,14 @@ impl RouterStart<'_> {
 
     /// Starts meshd and waits for its API.
     pub fn start(self) -> Result<()> {
+        let i = self.i;
+        let lab = self.spawn()?;
+        lab.wait_api(i)
+    }
+
+    /// Starts meshd and does not wait (several routers starting at once:
+    /// then [`Lab::wait_api`] for each).
+    pub fn spawn(self) -> Result<&'a mut Lab> {
         let RouterStart {
             lab,
             i,
@@ -280,7 +288,8 @@ impl RouterStart<'_> {
             }
         }
         all.extend(args);
-        lab.start_meshd(i, &password, &all)
+        lab.spawn_meshd(i, &password, &all)?;
+        Ok(lab)
     }
 }
 
@@ -415,13 +424,20 @@ impl Lab {
     /// Starts meshd in node `i` with the lab's paths plus `args` (and
     /// nothing of the [`LabBuilder`]'s settings).
     pub fn start_meshd(&mut self, i: usize, password: &str, args: &[String]) -> Result<()> {
+        self.spawn_meshd(i, password, args)?;
+        self.wait_api(i)
+    }
+
+    /// [`start_meshd`](Lab::start_meshd) without waiting for its API. An
+    /// empty `password` leaves `WEFT_PASSWORD` unset.
+    pub fn spawn_meshd(&mut self, i: usize, password: &str, args: &[String]) -> Result<()> {
         let node = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(node.dir.join("meshd.log"))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &node.ns])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &node.ns])
             .arg(bin_dir().join("meshd"))
             .args(["--nickname", &format!("n{i}")])
             .arg("--data-dir")
@@ -429,14 +445,24 @@ impl Lab {
             .arg("--api-socket")
             .arg(node.socket())
             .args(["--log-level", "info,weft_router=debug"])
-            .args(args)
-            .env("WEFT_PASSWORD", password)
+            .args(args);
+        if password.is_empty() {
+            cmd.env_remove("WEFT_PASSWORD");
+        } else {
+            cmd.env("WEFT_PASSWORD", password);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("starting meshd")?;
         node.meshd = Some(child);
+        Ok(())
+    }
+
+    /// Until node `i`'s meshd answers on its API.
+    pub fn wait_api(&self, i: usize) -> Result<()> {
         self.wait_for(&format!("n{i}'s API"), Duration::from_secs(20), |l| {
             Ok(l.status(i).is_ok())
         })

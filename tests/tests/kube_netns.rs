@@ -2,7 +2,8 @@
 //! etcd, from ../shared/tools): the manifests apply, the ServiceAccount may
 //! do exactly what meshd does, and meshd processes in node namespaces,
 //! authenticated as that ServiceAccount, take their peers from Node objects,
-//! bootstrap through the API and reclaim the space of deleted Nodes.
+//! bootstrap through the API, reclaim the space of deleted Nodes, and take
+//! the mesh password from the Secret (filling it when it is empty).
 //! Needs root (CI runs as root), kubectl and etcd (tests/run.sh installs them).
 
 use std::collections::BTreeMap;
@@ -423,3 +424,133 @@ fn routers_find_each_other_through_nodes_and_reclaim_deleted_nodes_space_exactly
     assert_no_duplicates(&all_holdings(&lab, &[0, 1, 3])?)
 }
 
+/// Until nodes `nodes` each hold a session with every other one of them.
+fn wait_full_mesh(lab: &Lab, nodes: &[usize], what: &str) -> Result<()> {
+    lab.wait_for(what, Duration::from_secs(30), |l| {
+        Ok(nodes.iter().all(|&i| {
+            l.status(i)
+                .map(|s| weft_tests::netns::established_peers(&s).len() == nodes.len() - 1)
+                .unwrap_or(false)
+        }))
+    })
+}
+
+#[test]
+fn the_first_router_fills_the_empty_password_secret_and_a_users_password_is_kept() -> Result<()> {
+    // No WEFT_PASSWORD: every password below comes from the Secret, except
+    // node 3's, which is given the Secret's to show it is the mesh's.
+    let mut lab = Lab::builder("kp", 4).no_peers().build()?;
+    let api = ApiServer::start(&std::env::temp_dir().join("weft-kube-kp"))?;
+    apply_manifests(&api)?;
+    ensure!(api.mesh_password()?.is_empty());
+    let sa_config = lab.dir().join("sa.kubeconfig");
+    api.service_account_kubeconfig("kube-system", "weft", &sa_config)?;
+    for i in 0..4 {
+        api.forward_into(&lab.nodes[i].ns)?;
+        api.create_node(&format!("kr-n{i}"), &lab.nodes[i].ip.to_string())?;
+    }
+    // As in the DaemonSet's pods while the Secret is empty: the password
+    // file of the optional Secret volume is missing (or, on node 2, empty).
+    let pw_args = |lab: &Lab, i: usize| -> Vec<String> {
+        let f = lab.nodes[i].dir.join("password");
+        vec!["--password-file".into(), f.display().to_string()]
+    };
+    std::fs::write(lab.nodes[2].dir.join("password"), "")?;
+    let start_from_secret = |lab: &mut Lab, nodes: &[usize]| -> Result<()> {
+        // All at once: they race to fill the Secret.
+        for &i in nodes {
+            let pw = pw_args(lab, i);
+            lab.router(i)
+                .args(&kube_args(i, &sa_config))
+                .args(&pw)
+                .spawn()?;
+        }
+        nodes.iter().try_for_each(|&i| lab.wait_api(i))
+    };
+
+    // 1. An empty Secret: exactly one password ends up in it, and all use it.
+    start_from_secret(&mut lab, &[0, 1, 2])?;
+    wait_full_mesh(&lab, &[0, 1, 2], "a full mesh on the generated password")?;
+    let generated = api.mesh_password()?;
+    ensure!(
+        generated.lines().count() == 1
+            && generated.len() >= 48
+            && generated.bytes().all(|c| c.is_ascii_hexdigit()),
+        "the Secret should hold one random password, not {} bytes",
+        generated.len()
+    );
+    for i in 0..3 {
+        ensure!(lab.status(i)?.encryption == weft_api::Encryption::Password);
+    }
+    let writers = (0..3)
+        .filter(|&i| lab.nodes[i].log().contains("filled it with a random one"))
+        .count();
+    ensure!(writers == 1, "{writers} routers wrote a password");
+    lab.router(3)
+        .password(&generated)
+        .args(&kube_args(3, &sa_config))
+        .start()?;
+    wait_full_mesh(&lab, &[0, 1, 2, 3], "the Secret's password to admit node 3")?;
+    ensure!(api.mesh_password()? == generated, "the password changed");
+    for i in 0..4 {
+        ensure!(
+            !lab.nodes[i].log().contains(&generated),
+            "node {i} logged the mesh password"
+        );
+    }
+
+    // 2. No Secret at all: meshd stops and says what to apply.
+    for i in 0..4 {
+        lab.kill_meshd(i);
+    }
+    api.kubectl(&["-n", "kube-system", "delete", "secret", "weft-password"])?;
+    let out = Command::new("timeout")
+        .arg("60")
+        .args(["ip", "netns", "exec", &lab.nodes[0].ns])
+        .arg(bin_dir().join("meshd"))
+        .arg("--data-dir")
+        .arg(lab.nodes[0].dir.join("data"))
+        .arg("--api-socket")
+        .arg(lab.nodes[0].dir.join("once.sock"))
+        .args(kube_args(0, &sa_config))
+        .args(pw_args(&lab, 0))
+        .env_remove("WEFT_PASSWORD")
+        .output()?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1)
+            && said.contains("Secret kube-system/weft-password does not exist")
+            && said.contains("apply deploy/kubernetes/"),
+        "no clear error without the Secret: {:?} {said}",
+        out.status
+    );
+
+    // 3. The user's own password, created before applying: apply keeps it,
+    //    and the routers use it as it is.
+    const USER_PW: &str = "the user's own mesh password";
+    api.kubectl(&[
+        "-n",
+        "kube-system",
+        "create",
+        "secret",
+        "generic",
+        "weft-password",
+        &format!("--from-literal=password={USER_PW}"),
+    ])?;
+    apply_manifests(&api)?;
+    ensure!(
+        api.mesh_password()? == USER_PW,
+        "apply replaced the password"
+    );
+    start_from_secret(&mut lab, &[0, 1, 2])?;
+    lab.router(3)
+        .password(USER_PW)
+        .args(&kube_args(3, &sa_config))
+        .start()?;
+    wait_full_mesh(&lab, &[0, 1, 2, 3], "a full mesh on the user's password")?;
+    ensure!(
+        api.mesh_password()? == USER_PW,
+        "a router replaced the password"
+    );
+    Ok(())
+}
