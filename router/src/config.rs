@@ -235,9 +235,19 @@ impl MeshdArgs {
             .filter(|p| !p.trim().is_empty())
             .map(|p| parse_peer_addr(p))
             .collect::<Result<_>>()?;
-        let nickname = match &self.nickname {
-            Some(n) => n.clone(),
-            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+        let nickname = match (&self.nickname, self.kube, &self.node_name) {
+            (Some(n), _, _) => n.clone(),
+            // Under Kubernetes the Node's name: in a DaemonSet pod the
+            // hostname may be anything, and nodes are known by that name.
+            // Node names may be longer than a nickname: cut at a char boundary.
+            (None, true, Some(node)) => {
+                let mut end = node.len().min(weft_peer_proto::limits::MAX_NICKNAME_LEN);
+                while !node.is_char_boundary(end) {
+                    end -= 1;
+                }
+                node[..end].to_owned()
+            }
+            (None, _, _) => std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_default(),
         };
