@@ -306,15 +306,27 @@ impl WantRoute {
 }
 
 /// Replaces our nftables table in one transaction: masquerade what pods send
-/// outside the overlay range, leave overlay traffic alone.
+/// outside the overlay range (if `masquerade`), leave overlay traffic alone,
+/// and masquerade whatever the host sends or forwards into the overlay from
+/// outside its range (never what comes from the pods' bridge: a pod with a
+/// forged source stays dropped at the receiver).
+///
+/// The rule into the overlay is not optional: the other routers drop a packet from
+/// this node whose source is neither one of its pods nor its own overlay
+/// address (a spoofing guard). A packet with another source reaches the TUN
+/// when kube-proxy DNATs host or forwarded traffic to a remote pod (a
+/// NodePort, a ClusterIP used from the node), or a host routes the pod
+/// range through this node; it leaves as the TUN's address, which is the
+/// node's overlay address (wire_host puts it there).
 pub fn apply_nft(range: &str, bridge: &str, tun: &str, masquerade: bool) -> Result<()> {
-    let rule = if masquerade {
-        format!(
-            "ip saddr {range} ip daddr != {range} oifname != {{ \"{bridge}\", \"{tun}\" }} counter masquerade comment \"weft: pods to the world\""
-        )
-    } else {
-        String::new()
-    };
+    let mut rule = format!(
+        "ip saddr != {range} iifname != \"{bridge}\" oifname \"{tun}\" counter masquerade comment \"weft: into the overlay as this node\""
+    );
+    if masquerade {
+        rule.push_str(&format!(
+            "\n             ip saddr {range} ip daddr != {range} oifname != {{ \"{bridge}\", \"{tun}\" }} counter masquerade comment \"weft: pods to the world\""
+        ));
+    }
     let script = format!(
         "table ip {NFT_TABLE}\n\
          delete table ip {NFT_TABLE}\n\

@@ -127,11 +127,16 @@ impl DataPlane {
             .mtu(mtu)
             .offload(true)
             .build_sync()
-            .with_context(|| {
-                format!(
-                    "creating TUN {} (is another meshd running? is /dev/net/tun there?)",
-                    cfg.tun
-                )
+            .map_err(|e| {
+                // EPERM: no CAP_NET_ADMIN, or (in a container) the runtime's
+                // device cgroup denying the open of /dev/net/tun.
+                let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    " (meshd needs CAP_NET_ADMIN; in a container, the runtime must also \
+                     allow /dev/net/tun: see docs/install-kubernetes.md, \"The TUN device\")"
+                } else {
+                    " (is another meshd running? is /dev/net/tun there?)"
+                };
+                anyhow!("creating TUN {}: {e}{hint}", cfg.tun)
             })?;
         let offload = tun.tcp_gso();
         let tun_index = host
@@ -623,6 +628,9 @@ async fn wire_host(
         let result = async {
             if let Some(gw) = w.gateway {
                 host.ensure_addr(bridge, gw).await?;
+                // On the TUN too: what is masqueraded out of it (see
+                // apply_nft) then leaves as this node's overlay address.
+                host.ensure_addr(tun, gw).await?;
             }
             host.sync_routes(&routes).await
         }
