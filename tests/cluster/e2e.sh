@@ -37,6 +37,7 @@ WC_E2E_OUT_OF_SCOPE='\[Disruptive\]|\[Feature:|\[Flaky\]|\[Slow\]|DNS|LoadBalanc
 WC_E2E_OUT_OF_SCOPE+='|\[sig-network\] Networking (should|Granular Checks: Services|IPerf2)'
 
 focus='\[sig-network\]'
+focus_file=
 skip=$WC_E2E_OUT_OF_SCOPE
 extra=()
 while [ $# -gt 0 ]; do
@@ -47,6 +48,7 @@ while [ $# -gt 0 ]; do
       focus=$(grep -vE '^\s*(#|$)' "${2:?--focus-file needs a file}" |
         sed -E 's/[][\.*^$+?(){}|/]/\\&/g; s/^/(^| )/; s/$/$/' | paste -sd'|')
       [ -n "$focus" ] || { echo "e2e.sh: no test names in $2" >&2; exit 2; }
+      focus_file=$2
       shift 2 ;;
     --skip) skip=${2?--skip needs a regex}; shift 2 ;;
     --) shift; extra=("$@"); break ;;
@@ -60,7 +62,11 @@ weft_install
 
 out=$WC_DIR/logs
 
-wc_log "e2e.test --ginkgo.focus='$focus' --ginkgo.skip='$skip'"
+if [ -n "$focus_file" ]; then
+  wc_log "e2e.test: the $(grep -cvE '^\s*(#|$)' "$focus_file") tests of $focus_file"
+else
+  wc_log "e2e.test --ginkgo.focus='$focus' --ginkgo.skip='$skip'"
+fi
 rc=0
 # The suite waits for every kube-system pod to be Running and Ready: Weft's
 # included. --provider=skeleton: no cloud.

@@ -71,7 +71,8 @@ matrix() {
 
 # metric I NAME: the value of an unlabelled-or-first-matching metric on node I.
 metric() {
-  node_exec "$1" curl -s -m 5 http://127.0.0.1:6782/metrics | awk -v m="$2" '$1 == m {print $2; exit}'
+  # No early exit in awk: curl would fail writing, and pipefail with it.
+  node_exec "$1" curl -s -m 5 http://127.0.0.1:6782/metrics | awk -v m="$2" '$1 == m && v == "" {v = $2} END {print v}'
 }
 
 cluster_up
@@ -157,6 +158,7 @@ pass "NodePort 30080: from every node, on every node's address, every pod is rea
 echo "== 4. kubectl rollout restart ds/weft under steady traffic"
 before=$(pods)
 probes=()
+probe_pids=()
 for i in 1 2 3; do
   src=$(pods | awk -v n="node$i" '$3 == n {print $1; exit}')
   dst=$(pods | awk -v n="node$((i % 3 + 1))" '$3 == n {print $2; exit}')
@@ -167,6 +169,7 @@ for i in 1 2 3; do
       if curl -s -m 1 -o /dev/null http://$dst:8080/hostname; then echo \"\$t ok\"; else echo \"\$t fail\"; fi; \
       sleep 0.05; done" >"$WC_DIR/logs/probe-node$i.txt" 2>&1 &
   probes+=("$src")
+  probe_pids+=($!)
 done
 sleep 5
 old=$(kc -n kube-system get pods -l app.kubernetes.io/name=weft -o jsonpath='{.items[*].metadata.uid}')
@@ -178,7 +181,7 @@ for u in $old; do
 done
 sleep 5
 for src in "${probes[@]}"; do kc exec "$src" -- touch /tmp/stop; done
-wait
+wait "${probe_pids[@]}"
 after=$(pods)
 [ "$before" = "$after" ] || fail "pods changed across the rollout: before [$before] after [$after]"
 pass "rollout: all 3 weft pods replaced; no web pod changed name or address"
@@ -204,8 +207,9 @@ done
 kept=$(pods | awk '$3 != "node3"')
 node_stop 3
 kc delete node node3 >/dev/null
+# A router reclaims once the Node has been gone --kube-reclaim-after (2 min).
 reclaimed=""
-for n in $(seq 120); do
+for n in $(seq 300); do
   r1=$(metric 1 weft_kube_reclaims_total)
   r2=$(metric 2 weft_kube_reclaims_total)
   if [ $((${r1:-0} + ${r2:-0})) -ge 1 ]; then
@@ -214,7 +218,7 @@ for n in $(seq 120); do
   fi
   sleep 1
 done
-[ -n "$reclaimed" ] || fail "no router reclaimed node3's space within 2 minutes"
+[ -n "$reclaimed" ] || fail "no router reclaimed node3's space within 5 minutes"
 sleep 5
 r1=$(metric 1 weft_kube_reclaims_total)
 r2=$(metric 2 weft_kube_reclaims_total)

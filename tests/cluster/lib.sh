@@ -95,12 +95,12 @@ _wc_stop() {
   local f=$WC_DIR/pids/$1 pid n
   [ -f "$f" ] || return 0
   pid=$(cat "$f")
-  kill "$pid" 2>/dev/null
+  kill "$pid" 2>/dev/null || true
   for n in $(seq 50); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
-  kill -9 "$pid" 2>/dev/null
+  kill -9 "$pid" 2>/dev/null || true
   rm -f "$f"
 }
 
@@ -251,20 +251,22 @@ EOF
     --kubeconfig "$WC_DIR/kubeconfig" --container-runtime=remote \
     --container-runtime-endpoint=unix:///run/containerd/containerd.sock \
     --hostname-override "$name" --node-ip "$ip" --cert-dir "$n/pki" --v=1
+  # nf_conntrack_max is the host's, not the node's: kube-proxy leaves it
+  # alone (--conntrack-max-per-core=0); the TCP timeouts are per namespace.
   _wc_start "n$i-kube-proxy" node_exec "$i" "$K/kube-proxy" --kubeconfig "$WC_DIR/kubeconfig" \
     --hostname-override "$name" --cluster-cidr "$WC_POD_CIDR" --proxy-mode iptables \
-    --conntrack-max-per-core=0 --conntrack-tcp-timeout-established=0 \
-    --conntrack-tcp-timeout-close-wait=0 --metrics-bind-address 127.0.0.1:10249 --v=1
+    --conntrack-max-per-core=0 --metrics-bind-address 127.0.0.1:10249 --v=1
 }
 
 # node_stop I: node I's kubelet, kube-proxy, containers and containerd.
+# Safe under set -e, and for a node already stopped.
 node_stop() {
   local i=$1 t sock=/run/containerd/containerd.sock
   _wc_stop "n$i-kubelet"
   _wc_stop "n$i-kube-proxy"
   if [ -f "$WC_DIR/pids/n$i-containerd" ]; then
     for t in $(node_exec "$i" ctr -a $sock -n k8s.io tasks ls -q 2>/dev/null); do
-      node_exec "$i" ctr -a $sock -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1
+      node_exec "$i" ctr -a $sock -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
     done
     sleep 1
   fi
@@ -317,6 +319,18 @@ cluster_up() {
 # Where the logs of a run are copied before the state is removed.
 WC_ARTIFACTS=${WC_ARTIFACTS:-$WC_REPO/target/cluster-logs/$(basename "$0" .sh)}
 
+# Whether a cluster other than this one has a process running.
+_wc_other_cluster_up() {
+  local d f
+  for d in /var/tmp/weft-cluster.*; do
+    [ "$d" != "$WC_DIR" ] && [ -d "$d/pids" ] || continue
+    for f in "$d"/pids/*; do
+      [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && return 0
+    done
+  done
+  return 1
+}
+
 cluster_down() {
   local rc=$? i d
   trap - EXIT
@@ -343,7 +357,11 @@ cluster_down() {
   done
   ip netns del "$WC_PREFIX-cp" 2>/dev/null
   umount "$WC_DIR/ns" 2>/dev/null
-  if [ -f "$WC_DIR/created-dirs" ]; then
+  # The mount points this run made on the host, unless another cluster is
+  # up: removing a directory detaches whatever is mounted on it in every
+  # mount namespace, so it would take that cluster's nodes' own
+  # directories away from under them.
+  if [ -f "$WC_DIR/created-dirs" ] && ! _wc_other_cluster_up; then
     sort -ru "$WC_DIR/created-dirs" | while read -r d; do rmdir "$d" 2>/dev/null; done
   fi
   rm -rf "$WC_ARTIFACTS"
