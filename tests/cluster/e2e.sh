@@ -76,7 +76,7 @@ cp_exec "$K/e2e.test" --provider=skeleton --kubeconfig="$WC_DIR/kubeconfig" \
   --ginkgo.focus="$focus" --ginkgo.skip="$skip" "${extra[@]}" >"$out/e2e.log" 2>&1 || rc=$?
 
 echo "== e2e summary"
-grep -oE '^\{"msg":"(PASSED|FAILED) [^"]*' "$out/e2e.log" | sed 's/^{"msg":"//' || true
+grep -oE '\{"msg":"(PASSED|FAILED) [^"]*' "$out/e2e.log" | sed 's/^{"msg":"//' || true
 grep -E '^(Ran [0-9]+ of|SUCCESS!|FAIL!)' "$out/e2e.log" || true
 if [ "$rc" != 0 ]; then
   echo "e2e.test failed (exit $rc); the log is in $WC_ARTIFACTS/e2e.log; its end:" >&2
