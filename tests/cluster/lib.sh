@@ -178,7 +178,7 @@ WC_NODE_DIRS=(/var/lib/weft /var/lib/cni /var/lib/kubelet /etc/cni/net.d /opt/cn
 
 # node_up I: node I's namespaces, containerd with the images, kubelet and kube-proxy.
 node_up() {
-  local i=$1 ns=$WC_PREFIX-n$1 n=$WC_DIR/n$1 d name ip mounts=""
+  local i=$1 ns=$WC_PREFIX-n$1 n=$WC_DIR/n$1 d p name ip mounts=""
   name=$(node_name "$i")
   ip=$(node_ip "$i")
   ip netns add "$ns"
@@ -192,8 +192,13 @@ node_up() {
   for d in "${WC_NODE_DIRS[@]}"; do
     mkdir -p "$n/root$d"
     if [ ! -d "$d" ]; then
+      # Recorded with every parent made for it, to be removed at the end.
+      p=$d
+      while [ ! -d "$p" ]; do
+        echo "$p" >>"$WC_DIR/created-dirs"
+        p=$(dirname "$p")
+      done
       mkdir -p "$d"
-      echo "$d" >>"$WC_DIR/created-dirs"
     fi
     mounts+="mount --bind '$n/root$d' '$d' && "
   done
