@@ -179,42 +179,27 @@ impl Kube {
         shutdown: &watch::Receiver<bool>,
         metrics: &crate::metrics::Metrics,
     ) -> Result<Init> {
-        let mut shutdown = shutdown.clone();
-        let mut warned = 0u32;
         let (me, node, nick) = (&self.me, &self.cfg.node_name, &self.nickname);
         let decide = self.cfg.decide_bootstrap;
-        loop {
-            match self
+        retry_api(shutdown, metrics, "decide the IPAM bootstrap", || async move {
+            let (list, _) = self
                 .update(Some(metrics), |l| {
                     let a = decide && l.seed_if_empty(me);
                     let b = l.register(me, node, nick);
                     a || b
                 })
                 .await
-            {
-                Ok((list, _)) => {
-                    let seeds: Vec<PeerName> = list
-                        .seed
-                        .iter()
-                        .map(|s| s.parse::<PeerName>())
-                        .collect::<Result<_, _>>()
-                        .map_err(|e| anyhow!("the recorded seed is not a peer name: {e}"))?;
-                    info!(seed = ?list.seed, node = %self.cfg.node_name, "IPAM bootstrap decided through the Kubernetes API");
-                    return Ok(Init::Seed(seeds));
-                }
-                Err(e) => {
-                    metrics.kube_errors.inc();
-                    if warned.is_multiple_of(5) {
-                        warn!("waiting for the Kubernetes API to decide the IPAM bootstrap: {e:#}");
-                    }
-                    warned += 1;
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                _ = stopped(&mut shutdown) => bail!("stopped while waiting for the Kubernetes API"),
-            }
-        }
+                .map_err(Failure::Transient)?;
+            let seeds: Vec<PeerName> = list
+                .seed
+                .iter()
+                .map(|s| s.parse::<PeerName>())
+                .collect::<Result<_, _>>()
+                .map_err(|e| Failure::Fatal(anyhow!("the recorded seed is not a peer name: {e}")))?;
+            info!(seed = ?list.seed, node = %self.cfg.node_name, "IPAM bootstrap decided through the Kubernetes API");
+            Ok(Init::Seed(seeds))
+        })
+        .await
     }
 
     /// Whether the peer list says our space was reclaimed (None: the API
@@ -599,4 +584,47 @@ async fn ask<T>(handle: &Handle, make: impl FnOnce(oneshot::Sender<T>) -> Comman
         .ask(make, Some(Duration::from_secs(10)))
         .await
         .map_err(|e| anyhow!("meshd: {e}"))
+}
+
+/// Why one attempt failed.
+pub(crate) enum Failure {
+    /// Retrying will not help: stop meshd with this.
+    Fatal(anyhow::Error),
+    /// The API did not answer as it should; try again in a while.
+    Transient(anyhow::Error),
+}
+
+/// Runs `attempt` until it succeeds or fails for good, every 2 s while the
+/// API does not answer as it should (counted in `weft_kube_errors`, warned
+/// about every fifth time), until `shutdown` flips. `what` completes
+/// "waiting for the Kubernetes API to ...".
+async fn retry_api<T, F, Fut>(
+    shutdown: &watch::Receiver<bool>,
+    metrics: &crate::metrics::Metrics,
+    what: &str,
+    mut attempt: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Failure>>,
+{
+    let mut shutdown = shutdown.clone();
+    let mut warned = 0u32;
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Transient(e)) => {
+                metrics.kube_errors.inc();
+                if warned.is_multiple_of(5) {
+                    warn!("waiting for the Kubernetes API to {what}: {e:#}");
+                }
+                warned += 1;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stopped(&mut shutdown) => bail!("stopped while waiting for the Kubernetes API to {what}"),
+        }
+    }
 }

@@ -10,18 +10,16 @@
 //! signs and every line is accepted. The password is never logged.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use rand::TryRngCore;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use super::{Kube, is_status};
-use crate::handle::stopped;
+use super::{Failure, Kube, is_status};
 use crate::metrics::Metrics;
 
 /// The Secret the manifest creates (the Role grants get and update of it alone).
@@ -53,14 +51,6 @@ pub fn generate() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Why one attempt failed.
-enum Failure {
-    /// Retrying will not help: stop meshd with this.
-    Fatal(anyhow::Error),
-    /// The API did not answer as it should; try again in a while.
-    Transient(anyhow::Error),
-}
-
 impl Kube {
     fn secrets(&self) -> Api<Secret> {
         Api::namespaced(self.client.clone(), &self.cfg.namespace)
@@ -75,25 +65,10 @@ impl Kube {
         shutdown: &watch::Receiver<bool>,
         metrics: &Metrics,
     ) -> Result<Vec<String>> {
-        let mut shutdown = shutdown.clone();
-        let mut warned = 0u32;
-        loop {
-            match self.password_once(metrics).await {
-                Ok(pws) => return Ok(pws),
-                Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Transient(e)) => {
-                    metrics.kube_errors.inc();
-                    if warned.is_multiple_of(5) {
-                        warn!("waiting for the Kubernetes API to give the mesh password: {e:#}");
-                    }
-                    warned += 1;
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                _ = stopped(&mut shutdown) => bail!("stopped while waiting for the mesh password from the Kubernetes API"),
-            }
-        }
+        super::retry_api(shutdown, metrics, "give the mesh password", || {
+            self.password_once(metrics)
+        })
+        .await
     }
 
     async fn password_once(&self, metrics: &Metrics) -> Result<Vec<String>, Failure> {
