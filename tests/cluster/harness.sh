@@ -69,7 +69,8 @@ matrix() {
   pass "$what: nodes $(echo $nodes) reach every pod"
 }
 
-# metric I NAME: the value of an unlabelled-or-first-matching metric on node I.
+# metric I SERIES: the value of SERIES (a name with its labels, as /metrics
+# prints it) on node I.
 metric() {
   # No early exit in awk: curl would fail writing, and pipefail with it.
   node_exec "$1" curl -s -m 5 http://127.0.0.1:6782/metrics | awk -v m="$2" '$1 == m && v == "" {v = $2} END {print v}'
@@ -202,7 +203,7 @@ matrix "after the rollout" "1 2 3"
 echo "== 5. a node deleted"
 owned=0
 for i in 1 2 3; do
-  owned=$((owned + $(node_exec "$i" curl -s -m 5 http://127.0.0.1:6782/metrics | awk '$1 == "weft_ipam_addresses{state=\"owned\"}" {print $2}')))
+  owned=$((owned + $(metric "$i" 'weft_ipam_addresses{state="owned"}')))
 done
 kept=$(pods | awk '$3 != "node3"')
 node_stop 3
@@ -226,7 +227,7 @@ r2=$(metric 2 weft_kube_reclaims_total)
 pass "deletion: exactly one router reclaimed node3's space (node1 $r1, node2 $r2)"
 now=0
 for i in 1 2; do
-  now=$((now + $(node_exec "$i" curl -s -m 5 http://127.0.0.1:6782/metrics | awk '$1 == "weft_ipam_addresses{state=\"owned\"}" {print $2}')))
+  now=$((now + $(metric "$i" 'weft_ipam_addresses{state="owned"}')))
 done
 [ "$now" = "$owned" ] || fail "address space owned: $owned before, $now after node3 left"
 pass "deletion: the $owned addresses all owned by the two routers left"
