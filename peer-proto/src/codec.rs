@@ -60,6 +60,15 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, CodecError> {
     Ok(frame)
 }
 
+/// Appends the encoding of `value` to `out`: the bytes signatures cover
+/// (see [`crate::sign`]). Deterministic: the same value, the same bytes.
+pub fn encode_into<T: serde::Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    let v = bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    out.extend_from_slice(&v);
+    Ok(())
+}
+
 /// Encodes an `ipam` channel message.
 pub fn encode_ipam(msg: &crate::ipam::IpamMsg) -> Result<Vec<u8>, CodecError> {
     let v = bincode::serde::encode_to_vec(msg, config())

@@ -7,6 +7,7 @@
 //!   range, so that the rest can change without breaking old peers.
 //! - [`topology`]: the entries the topology channel gossips.
 //! - [`ipam`]: the messages of the `ipam` channel.
+//! - [`sign`]: Ed25519-signed statements, checked against the signer's name.
 //! - [`data`]: the header of encrypted data packets (used by the data plane).
 //!
 //! Contract: nothing decoded from a peer can panic or allocate without bound.
@@ -20,6 +21,7 @@ mod frame;
 pub mod ipam;
 pub mod limits;
 mod name;
+pub mod sign;
 pub mod topology;
 
 pub use codec::CodecError;

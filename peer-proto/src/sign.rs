@@ -1,0 +1,241 @@
+//! Signed statements: what one router says, checked by every other.
+//!
+//! A session proves only that its peer holds the mesh secret. Every statement
+//! about a router (its topology entry, its ranges and every transfer of them,
+//! its removal, its votes, its space requests and the source of its channel
+//! messages) carries an Ed25519 signature by the router that makes it. The
+//! signer's public key travels with the signature; the signer's name is the
+//! hash of that key ([`PublicKey::name`], the same as the name a router's
+//! certificate proves), so checking a statement needs no directory.
+//!
+//! What is signed is `domain || 0x00 || bincode(statement)`: the domain keeps
+//! a signature made for one kind of statement from being replayed as another.
+//! Signing goes through [`Signer`], so that pure cores take the key as an
+//! input and simulations make keys from their seed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::PeerName;
+
+/// The DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): the name
+/// of a key is hashed over the same bytes a certificate carries.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// A raw Ed25519 public key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PublicKey(pub [u8; 32]);
+
+impl PublicKey {
+    /// The peer name of this key: the first 64 bits of SHA-256 over its
+    /// SubjectPublicKeyInfo DER.
+    pub fn name(&self) -> PeerName {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(&ED25519_SPKI_PREFIX);
+        ctx.update(&self.0);
+        let d = ctx.finish();
+        let mut b = [0u8; 32];
+        b.copy_from_slice(d.as_ref());
+        PeerName::from_digest(&b)
+    }
+
+    /// The key inside an Ed25519 SubjectPublicKeyInfo (DER), if it is one.
+    pub fn from_spki_der(spki: &[u8]) -> Option<Self> {
+        let key = spki.strip_prefix(&ED25519_SPKI_PREFIX[..])?;
+        Some(PublicKey(key.try_into().ok()?))
+    }
+}
+
+/// An Ed25519 signature (64 bytes, as two halves so that serde derives it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Signature(pub [u8; 32], pub [u8; 32]);
+
+impl Signature {
+    fn from_bytes(b: &[u8]) -> Self {
+        let mut s = Signature([0; 32], [0; 32]);
+        s.0.copy_from_slice(&b[..32]);
+        s.1.copy_from_slice(&b[32..64]);
+        s
+    }
+
+    fn to_bytes(self) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        b[..32].copy_from_slice(&self.0);
+        b[32..].copy_from_slice(&self.1);
+        b
+    }
+}
+
+/// A signature with the key that made it: 96 bytes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Sig {
+    pub key: PublicKey,
+    pub sig: Signature,
+}
+
+/// Why a signature was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignError {
+    #[error("bad signature")]
+    BadSignature,
+    #[error("signed by {signer}, which may not make this statement")]
+    WrongSigner { signer: PeerName },
+    #[error("the statement cannot be encoded")]
+    Encode,
+}
+
+impl Sig {
+    /// The signer's name.
+    pub fn signer(&self) -> PeerName {
+        self.key.name()
+    }
+
+    /// Checks that this signs `statement` under `domain`; returns the signer.
+    pub fn verify<T: Serialize>(&self, domain: &str, statement: &T) -> Result<PeerName, SignError> {
+        let msg = signing_bytes(domain, statement)?;
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &self.key.0)
+            .verify(&msg, &self.sig.to_bytes())
+            .map_err(|_| SignError::BadSignature)?;
+        Ok(self.signer())
+    }
+
+    /// As [`Sig::verify`], and the signer must be `who`.
+    pub fn verify_by<T: Serialize>(
+        &self,
+        who: PeerName,
+        domain: &str,
+        statement: &T,
+    ) -> Result<(), SignError> {
+        let signer = self.signer();
+        if signer != who {
+            return Err(SignError::WrongSigner { signer });
+        }
+        self.verify(domain, statement).map(|_| ())
+    }
+}
+
+/// The bytes a signature covers: `domain || 0x00 || bincode(statement)`.
+pub fn signing_bytes<T: Serialize>(domain: &str, statement: &T) -> Result<Vec<u8>, SignError> {
+    let mut msg = Vec::with_capacity(domain.len() + 64);
+    msg.extend_from_slice(domain.as_bytes());
+    msg.push(0);
+    crate::codec::encode_into(statement, &mut msg).map_err(|_| SignError::Encode)?;
+    Ok(msg)
+}
+
+/// What signs a router's statements: its identity key.
+pub trait Signer {
+    fn public_key(&self) -> PublicKey;
+
+    /// Signs `statement` under `domain`.
+    fn sign<T: Serialize>(&self, domain: &str, statement: &T) -> Sig
+    where
+        Self: Sized;
+
+    fn name(&self) -> PeerName {
+        self.public_key().name()
+    }
+}
+
+/// An Ed25519 key pair held in memory.
+pub struct KeyPair {
+    key: ring::signature::Ed25519KeyPair,
+    public: PublicKey,
+}
+
+impl std::fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyPair({})", self.public.name())
+    }
+}
+
+impl KeyPair {
+    /// From a PKCS#8 document (as in a router's `identity.key`).
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, SignError> {
+        let key = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
+            .map_err(|_| SignError::BadSignature)?;
+        Ok(Self::from_ring(key))
+    }
+
+    /// From a 32-byte seed: simulations derive every router's key from their
+    /// own seed, so that runs repeat.
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        #[allow(clippy::expect_used)]
+        let key = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
+            .expect("any 32 bytes are an Ed25519 seed");
+        Self::from_ring(key)
+    }
+
+    fn from_ring(key: ring::signature::Ed25519KeyPair) -> Self {
+        use ring::signature::KeyPair as _;
+        let mut pk = [0u8; 32];
+        pk.copy_from_slice(key.public_key().as_ref());
+        KeyPair {
+            key,
+            public: PublicKey(pk),
+        }
+    }
+}
+
+impl Signer for KeyPair {
+    fn public_key(&self) -> PublicKey {
+        self.public
+    }
+
+    fn sign<T: Serialize>(&self, domain: &str, statement: &T) -> Sig {
+        // A statement that cannot be encoded is a bug of ours, not of a
+        // peer's: sign the domain alone, which no check will accept.
+        let msg = signing_bytes(domain, statement).unwrap_or_default();
+        Sig {
+            key: self.public,
+            sig: Signature::from_bytes(self.key.sign(&msg).as_ref()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_verify_and_refuse() {
+        let k = KeyPair::from_seed([7; 32]);
+        let s = k.sign("weft-test", &(1u32, "a"));
+        assert_eq!(s.verify("weft-test", &(1u32, "a")), Ok(k.name()));
+        assert_eq!(
+            s.verify("weft-test", &(2u32, "a")),
+            Err(SignError::BadSignature)
+        );
+        assert_eq!(
+            s.verify("weft-other", &(1u32, "a")),
+            Err(SignError::BadSignature),
+            "a signature for one domain is not one for another"
+        );
+        let other = KeyPair::from_seed([8; 32]);
+        assert!(matches!(
+            s.verify_by(other.name(), "weft-test", &(1u32, "a")),
+            Err(SignError::WrongSigner { .. })
+        ));
+        let mut forged = s;
+        forged.key = other.public_key();
+        assert_eq!(
+            forged.verify("weft-test", &(1u32, "a")),
+            Err(SignError::BadSignature),
+            "another key under the same signature"
+        );
+    }
+
+    #[test]
+    fn name_is_the_spki_hash() {
+        let k = KeyPair::from_seed([1; 32]);
+        let mut spki = ED25519_SPKI_PREFIX.to_vec();
+        spki.extend_from_slice(&k.public_key().0);
+        assert_eq!(PublicKey::from_spki_der(&spki), Some(k.public_key()));
+        let d = ring::digest::digest(&ring::digest::SHA256, &spki);
+        let mut b = [0u8; 32];
+        b.copy_from_slice(d.as_ref());
+        assert_eq!(k.name(), PeerName::from_digest(&b));
+    }
+}
