@@ -8,7 +8,8 @@
 //! - [`topology`]: the entries the topology channel gossips.
 //! - [`ipam`]: the messages of the `ipam` channel.
 //! - [`sign`]: Ed25519-signed statements, checked against the signer's name.
-//! - [`data`]: the header of encrypted data packets (used by the data plane).
+//! - [`data`]: the header of encrypted data packets (used by the data plane),
+//!   and [`seal`]: their per-session keys, AEAD and replay window.
 //!
 //! Contract: nothing decoded from a peer can panic or allocate without bound.
 //! Every decode goes through [`codec::decode_frame`], which enforces
@@ -21,6 +22,7 @@ mod frame;
 pub mod ipam;
 pub mod limits;
 mod name;
+pub mod seal;
 pub mod sign;
 pub mod topology;
 
