@@ -15,9 +15,9 @@ use serde_json::Value;
 mod link;
 mod meshd;
 mod netns;
-mod spec;
 mod verbs;
 
+use weft_cni::spec;
 use spec::{CniError, LATEST, NetConf, SUPPORTED, Version, code};
 
 /// Largest config read from stdin.
