@@ -5,7 +5,13 @@
 //! the dialer, carrying length-prefixed [`Frame`]s both ways. The first frame
 //! each way is a [`Hello`]; its name must match the name derived from the
 //! peer's certificate. Everything else is handed to the daemon loop as
-//! [`SessionEvent`]s, and frames to send come back as [`Outgoing`].
+//! [`SessionEvent`]s, and frames to send come back through [`SessionOut`].
+//!
+//! Memory is bounded in bytes, not frames: what a session has read and the
+//! loop not yet handled, and what is queued to its writer, are each held
+//! within a per-session and a per-router budget (`*_BYTES` below). Reading
+//! waits for room, so a peer that floods is slowed by QUIC flow control;
+//! sending never waits: a frame that does not fit is dropped and counted.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,9 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, warn};
 use weft_peer_proto::codec::{decode_frame, encode_frame, read_len_prefix, write_len_prefix};
+use weft_peer_proto::limits::MAX_FRAME_LEN;
 use weft_peer_proto::{CodecError, Frame, Goodbye, GoodbyeReason, Hello, PeerName};
 
 use crate::identity::name_of_cert;
@@ -31,13 +38,16 @@ pub enum SessionEvent {
         hello: Hello,
         addr: SocketAddr,
         outbound: bool,
-        out: mpsc::Sender<Outgoing>,
+        out: SessionOut,
         /// To close the session even when its queue is full.
         handle: Connection,
     },
     Frame {
         conn: SessionId,
         frame: Frame,
+        /// The frame's bytes, counted against the session's and the
+        /// router's inbound budgets until the loop has handled it.
+        held: Held,
     },
     Down {
         conn: SessionId,
@@ -49,16 +59,122 @@ pub enum SessionEvent {
     },
 }
 
+/// Bytes of frames one session may have read that the router loop has not
+/// handled yet: room for two maximal frames. A peer that sends faster than
+/// the loop handles is held back by QUIC flow control, not queued here.
+pub const SESSION_INBOUND_BYTES: usize = 2 * (MAX_FRAME_LEN + 4);
+/// The same, across every session.
+pub const INBOUND_BYTES: usize = 32 << 20;
+/// Bytes queued to one session's writer; past it, frames to that session
+/// are dropped and counted (anti-entropy repairs what gossip loses).
+pub const SESSION_OUTBOUND_BYTES: usize = 2 * (MAX_FRAME_LEN + 4);
+/// The same, across every session.
+pub const OUTBOUND_BYTES: usize = 64 << 20;
+
+/// Budget permits that travel with queued bytes and return when they go.
+#[derive(Debug)]
+pub struct Held {
+    _session: OwnedSemaphorePermit,
+    _router: OwnedSemaphorePermit,
+}
+
+/// Byte budgets: one per session, one shared by all of them.
+#[derive(Debug, Clone)]
+struct Budget {
+    session: Arc<Semaphore>,
+    router: Arc<Semaphore>,
+}
+
+impl Budget {
+    fn new(router: &Arc<Semaphore>, session_bytes: usize) -> Self {
+        Budget {
+            session: Arc::new(Semaphore::new(session_bytes)),
+            router: router.clone(),
+        }
+    }
+
+    /// Waits until `n` bytes fit (inbound: the reader stops reading).
+    async fn acquire(&self, n: usize) -> Option<Held> {
+        let n = u32::try_from(n).ok()?;
+        let session = self.session.clone().acquire_many_owned(n).await.ok()?;
+        let router = self.router.clone().acquire_many_owned(n).await.ok()?;
+        Some(Held {
+            _session: session,
+            _router: router,
+        })
+    }
+
+    /// Takes `n` bytes if they fit now (outbound: the loop never waits).
+    fn try_acquire(&self, n: usize) -> Option<Held> {
+        let n = u32::try_from(n).ok()?;
+        let session = self.session.clone().try_acquire_many_owned(n).ok()?;
+        let router = self.router.clone().try_acquire_many_owned(n).ok()?;
+        Some(Held {
+            _session: session,
+            _router: router,
+        })
+    }
+}
+
 /// What the daemon loop asks a session to do.
 #[derive(Debug)]
 pub enum Outgoing {
-    Frame(Frame),
+    /// An encoded frame and its channel label; `held` returns its bytes to
+    /// the budget once written.
+    Frame {
+        body: Vec<u8>,
+        label: &'static str,
+        held: Held,
+    },
     Close(GoodbyeReason, String),
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("the session's outbound queue is full")]
+    Full,
+    #[error("the session is gone")]
+    Closed,
+    #[error(transparent)]
+    Encode(#[from] CodecError),
+}
+
+/// The loop's sending half of a session: frames are encoded here and
+/// queued within the session's and the router's outbound byte budgets.
+#[derive(Debug, Clone)]
+pub struct SessionOut {
+    tx: mpsc::UnboundedSender<Outgoing>,
+    budget: Budget,
+}
+
+impl SessionOut {
+    /// Queues `frame`, or refuses it at once if it does not fit.
+    pub fn frame(&self, frame: &Frame) -> Result<(), QueueError> {
+        let body = encode_frame(frame)?;
+        let held = self
+            .budget
+            .try_acquire(body.len() + 4)
+            .ok_or(QueueError::Full)?;
+        let label = channel_label(frame);
+        self.tx
+            .send(Outgoing::Frame { body, label, held })
+            .map_err(|_| QueueError::Closed)
+    }
+
+    /// Queues a goodbye (which needs no budget: it ends the session).
+    pub fn close(&self, reason: GoodbyeReason, message: String) -> Result<(), QueueError> {
+        self.tx
+            .send(Outgoing::Close(reason, message))
+            .map_err(|_| QueueError::Closed)
+    }
 }
 
 /// Shared by every session task.
 pub struct SessionCtx {
     pub events: mpsc::Sender<SessionEvent>,
+    inbound: Arc<Semaphore>,
+    outbound: Arc<Semaphore>,
     pub metrics: Arc<Metrics>,
     /// Our hello, without `your_addr`.
     pub hello: Hello,
@@ -75,6 +191,8 @@ impl SessionCtx {
     ) -> Self {
         SessionCtx {
             events,
+            inbound: Arc::new(Semaphore::new(INBOUND_BYTES)),
+            outbound: Arc::new(Semaphore::new(OUTBOUND_BYTES)),
             metrics,
             hello,
             handshake_timeout,
@@ -165,23 +283,51 @@ async fn write_frame(
     Ok(())
 }
 
+async fn write_body(
+    send: &mut SendStream,
+    body: &[u8],
+    label: &'static str,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    send.write_all(&write_len_prefix(body.len())).await?;
+    send.write_all(body).await?;
+    metrics.gossip_bytes(label, "sent", body.len() + 4);
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 enum ReadError {
     #[error("{0}")]
     Codec(#[from] CodecError),
     #[error("stream: {0}")]
     Stream(#[from] quinn::ReadExactError),
+    #[error("the router is shutting down")]
+    Closed,
 }
 
 async fn read_frame(recv: &mut RecvStream, metrics: &Metrics) -> Result<Frame, ReadError> {
+    read_frame_within(recv, metrics, None).await.map(|(f, _)| f)
+}
+
+/// Reads one frame; with a budget, its bytes are taken from it before the
+/// buffer is allocated, and travel with the frame.
+async fn read_frame_within(
+    recv: &mut RecvStream,
+    metrics: &Metrics,
+    budget: Option<&Budget>,
+) -> Result<(Frame, Option<Held>), ReadError> {
     let mut prefix = [0u8; 4];
     recv.read_exact(&mut prefix).await?;
     let len = read_len_prefix(prefix)?;
+    let held = match budget {
+        Some(b) => Some(b.acquire(len + 4).await.ok_or(ReadError::Closed)?),
+        None => None,
+    };
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await?;
     let frame = decode_frame(&body)?;
     metrics.gossip_bytes(channel_label(&frame), "received", len + 4);
-    Ok(frame)
+    Ok((frame, held))
 }
 
 async fn read_hello(recv: &mut RecvStream, metrics: &Metrics) -> Result<Hello, HandshakeError> {
@@ -196,6 +342,7 @@ async fn read_hello(recv: &mut RecvStream, metrics: &Metrics) -> Result<Hello, H
             Err(HandshakeError::BadHello(e.to_string()))
         }
         Err(ReadError::Stream(e)) => Err(HandshakeError::Connection(e.to_string())),
+        Err(ReadError::Closed) => Err(HandshakeError::Connection("shutting down".into())),
     }
 }
 
@@ -300,7 +447,12 @@ async fn run(
     outbound: bool,
 ) {
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
-    let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(1024);
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
+    let out = SessionOut {
+        tx: out_tx,
+        budget: Budget::new(&ctx.outbound, SESSION_OUTBOUND_BYTES),
+    };
+    let inbound = Budget::new(&ctx.inbound, SESSION_INBOUND_BYTES);
     if ctx
         .events
         .send(SessionEvent::Up {
@@ -308,7 +460,7 @@ async fn run(
             hello,
             addr,
             outbound,
-            out: out_tx,
+            out,
             handle: conn.clone(),
         })
         .await
@@ -321,8 +473,10 @@ async fn run(
     let writer = tokio::spawn(async move {
         while let Some(o) = out_rx.recv().await {
             match o {
-                Outgoing::Frame(f) => {
-                    if let Err(e) = write_frame(&mut send, &f, &wctx.metrics).await {
+                Outgoing::Frame { body, label, held } => {
+                    let written = write_body(&mut send, &body, label, &wctx.metrics).await;
+                    drop(held);
+                    if let Err(e) = written {
                         debug!(error = %e, "session write failed");
                         break;
                     }
@@ -346,23 +500,28 @@ async fn run(
         writer_conn.close(0u32.into(), b"writer stopped");
     });
     let reason = loop {
-        match read_frame(&mut recv, &ctx.metrics).await {
-            Ok(Frame::Goodbye(g)) => break format!("goodbye: {:?} {}", g.reason, g.message),
-            Ok(Frame::Hello(_)) => {
+        match read_frame_within(&mut recv, &ctx.metrics, Some(&inbound)).await {
+            Ok((Frame::Goodbye(g), _)) => break format!("goodbye: {:?} {}", g.reason, g.message),
+            Ok((Frame::Hello(_), _)) => {
                 ctx.metrics.bad_frame("unexpected_hello");
                 conn.close(1u32.into(), b"protocol error");
                 break "protocol error: hello mid-session".to_owned();
             }
-            Ok(frame) => {
+            Ok((frame, Some(held))) => {
                 if ctx
                     .events
-                    .send(SessionEvent::Frame { conn: id, frame })
+                    .send(SessionEvent::Frame {
+                        conn: id,
+                        frame,
+                        held,
+                    })
                     .await
                     .is_err()
                 {
                     break "shutting down".to_owned();
                 }
             }
+            Ok((_, None)) | Err(ReadError::Closed) => break "shutting down".to_owned(),
             Err(ReadError::Codec(e)) => {
                 ctx.metrics.bad_frame(e.kind());
                 warn!(%addr, error = %e, "bad frame from peer; closing session");

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 use weft_mesh::{Action, Admit, MeshEvent};
 use weft_peer_proto::{Frame, GoodbyeReason};
@@ -14,18 +13,18 @@ use weft_peer_proto::{Frame, GoodbyeReason};
 use super::Router;
 use crate::config::DaemonConfig;
 use crate::metrics::ReasonLabel;
-use crate::session::{self, Outgoing, SessionEvent};
+use crate::session::{self, SessionEvent, SessionOut};
 
 /// The loop's handle on one session.
 pub(super) struct Session {
-    pub(super) out: mpsc::Sender<Outgoing>,
+    pub(super) out: SessionOut,
     pub(super) conn: quinn::Connection,
 }
 
 impl Session {
     /// Queues a goodbye; if the queue is full, closes the connection at once.
     pub(super) fn close(&self, reason: GoodbyeReason, message: String) {
-        if self.out.try_send(Outgoing::Close(reason, message)).is_err() {
+        if self.out.close(reason, message).is_err() {
             self.conn
                 .close(0u32.into(), format!("{reason:?}").as_bytes());
         }
@@ -102,10 +101,7 @@ impl Router {
                                 secret,
                                 addr.ip(),
                             );
-                            if out
-                                .try_send(Outgoing::Frame(Frame::DataOffer(offer)))
-                                .is_err()
-                            {
+                            if out.frame(&Frame::DataOffer(offer)).is_err() {
                                 self.metrics.frames_dropped.inc();
                             }
                         }
@@ -132,12 +128,13 @@ impl Router {
             SessionEvent::Frame {
                 conn,
                 frame: Frame::DataOffer(offer),
+                ..
             } => {
                 if let Some(dp) = &mut self.dp {
                     dp.offer_received(conn, offer);
                 }
             }
-            SessionEvent::Frame { conn, frame } => {
+            SessionEvent::Frame { conn, frame, .. } => {
                 if let Err(e) = self.mesh.handle_frame(now, conn, frame) {
                     self.metrics.bad_frame("protocol");
                     if let Some(s) = self.sessions.remove(&conn) {
@@ -162,7 +159,7 @@ impl Router {
         let _ = self.save_ipam(Instant::now());
         while let Some(t) = self.mesh.poll_transmit() {
             if let Some(s) = self.sessions.get(&t.session)
-                && s.out.try_send(Outgoing::Frame(t.frame)).is_err()
+                && s.out.frame(&t.frame).is_err()
             {
                 // The session is gone or far behind; anti-entropy repairs what is lost.
                 self.metrics.frames_dropped.inc();
