@@ -21,17 +21,7 @@ fn kernel(what: String) -> impl FnOnce(rtnetlink::Error) -> CniError {
     move |e| CniError::new(code::KERNEL, what).details(e.to_string())
 }
 
-/// The host end's name: stable for a (container, interface) pair, so DEL
-/// finds it with nothing but the environment, and unique enough (52 bits)
-/// for the pods of one node.
-pub fn host_ifname(container_id: &str, ifname: &str) -> String {
-    let d = ring::digest::digest(
-        &ring::digest::SHA256,
-        format!("{container_id}/{ifname}").as_bytes(),
-    );
-    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("wf{}", &hex[..13])
-}
+pub use weft_kernel::pod_port as host_ifname;
 
 /// What a link looks like, for CHECK and the result.
 #[derive(Debug, Clone)]

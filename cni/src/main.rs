@@ -17,8 +17,8 @@ mod meshd;
 mod netns;
 mod verbs;
 
-use weft_cni::spec;
 use spec::{CniError, LATEST, NetConf, SUPPORTED, Version, code};
+use weft_cni::spec;
 
 /// Largest config read from stdin.
 const MAX_STDIN: u64 = 1 << 20;

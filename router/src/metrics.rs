@@ -41,6 +41,8 @@ pub struct Metrics {
     pub connections: Family<StateLabel, Gauge>,
     pub peers: Family<StateLabel, Gauge>,
     pub frames_dropped: Counter,
+    /// Packets a pod sent from an address not its own (per-pod source check).
+    pub pod_spoofed: Counter,
     pub topology_news: Counter,
     pub channel_errors: Counter,
     mesh_dropped: Family<ReasonLabel, Counter>,
@@ -69,6 +71,7 @@ impl Metrics {
             connections: Family::default(),
             peers: Family::default(),
             frames_dropped: Counter::default(),
+            pod_spoofed: Counter::default(),
             topology_news: Counter::default(),
             channel_errors: Counter::default(),
             mesh_dropped: Family::default(),
@@ -108,6 +111,11 @@ impl Metrics {
             "frames_dropped",
             "Frames dropped because a session's queue was full",
             m.frames_dropped.clone(),
+        );
+        registry.register(
+            "pod_spoofed_packets",
+            "Packets a pod sent from an address not its own (a neighbour's, the gateway's), dropped on its bridge port",
+            m.pod_spoofed.clone(),
         );
         registry.register(
             "topology_news",

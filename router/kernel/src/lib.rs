@@ -4,7 +4,9 @@
 //! - [`errno`]: the errno of a netlink error answer;
 //! - [`sysctl`]: idempotent writes under `/proc/sys` (or `WEFT_PROC_SYS`);
 //! - [`write_atomic`]: crash-safe small files (a reader sees the old or the
-//!   new content, never a torn one).
+//!   new content, never a torn one);
+//! - [`pod_port`]: the host-side name of a pod's veth, which the plugin
+//!   creates and meshd's per-pod source check names.
 #![forbid(unsafe_code)]
 
 use std::fs::{self, File, OpenOptions};
@@ -13,6 +15,21 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, Result};
+
+/// What every pod port's name starts with.
+pub const POD_PORT_PREFIX: &str = "wf";
+
+/// The host-side name of the veth of `container_id`'s interface `ifname`:
+/// `wf` and 13 hex digits of SHA-256 over `container_id/ifname` (15 bytes,
+/// the kernel's limit), the same for the plugin that makes it and for meshd.
+pub fn pod_port(container_id: &str, ifname: &str) -> String {
+    let d = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{container_id}/{ifname}").as_bytes(),
+    );
+    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{POD_PORT_PREFIX}{}", &hex[..13])
+}
 
 /// The errno of a netlink error answer, if it was one.
 pub fn errno(e: &rtnetlink::Error) -> Option<i32> {

@@ -61,6 +61,7 @@ struct Router {
     allocations: AllocationQueue,
     dp: Option<crate::dataplane::DataPlane>,
     offers_repeated: Instant,
+    pod_guard: dataplane::PodGuard,
     /// The host's overlay address being allocated.
     gateway_rx: Option<oneshot::Receiver<Result<u32, IpamFailure>>>,
     cni_state_dir: Option<PathBuf>,
@@ -175,6 +176,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         allocations: AllocationQueue::default(),
         dp,
         offers_repeated: now,
+        pod_guard: dataplane::PodGuard::default(),
         gateway_rx: None,
         cni_state_dir: cfg.cni_state_dir.clone(),
         range: crate::ipam::cidr(cfg.ipalloc_range),

@@ -340,11 +340,80 @@ pub fn apply_nft(range: &str, bridge: &str, tun: &str, masquerade: bool) -> Resu
     run_nft(&script)
 }
 
-/// Removes our nftables table, if it is there.
+/// Removes our nftables tables, if they are there.
 pub fn remove_nft() -> Result<()> {
     run_nft(&format!(
-        "table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n"
+        "table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n\
+         table bridge {NFT_TABLE}\ndelete table bridge {NFT_TABLE}\n"
     ))
+}
+
+/// The per-pod source check, on the bridge ports (table `bridge weft`).
+/// Routers check that a packet's source belongs to the node it came from;
+/// this checks, on the node, that it belongs to the pod it came from: an IP
+/// packet or ARP message from a pod port (`wf*`) whose sender address is not
+/// that pod's own (a neighbour's, the gateway's, anything else) is dropped
+/// and counted (`spoofed`). ARP probes (sender 0.0.0.0) pass; IPv6 frames
+/// are dropped uncounted (the overlay is IPv4). The allowed pairs are the
+/// set `pod_addrs`, which [`sync_pod_addrs`] keeps equal to the allocations.
+pub fn apply_pod_guard() -> Result<()> {
+    let prefix = weft_kernel::POD_PORT_PREFIX;
+    run_nft(&format!(
+        "table bridge {NFT_TABLE}\n\
+         delete table bridge {NFT_TABLE}\n\
+         table bridge {NFT_TABLE} {{\n\
+           set pod_addrs {{ type ifname . ipv4_addr; }}\n\
+           counter {POD_SPOOFED} {{ }}\n\
+           chain pod_ports {{\n\
+             type filter hook prerouting priority filter; policy accept;\n\
+             iifname != \"{prefix}*\" accept\n\
+             ether type ip iifname . ip saddr @pod_addrs accept\n\
+             ether type arp arp saddr ip 0.0.0.0 accept\n\
+             ether type arp iifname . arp saddr ip @pod_addrs accept\n\
+             ether type ip6 drop\n\
+             counter name {POD_SPOOFED} drop comment \"weft: a pod sent as an address not its own\"\n\
+           }}\n\
+         }}\n"
+    ))
+}
+
+/// The counter of [`apply_pod_guard`]'s drops.
+const POD_SPOOFED: &str = "spoofed";
+
+/// Makes `pod_addrs` exactly `pairs` (pod port, address), in one transaction.
+pub fn sync_pod_addrs(pairs: &[(String, Ipv4Addr)]) -> Result<()> {
+    let mut script = format!("flush set bridge {NFT_TABLE} pod_addrs\n");
+    if !pairs.is_empty() {
+        let elems: Vec<String> = pairs
+            .iter()
+            .map(|(port, ip)| format!("\"{port}\" . {ip}"))
+            .collect();
+        script.push_str(&format!(
+            "add element bridge {NFT_TABLE} pod_addrs {{ {} }}\n",
+            elems.join(", ")
+        ));
+    }
+    run_nft(&script)
+}
+
+/// Packets the per-pod source check dropped so far.
+pub fn pod_spoofed_packets() -> Result<u64> {
+    let out = std::process::Command::new("nft")
+        .args(["list", "counter", "bridge", NFT_TABLE, POD_SPOOFED])
+        .output()
+        .context("running nft")?;
+    if !out.status.success() {
+        anyhow::bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    parse_packets(&String::from_utf8_lossy(&out.stdout))
+        .context("no packet count in nft's counter listing")
+}
+
+/// The `packets N` of an `nft list counter` listing.
+fn parse_packets(listing: &str) -> Option<u64> {
+    let mut words = listing.split_whitespace();
+    words.find(|w| *w == "packets")?;
+    words.next()?.parse().ok()
 }
 
 fn run_nft(script: &str) -> Result<()> {
@@ -369,4 +438,18 @@ fn run_nft(script: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_packet_count_of_a_counter_listing() {
+        let listing =
+            "table bridge weft {\n\tcounter spoofed {\n\t\tpackets 17 bytes 1428\n\t}\n}\n";
+        assert_eq!(parse_packets(listing), Some(17));
+        assert_eq!(parse_packets("table bridge weft {\n}\n"), None);
+        assert_eq!(parse_packets("packets many"), None);
+    }
 }

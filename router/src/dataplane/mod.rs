@@ -163,6 +163,7 @@ impl DataPlane {
         );
         host::apply_nft(&range_str, &cfg.bridge, &cfg.tun, cfg.masquerade)
             .context("masquerade rules")?;
+        host::apply_pod_guard().context("per-pod source check (nftables bridge table)")?;
 
         let udp = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, cfg.port)))
             .with_context(|| format!("binding data port UDP {}", cfg.port))?;
@@ -658,7 +659,10 @@ pub async fn reset(tun: &str, bridge: &str) -> Result<Vec<String>> {
         }
     }
     host::remove_nft()?;
-    done.push(format!("removed nftables table ip {}", host::NFT_TABLE));
+    done.push(format!(
+        "removed nftables tables ip {0} and bridge {0}",
+        host::NFT_TABLE
+    ));
     Ok(done)
 }
 
