@@ -549,8 +549,20 @@ impl Lab {
 
     /// Creates pod `j` on node `i`.
     pub fn add_pod(&self, i: usize, j: usize) -> Result<Pod> {
+        self.add_pod_as(i, j, &format!("pod-n{i}-{j}"), &format!("vp{j}"))
+    }
+
+    /// Creates pod `j` on node `i` as the CNI plugin wires one: keyed
+    /// `cni:<network>:<container>/eth0`, on the host veth the plugin would
+    /// name, so meshd's per-pod source check covers it.
+    pub fn add_cni_pod(&self, i: usize, j: usize) -> Result<Pod> {
+        let container = format!("{}-n{i}-{j}", self.name);
+        let port = weft_kernel::pod_port(&container, "eth0");
+        self.add_pod_as(i, j, &format!("cni:lab:{container}?ifname=eth0"), &port)
+    }
+
+    fn add_pod_as(&self, i: usize, j: usize, id: &str, host_if: &str) -> Result<Pod> {
         let node = &self.nodes[i].ns;
-        let id = format!("pod-n{i}-{j}");
         let out = run(Command::new("curl")
             .args(["-sf", "-X", "POST", "--unix-socket"])
             .arg(self.nodes[i].socket())
@@ -566,14 +578,13 @@ impl Lab {
             .mtu
             .to_string();
         let ns = format!("wt-{}-n{i}p{j}", self.name);
-        let host_if = format!("vp{j}");
         ip(&["netns", "add", &ns])?;
         ip(&[
-            "-n", node, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns",
+            "-n", node, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns",
             &ns,
         ])?;
         ip(&[
-            "-n", node, "link", "set", &host_if, "master", "weft", "mtu", &mtu, "up",
+            "-n", node, "link", "set", host_if, "master", "weft", "mtu", &mtu, "up",
         ])?;
         ip(&["-n", &ns, "link", "set", "eth0", "mtu", &mtu, "up"])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;

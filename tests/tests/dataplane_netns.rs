@@ -307,6 +307,57 @@ fn spoofed_sources_are_dropped_at_the_receiver() -> Result<()> {
     Ok(())
 }
 
+/// The value of a metric without labels (0 if meshd has not counted any).
+fn metric(lab: &Lab, i: usize, name: &str) -> Result<u64> {
+    let text = lab.metrics(i)?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+#[test]
+fn a_pod_sending_as_its_neighbour_or_the_gateway_is_dropped_on_its_port() -> Result<()> {
+    const SPOOFED: &str = "weft_pod_spoofed_packets_total";
+    let lab = lab("dpg", 1).start()?;
+    let a = lab.add_cni_pod(0, 0)?;
+    let b = lab.add_cni_pod(0, 1)?;
+    let gw = lab.gateway(0)?;
+    ping_ok(&lab, &a.ns, b.ip)?;
+    ping_ok(&lab, &a.ns, gw)?;
+    let honest = metric(&lab, 0, SPOOFED)?;
+    for (what, forged, dst) in [("its neighbour's", b.ip, gw), ("the gateway's", gw, b.ip)] {
+        let before = metric(&lab, 0, SPOOFED)?;
+        lab.exec_in(
+            &a.ns,
+            &["ip", "addr", "add", &format!("{forged}/32"), "dev", "eth0"],
+        )?;
+        let out = Command::new("ip")
+            .args(["netns", "exec", &a.ns, "ping", "-c", "3", "-W", "1", "-I"])
+            .arg(forged.to_string())
+            .arg(dst.to_string())
+            .output()?;
+        ensure!(
+            !out.status.success(),
+            "a pod sending as {what} address got an answer"
+        );
+        lab.wait_for(
+            &format!("drops of a pod sending as {what} address counted"),
+            SETTLE,
+            |l| Ok(metric(l, 0, SPOOFED)? >= before + 3),
+        )?;
+        lab.exec_in(
+            &a.ns,
+            &["ip", "addr", "del", &format!("{forged}/32"), "dev", "eth0"],
+        )?;
+    }
+    // The pods' own addresses were never counted, and still work.
+    ensure!(honest == 0, "{honest} honest packets counted as spoofed");
+    ping_ok(&lab, &a.ns, b.ip)?;
+    ping_ok(&lab, &b.ns, gw)?;
+    Ok(())
+}
+
 #[test]
 fn relays_through_a_third_node_and_survives_a_restart() -> Result<()> {
     let mut lab = lab("dpr", 3).build()?;

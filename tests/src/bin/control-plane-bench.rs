@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use weft_router::daemon::DaemonConfig;
 use weft_router::identity::Identity;
 use weft_router::metrics::Metrics;
-use weft_router::session::{self, Outgoing, SessionCtx, SessionEvent};
+use weft_router::session::{self, SessionCtx, SessionEvent};
 use weft_router::tls::{Admission, setup};
 
 const PW: &str = "bench password";
@@ -104,12 +104,7 @@ async fn handshakes(k: usize, server: SocketAddr, n: usize) -> Result<f64> {
         loop {
             match rx.recv().await.context("client events closed")? {
                 SessionEvent::Up { out, .. } => {
-                    let _ = out
-                        .send(Outgoing::Close(
-                            weft_peer_proto::GoodbyeReason::Shutdown,
-                            "bench".into(),
-                        ))
-                        .await;
+                    let _ = out.close(weft_peer_proto::GoodbyeReason::Shutdown, "bench".into());
                     break;
                 }
                 SessionEvent::DialFailed { error, .. } => anyhow::bail!("dial failed: {error}"),
