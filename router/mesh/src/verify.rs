@@ -13,12 +13,15 @@ use weft_peer_proto::sign::{Sig, SignError};
 use weft_peer_proto::topology::{EntryError, PeerEntry};
 use weft_peer_proto::{GossipMsg, PeerName};
 
-/// Signatures that passed, by SHA-256 of `signed bytes || key || signature`;
-/// the oldest is forgotten first.
+/// What passed, by SHA-256 of `signed bytes || key || signature`, and in
+/// which order (the oldest is forgotten first).
+type Passed = (HashSet<[u8; 32]>, VecDeque<[u8; 32]>);
+
+/// Signatures that passed, remembered up to a capacity.
 #[derive(Debug)]
 pub struct SigCache {
     capacity: usize,
-    seen: Mutex<(HashSet<[u8; 32]>, VecDeque<[u8; 32]>)>,
+    seen: Mutex<Passed>,
 }
 
 impl SigCache {
