@@ -136,18 +136,21 @@ impl PeerEntry {
         (self.version, self.uid)
     }
 
-    /// 64 bits of SHA-256 over the encoded entry, signature included: two
-    /// entries with the same order key but different content differ here.
+    /// SHA-256 over the encoded entry, signature and key included: it
+    /// names this exact entry.
+    pub fn content_digest(&self) -> [u8; 32] {
+        let mut bytes = Vec::new();
+        // Encoding into a Vec fails only for types serde cannot express.
+        let _ = crate::codec::encode_into(self, &mut bytes);
+        let mut d = [0u8; 32];
+        d.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
+        d
+    }
+
+    /// The first 64 bits of [`PeerEntry::content_digest`]: two entries with
+    /// the same order key but different content differ here.
     pub fn content_hash(&self) -> u64 {
-        let bytes = {
-            let mut v = Vec::new();
-            let _ = crate::codec::encode_into(self, &mut v);
-            v
-        };
-        let d = ring::digest::digest(&ring::digest::SHA256, &bytes);
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&d.as_ref()[..8]);
-        u64::from_be_bytes(b)
+        hash_of_digest(&self.content_digest())
     }
 
     /// The entry reduced to what anti-entropy compares (hashes it: holders
@@ -164,6 +167,13 @@ impl PeerEntry {
             hash,
         }
     }
+}
+
+/// [`PeerEntry::content_hash`] from a [`PeerEntry::content_digest`].
+pub fn hash_of_digest(d: &[u8; 32]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b)
 }
 
 /// A peer's entry reduced to what anti-entropy compares.

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use weft_peer_proto::PeerName;
 use weft_peer_proto::limits::{MAX_ADDRS_PER_PEER, MAX_ENTRIES_PER_UPDATE, MAX_ENTRY_VERSION};
 use weft_peer_proto::sign::KeyPair;
-use weft_peer_proto::topology::{DigestEntry, EntryError, PeerEntry};
+use weft_peer_proto::topology::{DigestEntry, EntryError, PeerEntry, hash_of_digest};
 
 use crate::verify::SigCache;
 
@@ -72,6 +72,13 @@ impl Held {
     fn new(entry: PeerEntry) -> Self {
         let hash = entry.content_hash();
         Held { entry, hash }
+    }
+
+    fn with_digest(entry: PeerEntry, digest: &[u8; 32]) -> Self {
+        Held {
+            entry,
+            hash: hash_of_digest(digest),
+        }
     }
 
     fn digest(&self) -> DigestEntry {
@@ -265,8 +272,11 @@ impl Topology {
         self.peers.values().map(Held::digest).collect()
     }
 
-    fn check(&self, e: &PeerEntry) -> Result<(), EntryError> {
-        self.cache.check_entry(e)
+    /// Checks `e`; returns its content digest.
+    fn check(&self, e: &PeerEntry) -> Result<[u8; 32], EntryError> {
+        let digest = e.content_digest();
+        self.cache.check_entry(e, digest)?;
+        Ok(digest)
     }
 
     /// Merges `entries` in. See the module docs for the rules. `hops` is
@@ -291,7 +301,7 @@ impl Topology {
                 let mine = self.me();
                 if e.order_key() > mine.order_key() {
                     match self.check(&e) {
-                        Ok(()) => {
+                        Ok(_) => {
                             let (conns, addrs) = (mine.conns.clone(), mine.addrs.clone());
                             self.set_own_entry(e.version.saturating_add(1), conns, addrs);
                             out.own_bumped = true;
@@ -316,12 +326,14 @@ impl Topology {
                     if e.sig == old.entry.sig {
                         continue;
                     }
-                    let hash = e.content_hash();
+                    let hash = match self.check(&e) {
+                        Ok(d) => hash_of_digest(&d),
+                        Err(err) => {
+                            out.forged(err);
+                            continue;
+                        }
+                    };
                     if hash == old.hash {
-                        continue;
-                    }
-                    if let Err(err) = self.check(&e) {
-                        out.forged(err);
                         continue;
                     }
                     // Both are signed by the router itself: it lied. Everyone
@@ -344,7 +356,7 @@ impl Topology {
                             // Checked all the same, so that every forgery that
                             // is not stale is counted (real ones are cached).
                             match self.check(&e) {
-                                Ok(()) => out.refused += 1,
+                                Ok(_) => out.refused += 1,
                                 Err(err) => out.forged(err),
                             }
                             continue;
@@ -353,10 +365,13 @@ impl Topology {
                 }
                 None => {}
             }
-            if let Err(err) = self.check(&e) {
-                out.forged(err);
-                continue;
-            }
+            let digest = match self.check(&e) {
+                Ok(d) => d,
+                Err(err) => {
+                    out.forged(err);
+                    continue;
+                }
+            };
             if let Some(victim) = room_of {
                 if let Some(list) = evictable.as_mut() {
                     list.pop();
@@ -366,7 +381,7 @@ impl Topology {
             }
             self.tombstones.remove(&e.name);
             out.news.push(e.clone());
-            self.insert(Held::new(e));
+            self.insert(Held::with_digest(e, &digest));
         }
         let ttl = self.tombstone_ttl;
         self.tombstones

@@ -34,10 +34,6 @@ impl SigCache {
 
     /// Checks that `sig` signs `msg` and was made by `who`.
     pub fn check(&self, who: PeerName, msg: &[u8], sig: &Sig) -> Result<(), SignError> {
-        let signer = sig.signer();
-        if signer != who {
-            return Err(SignError::WrongSigner { signer });
-        }
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         ctx.update(msg);
         ctx.update(&sig.key.0);
@@ -45,6 +41,23 @@ impl SigCache {
         ctx.update(&sig.sig.1);
         let mut id = [0u8; 32];
         id.copy_from_slice(ctx.finish().as_ref());
+        self.check_id(who, id, sig, || Ok(msg.to_vec()))
+    }
+
+    /// As [`SigCache::check`], with `id` a digest that binds the signed
+    /// bytes, the key and the signature; the bytes are made only when `id`
+    /// is not in the cache.
+    fn check_id(
+        &self,
+        who: PeerName,
+        id: [u8; 32],
+        sig: &Sig,
+        msg: impl FnOnce() -> Result<Vec<u8>, SignError>,
+    ) -> Result<(), SignError> {
+        let signer = sig.signer();
+        if signer != who {
+            return Err(SignError::WrongSigner { signer });
+        }
         // A poisoned lock only means another core panicked; the set is still sound.
         if self
             .seen
@@ -55,7 +68,7 @@ impl SigCache {
         {
             return Ok(());
         }
-        sig.verify_bytes(msg)?;
+        sig.verify_bytes(&msg()?)?;
         let mut g = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if g.0.insert(id) {
             g.1.push_back(id);
@@ -68,11 +81,12 @@ impl SigCache {
         Ok(())
     }
 
-    /// [`PeerEntry::verify`], through the cache.
-    pub fn check_entry(&self, e: &PeerEntry) -> Result<(), EntryError> {
+    /// [`PeerEntry::verify`], through the cache; `digest` is the entry's
+    /// [`PeerEntry::content_digest`] (the encoding covers what is signed,
+    /// the key and the signature).
+    pub fn check_entry(&self, e: &PeerEntry, digest: [u8; 32]) -> Result<(), EntryError> {
         e.check_form()?;
-        let msg = e.signing_bytes()?;
-        Ok(self.check(e.name, &msg, &e.sig)?)
+        Ok(self.check_id(e.name, digest, &e.sig, || e.signing_bytes())?)
     }
 
     /// [`GossipMsg::verify`], through the cache.
