@@ -51,6 +51,11 @@ pub struct Config {
     /// send). When full, the entry farthest from us (unreachable ones
     /// first) makes room for a nearer newcomer.
     pub max_peers: usize,
+    /// Most bytes the topology's entries may take (as
+    /// [`crate::topology::entry_size`] counts them): with `max_peers`, what
+    /// bounds the topology's memory whatever peers send. A newcomer that
+    /// would pass it makes room like one beyond `max_peers`.
+    pub max_topology_bytes: usize,
     /// Relays a channel message we originate may make (at most
     /// [`MAX_HOPS`]).
     pub hop_limit: u8,
@@ -82,6 +87,7 @@ impl Config {
             peer_gc_after: Duration::from_secs(60),
             max_concurrent_dials: 16,
             max_peers: 20_000,
+            max_topology_bytes: 64 << 20,
             hop_limit: MAX_HOPS,
             dedup_window: 16_384,
             sig_cache: Arc::new(SigCache::new(65_536)),

@@ -142,7 +142,7 @@ impl<C: Channels> Mesh<C> {
     pub fn new(mut cfg: Config, channels: C, now: Instant) -> Self {
         cfg.name = cfg.signer.name();
         cfg.hop_limit = cfg.hop_limit.min(MAX_HOPS);
-        let topology = Topology::with_limits(
+        let mut topology = Topology::with_limits(
             cfg.signer.clone(),
             cfg.nickname.clone(),
             cfg.uid,
@@ -150,6 +150,7 @@ impl<C: Channels> Mesh<C> {
             cfg.max_peers,
             cfg.sig_cache.clone(),
         );
+        topology.set_max_bytes(cfg.max_topology_bytes);
         let routes = Routes::compute(&topology);
         let mut rng = StdRng::seed_from_u64(cfg.seed);
         let next_seq = rng.random();

@@ -36,6 +36,13 @@ use crate::verify::SigCache;
 /// limit whatever the entries hold.
 const UPDATE_BUDGET: usize = 512 * 1024;
 
+/// The largest entry a peer may send, as [`entry_size`] counts it.
+pub const MAX_ENTRY_SIZE: usize = 32
+    + 96
+    + weft_peer_proto::limits::MAX_NICKNAME_LEN
+    + 10 * weft_peer_proto::limits::MAX_CONNS_PER_PEER
+    + 24 * MAX_ADDRS_PER_PEER;
+
 /// Upper bound of one entry's encoded size (varints at their widest).
 pub fn entry_size(e: &PeerEntry) -> usize {
     32 + 96 + e.nickname.len() + 10 * e.conns.len() + 24 * e.addrs.len()
@@ -99,6 +106,10 @@ pub struct Topology {
     tombstone_ttl: Duration,
     /// Most entries kept (see the module docs for who makes room).
     max_peers: usize,
+    /// [`entry_size`] summed over the entries, and the most a newcomer may
+    /// bring it to.
+    bytes: usize,
+    max_bytes: usize,
     cache: Arc<SigCache>,
 }
 
@@ -181,22 +192,40 @@ impl Topology {
             tombstones: HashMap::new(),
             tombstone_ttl,
             max_peers: max_peers.max(1),
+            bytes: 0,
+            max_bytes: usize::MAX,
             cache,
         };
         t.insert(Held::new(own));
         t
     }
 
+    /// Bounds the entries' total size (as [`entry_size`] counts it): a
+    /// newcomer that would pass it must make room like one beyond
+    /// `max_peers`. Updates of entries we hold are never refused, so the
+    /// total may pass the bound by what known peers grow.
+    pub fn set_max_bytes(&mut self, max_bytes: usize) {
+        self.max_bytes = max_bytes;
+    }
+
+    /// The entries' total size, as [`entry_size`] counts it.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     fn insert(&mut self, h: Held) {
         self.hash ^= entry_hash(&h.digest());
+        self.bytes += entry_size(&h.entry);
         if let Some(old) = self.peers.insert(h.entry.name, h) {
             self.hash ^= entry_hash(&old.digest());
+            self.bytes -= entry_size(&old.entry);
         }
     }
 
     fn evict(&mut self, name: PeerName) {
         if let Some(old) = self.peers.remove(&name) {
             self.hash ^= entry_hash(&old.digest());
+            self.bytes -= entry_size(&old.entry);
         }
     }
 
@@ -229,9 +258,14 @@ impl Topology {
         self.peers.is_empty()
     }
 
-    /// Whether a newcomer would have to make room.
+    /// Whether a newcomer (of any size) might have to make room.
     pub fn is_full(&self) -> bool {
-        self.peers.len() >= self.max_peers
+        !self.fits(MAX_ENTRY_SIZE)
+    }
+
+    /// Whether a newcomer of `size` bytes fits without making room.
+    fn fits(&self, size: usize) -> bool {
+        self.peers.len() < self.max_peers && self.bytes.saturating_add(size) <= self.max_bytes
     }
 
     pub fn hash(&self) -> u64 {
@@ -317,6 +351,7 @@ impl Topology {
             {
                 continue;
             }
+            // How many of the worst entries make room for this one.
             let mut room_of = None;
             match self.peers.get(&e.name) {
                 Some(old) if e.order_key() < old.entry.order_key() => continue,
@@ -344,24 +379,35 @@ impl Topology {
                     }
                 }
                 Some(_) => {}
-                None if self.is_full() => {
+                None if !self.fits(entry_size(&e)) => {
                     let mine = self.newcomer_rank(&e, hops);
-                    let worst = evictable
-                        .get_or_insert_with(|| self.evictable(hops))
-                        .last()
-                        .copied();
-                    match worst {
-                        Some((r, victim)) if mine < r => room_of = Some(victim),
-                        _ => {
-                            // Checked all the same, so that every forgery that
-                            // is not stale is counted (real ones are cached).
-                            match self.check(&e) {
-                                Ok(_) => out.refused += 1,
-                                Err(err) => out.forged(err),
-                            }
-                            continue;
+                    let list = evictable.get_or_insert_with(|| self.evictable(hops));
+                    // The worst entries, as many as it takes, while they rank
+                    // below the newcomer.
+                    let size = entry_size(&e);
+                    let (mut len, mut bytes, mut take) = (self.peers.len(), self.bytes, 0);
+                    while len >= self.max_peers || bytes.saturating_add(size) > self.max_bytes {
+                        let Some(&(r, victim)) = list.iter().rev().nth(take) else {
+                            break;
+                        };
+                        if r <= mine {
+                            break;
                         }
+                        len -= 1;
+                        bytes -= self.get(&victim).map_or(0, entry_size);
+                        take += 1;
                     }
+                    let room = len < self.max_peers && bytes.saturating_add(size) <= self.max_bytes;
+                    if !room {
+                        // Checked all the same, so that every forgery that
+                        // is not stale is counted (real ones are cached).
+                        match self.check(&e) {
+                            Ok(_) => out.refused += 1,
+                            Err(err) => out.forged(err),
+                        }
+                        continue;
+                    }
+                    room_of = Some(take);
                 }
                 None => {}
             }
@@ -372,12 +418,11 @@ impl Topology {
                     continue;
                 }
             };
-            if let Some(victim) = room_of {
-                if let Some(list) = evictable.as_mut() {
-                    list.pop();
+            for _ in 0..room_of.unwrap_or(0) {
+                if let Some((_, victim)) = evictable.as_mut().and_then(Vec::pop) {
+                    self.evict(victim);
+                    out.evicted += 1;
                 }
-                self.evict(victim);
-                out.evicted += 1;
             }
             self.tombstones.remove(&e.name);
             out.news.push(e.clone());
@@ -694,6 +739,33 @@ mod tests {
         assert_eq!((out.news.len(), out.evicted), (1, 1));
         assert!(t.get(&name(3)).is_some() && t.get(&name(2)).is_some());
         assert_eq!(t.len(), 20);
+    }
+
+    /// Forged peers with the most connections an entry may list would cost
+    /// ~20 KiB each; the byte bound holds them, and a reachable newcomer
+    /// still gets in.
+    #[test]
+    fn the_topology_holds_at_most_max_bytes() {
+        let now = Instant::now();
+        let mut t = with_max(1, 1000);
+        let budget = 200 * 1024;
+        t.set_max_bytes(budget);
+        t.set_own(vec![name(2)], &[]);
+        let hops = |n: PeerName| match n {
+            n if n == name(1) => Some(0),
+            n if n == name(2) => Some(1),
+            _ => None,
+        };
+        t.merge(vec![entry(2, 0, 1, &[1, 3])], now, &hops);
+        let wide: Vec<u8> = (100..=255).collect();
+        let fakes: Vec<PeerEntry> = (100..=255).map(|n| entry(n, 0, 1, &wide)).collect();
+        let out = t.merge(fakes, now, &hops);
+        assert!(t.bytes() <= budget, "{} > {budget}", t.bytes());
+        assert!(out.refused + out.evicted > 0);
+        let out = t.merge(vec![entry(3, 0, 1, &[2])], now, &hops);
+        assert_eq!(out.news.len(), 1);
+        assert!(t.get(&name(3)).is_some() && t.get(&name(2)).is_some());
+        assert!(t.bytes() <= budget);
     }
 
     #[test]
