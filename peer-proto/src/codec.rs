@@ -121,6 +121,8 @@ mod tests {
 
     fn samples() -> Vec<Frame> {
         let addr: SocketAddr = "192.0.2.1:6783".parse().unwrap_or_else(|_| unreachable!());
+        use crate::sign::Signer as _;
+        let key = sign::KeyPair::from_seed([1; 32]);
         vec![
             Frame::Hello(Hello {
                 versions: VersionRange { min: 1, max: 1 },
@@ -138,23 +140,26 @@ mod tests {
             }),
             Frame::Topology(TopologyMsg::Summary { hash: 9, peers: 3 }),
             Frame::Topology(TopologyMsg::Update {
-                entries: vec![PeerEntry {
-                    name: PeerName(1),
-                    nickname: "n".into(),
-                    uid: 2,
-                    version: 3,
-                    addrs: vec![addr],
-                    conns: vec![PeerName(4)],
-                }],
+                entries: vec![PeerEntry::signed(
+                    &key,
+                    "n".into(),
+                    2,
+                    3,
+                    vec![addr],
+                    vec![PeerName(4)],
+                )],
             }),
-            Frame::Gossip(GossipMsg {
-                channel: ChannelName::new("ipam").unwrap_or_else(|_| unreachable!()),
-                verb: Verb::Unicast {
-                    src: PeerName(1),
+            Frame::Gossip(GossipMsg::signed(
+                &key,
+                ChannelName::new("ipam").unwrap_or_else(|_| unreachable!()),
+                Verb::Unicast {
+                    src: key.name(),
                     dst: PeerName(2),
                 },
-                payload: vec![1, 2, 3],
-            }),
+                7,
+                limits::MAX_HOPS,
+                vec![1, 2, 3],
+            )),
             Frame::DataOffer(DataOffer {
                 port: 6784,
                 index: 0xdead_beef,

@@ -2,6 +2,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::PeerName;
 use crate::limits::*;
+use crate::sign::{Sig, SignError, Signer};
 use crate::topology::TopologyMsg;
 
 /// One unit on a peer session's control stream.
@@ -137,15 +138,96 @@ pub enum Verb {
     Unicast { src: PeerName, dst: PeerName },
     /// Along `src`'s spanning tree to every reachable peer.
     Broadcast { src: PeerName },
-    /// To a few neighbours; relayed only when it carried news.
+    /// To a few neighbours; relayed only when it carried news. Its source
+    /// is the signer, which must be the neighbour that sent it (each relay
+    /// signs the delta it relays).
     Gossip,
 }
 
+/// The signing domain of channel messages.
+pub const CHANNEL_DOMAIN: &str = "weft/channel/1";
+
+/// One channel message. Its source signs `(channel, verb, seq, payload)`;
+/// relays forward it unchanged but for `hops`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GossipMsg {
     pub channel: ChannelName,
     pub verb: Verb,
+    /// Unique per source incarnation (a random start, then counted up):
+    /// receivers drop what they saw by `(source, seq)`.
+    pub seq: u64,
+    /// Relays left: each relay takes one, and a message at 0 is not relayed.
+    /// Not signed (relays change it); at most [`MAX_HOPS`].
+    pub hops: u8,
     pub payload: Vec<u8>,
+    /// By the source, whose key hashes to [`GossipMsg::source`].
+    pub sig: Sig,
+}
+
+/// What a channel message's signature covers.
+#[derive(Serialize)]
+struct GossipBody<'a> {
+    channel: &'a ChannelName,
+    verb: Verb,
+    seq: u64,
+    payload: &'a [u8],
+}
+
+impl GossipMsg {
+    /// A message from `signer` (which must be the verb's `src`).
+    pub fn signed<S: Signer>(
+        signer: &S,
+        channel: ChannelName,
+        verb: Verb,
+        seq: u64,
+        hops: u8,
+        payload: Vec<u8>,
+    ) -> Self {
+        let body = GossipBody {
+            channel: &channel,
+            verb,
+            seq,
+            payload: &payload,
+        };
+        let sig = signer.sign(CHANNEL_DOMAIN, &body);
+        GossipMsg {
+            channel,
+            verb,
+            seq,
+            hops,
+            payload,
+            sig,
+        }
+    }
+
+    /// Who the message claims to come from: the verb's `src`, or for
+    /// gossip its signer.
+    pub fn source(&self) -> PeerName {
+        match self.verb {
+            Verb::Unicast { src, .. } | Verb::Broadcast { src } => src,
+            Verb::Gossip => self.sig.signer(),
+        }
+    }
+
+    /// The bytes the signature covers.
+    pub fn signing_bytes(&self) -> Result<Vec<u8>, SignError> {
+        crate::sign::signing_bytes(CHANNEL_DOMAIN, &self.body())
+    }
+
+    fn body(&self) -> GossipBody<'_> {
+        GossipBody {
+            channel: &self.channel,
+            verb: self.verb,
+            seq: self.seq,
+            payload: &self.payload,
+        }
+    }
+
+    /// Checks that [`GossipMsg::source`] signed the message.
+    pub fn verify(&self) -> Result<(), SignError> {
+        self.sig
+            .verify_by(self.source(), CHANNEL_DOMAIN, &self.body())
+    }
 }
 
 /// A frame that decoded but breaks a semantic limit.
@@ -166,6 +248,8 @@ pub enum ValidationError {
     GoodbyeMessage,
     #[error("empty version range")]
     VersionRange,
+    #[error("hop limit above {MAX_HOPS}")]
+    Hops,
     #[error("data offer with port 0 or an MTU below {MIN_DATA_MTU}")]
     DataOffer,
 }
@@ -214,6 +298,9 @@ impl Frame {
                 ChannelName::new(g.channel.as_str())?;
                 if g.payload.len() > MAX_GOSSIP_PAYLOAD {
                     return Err(ValidationError::PayloadTooLarge);
+                }
+                if g.hops > MAX_HOPS {
+                    return Err(ValidationError::Hops);
                 }
             }
             Frame::DataOffer(o) => {

@@ -28,15 +28,15 @@ pub mod topology;
 
 pub use codec::CodecError;
 pub use frame::{
-    ChannelName, DataOffer, Features, Frame, Goodbye, GoodbyeReason, GossipMsg, Hello,
-    MIN_DATA_MTU, ValidationError, Verb, VersionRange,
+    CHANNEL_DOMAIN, ChannelName, DataOffer, Features, Frame, Goodbye, GoodbyeReason, GossipMsg,
+    Hello, MIN_DATA_MTU, ValidationError, Verb, VersionRange,
 };
 pub use name::{PeerName, PeerNameParseError};
 
 /// The oldest control-protocol version this build speaks.
-pub const PROTOCOL_MIN: u16 = 1;
+pub const PROTOCOL_MIN: u16 = 2;
 /// The newest control-protocol version this build speaks.
-pub const PROTOCOL_MAX: u16 = 1;
+pub const PROTOCOL_MAX: u16 = 2;
 /// ALPN identifier of Weft's QUIC sessions.
 pub const ALPN: &[u8] = b"weft/1";
 /// Default UDP port of the peer protocol (the same number Weave Net used).

@@ -19,3 +19,10 @@ pub const MAX_GOSSIP_PAYLOAD: usize = 2 << 20;
 pub const MAX_GOODBYE_MSG_LEN: usize = 256;
 /// Most addresses one peer entry may advertise.
 pub const MAX_ADDRS_PER_PEER: usize = 8;
+/// Highest version a topology entry may carry. Far beyond what a router
+/// reaches (one version a second for 10^11 years), and far enough below
+/// `u64::MAX` that a router can always outbid any accepted entry about
+/// itself.
+pub const MAX_ENTRY_VERSION: u64 = 1 << 62;
+/// Most relays a channel message makes (its hop limit when sent).
+pub const MAX_HOPS: u8 = 32;

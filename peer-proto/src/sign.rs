@@ -101,6 +101,15 @@ impl Sig {
         Ok(self.signer())
     }
 
+    /// Checks that this signs `msg`, bytes made by [`signing_bytes`] (for a
+    /// receiver that caches what it checked by those bytes).
+    pub fn verify_bytes(&self, msg: &[u8]) -> Result<PeerName, SignError> {
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &self.key.0)
+            .verify(msg, &self.sig.to_bytes())
+            .map_err(|_| SignError::BadSignature)?;
+        Ok(self.signer())
+    }
+
     /// As [`Sig::verify`], and the signer must be `who`.
     pub fn verify_by<T: Serialize>(
         &self,

@@ -40,6 +40,22 @@ impl Identity {
         Identity { key, name }
     }
 
+    /// The key as the mesh core signs with it (topology entries, channel
+    /// message sources). Its name must be ours: a key whose name differs
+    /// would sign statements every other router refuses.
+    pub fn signer(&self) -> Result<weft_peer_proto::sign::KeyPair> {
+        use weft_peer_proto::sign::Signer as _;
+        let signer = weft_peer_proto::sign::KeyPair::from_pkcs8(&self.key.serialize_der())
+            .map_err(|e| anyhow::anyhow!("identity key is not Ed25519: {e}"))?;
+        anyhow::ensure!(
+            signer.name() == self.name,
+            "identity key names {} but the identity is {}",
+            signer.name(),
+            self.name
+        );
+        Ok(signer)
+    }
+
     /// Loads `identity.key` from `dir`, or creates it.
     pub fn load_or_create(dir: &Path) -> Result<Self> {
         let path = dir.join("identity.key");
@@ -76,6 +92,8 @@ mod tests {
             .self_signed(&a.key)
             .expect("cert");
         assert_eq!(name_of_cert(cert.der()).expect("parse"), a.name);
+        let signer = a.signer().expect("an Ed25519 signer");
+        assert_eq!(weft_peer_proto::sign::Signer::name(&signer), a.name);
         std::fs::remove_dir_all(&dir).ok();
     }
 }

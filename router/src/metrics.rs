@@ -13,6 +13,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
 }
@@ -46,6 +51,9 @@ pub struct Metrics {
     pub topology_news: Counter,
     pub channel_errors: Counter,
     mesh_dropped: Family<ReasonLabel, Counter>,
+    forged: Family<KindLabel, Counter>,
+    equivocations: Counter,
+    topology_evicted: Counter,
     pub rejected: Family<ReasonLabel, Counter>,
     pub ipam_addresses: Family<StateLabel, Gauge>,
     pub ipam_unreachable: Gauge,
@@ -75,6 +83,9 @@ impl Metrics {
             topology_news: Counter::default(),
             channel_errors: Counter::default(),
             mesh_dropped: Family::default(),
+            forged: Family::default(),
+            equivocations: Counter::default(),
+            topology_evicted: Counter::default(),
             rejected: Family::default(),
             ipam_addresses: Family::default(),
             ipam_unreachable: Gauge::default(),
@@ -129,8 +140,23 @@ impl Metrics {
         );
         registry.register(
             "mesh_dropped",
-            "Gossip the mesh core dropped or skipped, by reason: unroutable (no route to a unicast's destination), unknown_channel, unknown_source (a broadcast from a peer not in the topology), peers_refused (the topology is full), throttled (anti-entropy asked too often)",
+            "Gossip the mesh core dropped or skipped, by reason: unroutable (no route to a unicast's destination), unknown_channel, unknown_source (a broadcast from a peer not in the topology), peers_refused (the topology is full of nearer peers), throttled (anti-entropy asked too often), hop_limit (a channel message out of relays), duplicate (a channel message seen before)",
             m.mesh_dropped.clone(),
+        );
+        registry.register(
+            "forged",
+            "Statements dropped because their signer may not make them, by kind: topology_signature, topology_form, channel_signature, channel_source",
+            m.forged.clone(),
+        );
+        registry.register(
+            "topology_equivocations",
+            "Routers seen signing two different topology entries with one version",
+            m.equivocations.clone(),
+        );
+        registry.register(
+            "topology_evicted",
+            "Topology entries evicted (the farthest first) to make room for nearer newcomers",
+            m.topology_evicted.clone(),
         );
         registry.register(
             "sessions_rejected",
@@ -207,12 +233,22 @@ impl Metrics {
         };
         catch_up(&self.topology_news, c.topology_news);
         catch_up(&self.channel_errors, c.channel_errors);
+        catch_up(&self.equivocations, c.equivocations);
+        catch_up(&self.topology_evicted, c.evicted);
+        for (kind, n) in c.forged.by_kind() {
+            catch_up(
+                &self.forged.get_or_create(&KindLabel { kind: kind.into() }),
+                n,
+            );
+        }
         for (reason, n) in [
             ("unroutable", c.unroutable),
             ("unknown_channel", c.unknown_channel),
             ("unknown_source", c.unknown_source),
             ("peers_refused", c.peers_refused),
             ("throttled", c.throttled),
+            ("hop_limit", c.hop_limit),
+            ("duplicate", c.duplicates),
         ] {
             catch_up(
                 &self.mesh_dropped.get_or_create(&ReasonLabel {

@@ -17,13 +17,21 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use weft_mesh::{Action, Admit, Channels, Config, Mesh, NoChannels, SessionId};
 use weft_peer_proto::codec::encode_frame;
+use weft_peer_proto::sign::{KeyPair, Signer as _};
 use weft_peer_proto::{Frame, GoodbyeReason, Hello, PeerName};
+
+/// The configuration simulations start their nodes from: every node gets
+/// its own key, name, uid and seed; they share one signature cache.
+pub fn base_config() -> Config {
+    Config::new(Arc::new(KeyPair::from_seed([0; 32])), String::new(), 0, 0)
+}
 
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -54,6 +62,8 @@ impl SimConfig {
 
 pub struct SimNode<C> {
     pub mesh: Mesh<C>,
+    /// The node's identity key (kept across restarts).
+    pub key: Arc<KeyPair>,
     /// What the node's channels saved last (survives crashes).
     pub disk: Option<Vec<u8>>,
     pub name: PeerName,
@@ -198,13 +208,15 @@ impl<C: Channels> Sim<C> {
 
     fn mesh_for(
         &mut self,
-        name: PeerName,
+        key: Arc<KeyPair>,
         i: usize,
         targets: &[SocketAddr],
         disk: Option<&[u8]>,
     ) -> Mesh<C> {
         let mut c = self.base.clone();
+        let name = key.name();
         c.name = name;
+        c.signer = key;
         c.nickname = format!("node{i}");
         c.uid = self.rng.random();
         c.seed = self.rng.random();
@@ -219,12 +231,14 @@ impl<C: Channels> Sim<C> {
     /// Adds a node that knows `targets`; returns its index.
     pub fn add_node(&mut self, targets: Vec<SocketAddr>) -> usize {
         let i = self.nodes.len();
-        let name = PeerName(self.rng.random());
-        let mesh = self.mesh_for(name, i, &targets, None);
+        let key = Arc::new(KeyPair::from_seed(self.rng.random()));
+        let name = key.name();
+        let mesh = self.mesh_for(key.clone(), i, &targets, None);
         let addr = addr_of(i);
         self.by_addr.insert(addr, i);
         self.nodes.push(SimNode {
             mesh,
+            key,
             disk: None,
             name,
             addr,
@@ -298,7 +312,8 @@ impl<C: Channels> Sim<C> {
         }
     }
 
-    fn send(&mut self, from: usize, conn: SessionId, frame: Frame) {
+    /// Puts `frame` on the wire; returns how many copies will arrive.
+    fn send(&mut self, from: usize, conn: SessionId, frame: Frame) -> usize {
         if let Some(f) = self.inspect.as_mut() {
             let node = &self.nodes[from];
             f(from, node.name, &frame, node.disk.as_deref());
@@ -307,11 +322,11 @@ impl<C: Channels> Sim<C> {
         self.stats.frames_sent += 1;
         self.stats.bytes_sent[from] += len as u64;
         let Some(&(to, to_conn)) = self.links.get(&(from, conn)) else {
-            return;
+            return 0;
         };
         if self.cut(from, to) || !self.nodes[to].alive || self.rng.random_bool(self.cfg.loss) {
             self.stats.frames_lost += 1;
-            return;
+            return 0;
         }
         let copies = if self.rng.random_bool(self.cfg.duplicate) {
             2
@@ -336,6 +351,7 @@ impl<C: Channels> Sim<C> {
                 },
             );
         }
+        copies
     }
 
     /// `node` closes `conn` after what it queued: the other end notices after
@@ -564,9 +580,9 @@ impl<C: Channels> Sim<C> {
 
     pub fn restart(&mut self, i: usize) {
         let targets = self.nodes[i].targets.clone();
-        let name = self.nodes[i].name;
+        let key = self.nodes[i].key.clone();
         let disk = self.nodes[i].disk.take();
-        self.nodes[i].mesh = self.mesh_for(name, i, &targets, disk.as_deref());
+        self.nodes[i].mesh = self.mesh_for(key, i, &targets, disk.as_deref());
         self.nodes[i].disk = disk;
         self.nodes[i].alive = true;
         self.nodes[i].armed = None;
@@ -591,6 +607,25 @@ impl<C: Channels> Sim<C> {
         let r = f(&mut self.nodes[i].mesh, now);
         self.after_input(i);
         r
+    }
+
+    /// Node `i`'s sessions that are up, in a fixed order.
+    pub fn sessions_of(&self, i: usize) -> Vec<SessionId> {
+        let mut v: Vec<SessionId> = self
+            .links
+            .keys()
+            .filter(|(n, _)| *n == i)
+            .map(|(_, c)| *c)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Sends `frame` from node `i` on its session `conn`, past its core:
+    /// what a lying router puts on the wire. Returns how many copies will
+    /// arrive (0 when lost or cut off, 2 when duplicated).
+    pub fn send_as(&mut self, i: usize, conn: SessionId, frame: Frame) -> usize {
+        self.send(i, conn, frame)
     }
 
     pub fn rng(&mut self) -> &mut StdRng {

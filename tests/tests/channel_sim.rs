@@ -95,7 +95,7 @@ fn sim(seed: u64, base: Config) -> Sim<TestChannel> {
 #[test]
 fn unicast_broadcast_and_gossip_reach_everyone_across_hops() {
     for seed in [31u64, 32, 33] {
-        let mut base = Config::new(PeerName(0), String::new(), 0, 0);
+        let mut base = weft_tests::sim::base_config();
         base.conn_limit = 2; // sparse: most peers are more than one hop apart
         let mut sim = sim(seed, base);
         let n = 16;
@@ -195,7 +195,7 @@ fn unicast_broadcast_and_gossip_reach_everyone_across_hops() {
 
 #[test]
 fn a_channel_error_is_counted_and_the_session_survives() {
-    let mut sim = sim(41, Config::new(PeerName(0), String::new(), 0, 0));
+    let mut sim = sim(41, weft_tests::sim::base_config());
     sim.add_node(vec![]);
     sim.add_node(vec![addr_of(0)]);
     sim.run_until_converged(Duration::from_millis(500), Duration::from_secs(60))
@@ -209,4 +209,107 @@ fn a_channel_error_is_counted_and_the_session_survives() {
         "a bad channel payload must not cost the session"
     );
     assert_eq!(sim.degree().0, 1.0);
+}
+
+/// Node 0 lies to node 1 on their session; 1 and 2 are honest (a line
+/// 0 - 1 - 2). Before channel messages were signed, a unicast "from 2"
+/// sent by 0 was delivered to 1's channel as 2's.
+#[test]
+fn forged_looped_and_stormed_channel_messages_are_dropped_and_counted() {
+    use weft_peer_proto::limits::MAX_HOPS;
+    use weft_peer_proto::sign::KeyPair;
+    use weft_peer_proto::{Frame, GossipMsg, Verb};
+
+    let mut base = weft_tests::sim::base_config();
+    base.discovery = false;
+    let mut sim = sim(43, base);
+    sim.add_node(vec![]);
+    sim.add_node(vec![addr_of(0)]);
+    sim.add_node(vec![addr_of(1)]);
+    sim.run_until_converged(Duration::from_millis(500), Duration::from_secs(60))
+        .expect("converges");
+    let names: Vec<PeerName> = sim.nodes.iter().map(|x| x.name).collect();
+    let liar = sim.nodes[0].key.clone();
+    let conn = sim.sessions_of(0)[0];
+    let send = |sim: &mut Sim<TestChannel>, m: GossipMsg| {
+        sim.send_as(0, conn, Frame::Gossip(m));
+    };
+    let unicast = |src, dst| Verb::Unicast { src, dst };
+
+    // 1. A unicast under 2's name, signed by 0.
+    let m = GossipMsg::signed(
+        &*liar,
+        chan(),
+        unicast(names[2], names[1]),
+        1,
+        MAX_HOPS,
+        b"forged".to_vec(),
+    );
+    send(&mut sim, m);
+    // 2. A broadcast under 2's name, with 0's signature over other bytes.
+    let mut m = GossipMsg::signed(
+        &*liar,
+        chan(),
+        Verb::Broadcast { src: names[0] },
+        2,
+        MAX_HOPS,
+        b"x".to_vec(),
+    );
+    m.verb = Verb::Broadcast { src: names[2] };
+    send(&mut sim, m);
+    // 3. Gossip signed by a router that is not the neighbour sending it.
+    let stranger = KeyPair::from_seed([99; 32]);
+    send(
+        &mut sim,
+        GossipMsg::signed(
+            &stranger,
+            chan(),
+            Verb::Gossip,
+            3,
+            MAX_HOPS,
+            encode(&[7].into()),
+        ),
+    );
+    // 4. A genuine unicast of 0's to 2, with no relays left.
+    send(
+        &mut sim,
+        GossipMsg::signed(
+            &*liar,
+            chan(),
+            unicast(names[0], names[2]),
+            4,
+            0,
+            b"x".to_vec(),
+        ),
+    );
+    // 5. A storm: one genuine broadcast, sent fifty times.
+    let storm = GossipMsg::signed(
+        &*liar,
+        chan(),
+        Verb::Broadcast { src: names[0] },
+        5,
+        MAX_HOPS,
+        b"storm".to_vec(),
+    );
+    for _ in 0..50 {
+        send(&mut sim, storm.clone());
+    }
+    let until = sim.now + Duration::from_secs(2);
+    sim.run_until(until);
+
+    let c = sim.nodes[1].mesh.counters.clone();
+    assert_eq!(c.forged.channel_signature, 2, "{c:?}");
+    assert_eq!(c.forged.channel_source, 1, "{c:?}");
+    assert_eq!(c.hop_limit, 1, "{c:?}");
+    assert_eq!(c.duplicates, 49, "{c:?}");
+    let st = state(&mut sim, 1);
+    assert!(st.unicasts.is_empty(), "{:?}", st.unicasts);
+    assert_eq!(st.broadcasts, vec![(names[0], b"storm".to_vec())]);
+    assert!(!st.set.contains(&7));
+    // Node 2 got the storm once (relayed by 1), nothing else.
+    let st = state(&mut sim, 2);
+    assert_eq!(st.broadcasts, vec![(names[0], b"storm".to_vec())]);
+    assert!(st.unicasts.is_empty());
+    assert!(sim.converged(), "lies cost no session");
+    assert_eq!(sim.sessions_of(0), vec![conn]);
 }

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use weft_ipam_crdt::{AddrRange, AllocError, Init, IpamChannel, IpamError, Persisted, Ring};
-use weft_mesh::Config;
 use weft_peer_proto::codec::decode_ipam;
 use weft_peer_proto::ipam::IpamMsg;
 use weft_peer_proto::{Frame, PeerName, Verb};
@@ -52,7 +51,7 @@ fn make_sim(seed: u64) -> Sim<IpamChannel> {
     let mut cfg = SimConfig::new(seed);
     cfg.loss = 0.02;
     cfg.duplicate = 0.01;
-    let mut base = Config::new(PeerName(0), String::new(), 0, 0);
+    let mut base = weft_tests::sim::base_config();
     base.conn_limit = 8;
     // The wall clock moves with virtual time (free-space hints must count
     // up across restarts).

@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
+use rand::Rng;
 use weft_mesh::Config;
 use weft_peer_proto::PeerName;
+use weft_peer_proto::sign::Signer as _;
+use weft_peer_proto::topology::PeerEntry;
 use weft_tests::sim::{Sim, SimConfig, addr_of, converge_from_seed};
 
 fn seeds(default: &[u64]) -> Vec<u64> {
@@ -15,7 +18,7 @@ fn seeds(default: &[u64]) -> Vec<u64> {
 }
 
 fn base() -> Config {
-    Config::new(PeerName(0), String::new(), 0, 0)
+    weft_tests::sim::base_config()
 }
 
 /// N routers, each started knowing only the first one's address.
@@ -183,5 +186,307 @@ fn a_long_partition_heals_without_explicit_targets_across_it() {
         sim.heal();
         sim.run_until_converged(Duration::from_millis(500), Duration::from_secs(300))
             .unwrap_or_else(|| panic!("no convergence after a long partition; seed {seed}"));
+    }
+}
+
+/// What the liars did, counted as it went on the wire.
+#[derive(Debug, Default)]
+struct Lies {
+    /// Entries for another router (or for the receiver itself) signed by
+    /// the liar, and entries at versions beyond the limit.
+    entry_signature: usize,
+    entry_form: usize,
+    /// Channel messages under another router's name, and gossip signed by
+    /// someone other than the neighbour sending it.
+    channel_signature: usize,
+    channel_source: usize,
+    /// Copies of genuine channel messages of the liars' own: storms and loops.
+    genuine: usize,
+}
+
+/// One round of lies from liar `l` on each of its sessions. `fakes` are
+/// entries signed by keys the liar made up (valid, but nobody real links to
+/// them): topology stuffing.
+fn lie(sim: &mut Sim, l: usize, honest: &[usize], fakes: &[PeerEntry], lies: &mut Lies) {
+    use weft_peer_proto::topology::TopologyMsg;
+    use weft_peer_proto::{ChannelName, Frame, GossipMsg, Verb};
+
+    let key = sim.nodes[l].key.clone();
+    let names: Vec<PeerName> = sim.nodes.iter().map(|n| n.name).collect();
+    let chan = ChannelName::new("ipam").expect("name");
+    for conn in sim.sessions_of(l) {
+        let victim = honest[sim.rng().random_range(0..honest.len())];
+        let real = sim.nodes[victim].mesh.topology().me().clone();
+        let mut forged = real.clone();
+        forged.version += 1000;
+        forged.conns = vec![names[l]];
+        forged.sig = key.sign("weft/topology/1", &"anything");
+        let mut frozen = real.clone();
+        frozen.version = u64::MAX;
+        let update = |entries| Frame::Topology(TopologyMsg::Update { entries });
+        lies.entry_signature += sim.send_as(l, conn, update(vec![forged]));
+        lies.entry_form += sim.send_as(l, conn, update(vec![frozen]));
+        // Equivocation: two different entries of its own at one version.
+        let me = sim.nodes[l].mesh.topology().me().clone();
+        let odd: u8 = sim.rng().random();
+        let twin = PeerEntry::signed(
+            &*key,
+            format!("liar{odd}"),
+            me.uid,
+            me.version + 1,
+            me.addrs.clone(),
+            me.conns.clone(),
+        );
+        sim.send_as(l, conn, update(vec![twin]));
+        // Stuffing, a slice at a time, to a few neighbours a round.
+        if sim.rng().random_bool(0.2) {
+            let at = sim.rng().random_range(0..fakes.len());
+            let chunk: Vec<PeerEntry> = fakes.iter().cycle().skip(at).take(200).cloned().collect();
+            sim.send_as(l, conn, update(chunk));
+        }
+        // Channel messages under an honest router's name.
+        let (src, dst) = (names[victim], names[honest[0]]);
+        let seq = sim.rng().random();
+        let m = GossipMsg::signed(
+            &*key,
+            chan.clone(),
+            Verb::Unicast { src, dst },
+            seq,
+            8,
+            vec![1],
+        );
+        lies.channel_signature += sim.send_as(l, conn, Frame::Gossip(m));
+        let seq = sim.rng().random();
+        let mut m = GossipMsg::signed(
+            &*key,
+            chan.clone(),
+            Verb::Broadcast { src: names[l] },
+            seq,
+            8,
+            vec![2],
+        );
+        m.verb = Verb::Broadcast { src };
+        lies.channel_signature += sim.send_as(l, conn, Frame::Gossip(m));
+        let stranger = weft_peer_proto::sign::KeyPair::from_seed(sim.rng().random());
+        let m = GossipMsg::signed(&stranger, chan.clone(), Verb::Gossip, seq, 8, vec![3]);
+        lies.channel_source += sim.send_as(l, conn, Frame::Gossip(m));
+        // Genuine messages of its own, stormed and looped back: a broadcast
+        // and a unicast to the far side, each sent three times.
+        let seq = sim.rng().random();
+        let b = GossipMsg::signed(
+            &*key,
+            chan.clone(),
+            Verb::Broadcast { src: names[l] },
+            seq,
+            32,
+            vec![4],
+        );
+        let far = names[*honest.last().expect("honest")];
+        let u = GossipMsg::signed(
+            &*key,
+            chan.clone(),
+            Verb::Unicast {
+                src: names[l],
+                dst: far,
+            },
+            seq.wrapping_add(1),
+            32,
+            vec![5],
+        );
+        for _ in 0..3 {
+            lies.genuine += sim.send_as(l, conn, Frame::Gossip(b.clone()));
+            lies.genuine += sim.send_as(l, conn, Frame::Gossip(u.clone()));
+        }
+    }
+}
+
+/// Every honest topology holds at most `max` entries, each signed by the
+/// router it names; a real router's entry is that router's own.
+fn check_honest_state(sim: &Sim, honest: &[usize], max: usize, seed: u64) {
+    let real: std::collections::HashMap<PeerName, PeerEntry> = sim
+        .nodes
+        .iter()
+        .map(|n| (n.name, n.mesh.topology().me().clone()))
+        .collect();
+    let honest_names: Vec<PeerName> = honest.iter().map(|i| sim.nodes[*i].name).collect();
+    for &i in honest {
+        let t = sim.nodes[i].mesh.topology();
+        assert!(
+            t.len() <= max,
+            "node {i} holds {} > {max}; seed {seed}",
+            t.len()
+        );
+        for e in t.entries() {
+            assert_eq!(
+                e.verify(),
+                Ok(()),
+                "node {i} holds a forged entry; seed {seed}"
+            );
+        }
+        for (name, mine) in &real {
+            if let Some(e) = t.get(name).filter(|_| honest_names.contains(name)) {
+                assert!(
+                    e.order_key() <= mine.order_key(),
+                    "node {i} holds an entry for {name} its router never had; seed {seed}"
+                );
+            }
+        }
+    }
+}
+
+/// 50 routers, 5 of which lie all the time: forged entries for others (also
+/// at u64::MAX), equivocation, thousands of fake peers, channel messages
+/// under others' names, broadcast storms and looped unicasts; with loss,
+/// duplication and a partition. The honest routers converge on the real
+/// topology, hold no forgery, stay within their bound, let a real newcomer
+/// in, count every forgery that reached them, and every relay dies out.
+#[test]
+fn byzantine_routers_cannot_forge_stuff_or_storm() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use weft_peer_proto::sign::KeyPair;
+
+    for seed in seeds(&[71]) {
+        let (n, liars, max_peers) = (50, 5, 150);
+        let mut cfg = SimConfig::new(seed);
+        cfg.loss = 0.05;
+        cfg.duplicate = 0.02;
+        let mut b = base();
+        b.max_peers = max_peers;
+        let mut sim = Sim::new(cfg, b);
+        star_start(&mut sim, n);
+        let liar_ix: Vec<usize> = (0..liars).map(|k| 1 + k * (n / liars)).collect();
+        let honest: Vec<usize> = (0..n).filter(|i| !liar_ix.contains(i)).collect();
+        sim.run_until_converged(Duration::from_millis(500), Duration::from_secs(300))
+            .unwrap_or_else(|| panic!("no convergence before the lies; seed {seed}"));
+        let gossip_frames = Rc::new(Cell::new(0usize));
+        let g = gossip_frames.clone();
+        sim.inspect_sends(Box::new(move |_, _, f, _| {
+            if matches!(f, weft_peer_proto::Frame::Gossip(_)) {
+                g.set(g.get() + 1);
+            }
+        }));
+        // 3000 fake peers in a chain, each signed by its own made-up key.
+        let keys: Vec<KeyPair> = (0..3000u64)
+            .map(|k| {
+                let mut s = [0u8; 32];
+                s[..8].copy_from_slice(&(seed * 1_000_000 + k).to_be_bytes());
+                KeyPair::from_seed(s)
+            })
+            .collect();
+        let fake_names: Vec<PeerName> = keys.iter().map(|k| k.name()).collect();
+        let fakes: Vec<PeerEntry> = keys
+            .iter()
+            .enumerate()
+            .map(|(k, key)| {
+                let mut conns = vec![fake_names[(k + 1) % 3000], fake_names[(k + 2999) % 3000]];
+                conns.push(sim.nodes[honest[k % honest.len()]].name);
+                PeerEntry::signed(key, format!("fake{k}"), 1, 1, vec![], conns)
+            })
+            .collect();
+        let mut lies = Lies::default();
+        let mut rounds = 0;
+        let mut lie_for = |sim: &mut Sim, secs: u64, lies: &mut Lies| {
+            let end = sim.now + Duration::from_secs(secs);
+            while sim.now < end {
+                for &l in &liar_ix {
+                    lie(sim, l, &honest, &fakes, lies);
+                }
+                rounds += 1;
+                let next = sim.now + Duration::from_secs(1);
+                sim.run_until(next);
+                for &i in &honest {
+                    let len = sim.nodes[i].mesh.topology().len();
+                    assert!(len <= max_peers, "node {i} holds {len}; seed {seed}");
+                }
+            }
+            check_honest_state(sim, &honest, max_peers, seed);
+        };
+        lie_for(&mut sim, 10, &mut lies);
+        // A partition under fire, then healing.
+        let group: Vec<usize> = (0..n).map(|i| i % 2).collect();
+        sim.partition(group);
+        lie_for(&mut sim, 20, &mut lies);
+        sim.heal();
+        lie_for(&mut sim, 10, &mut lies);
+        // A real newcomer while every topology is full of fakes.
+        let full = honest
+            .iter()
+            .filter(|i| sim.nodes[**i].mesh.topology().len() == max_peers)
+            .count();
+        assert!(
+            full > honest.len() / 2,
+            "stuffing did not fill the topologies ({full}); seed {seed}"
+        );
+        let newcomer = sim.add_node(vec![addr_of(honest[3])]);
+        let mut honest = honest.clone();
+        honest.push(newcomer);
+        lie_for(&mut sim, 10, &mut lies);
+        // The liars stop; what is left settles.
+        let took = sim.run_until_converged(Duration::from_millis(500), Duration::from_secs(300));
+        assert!(
+            took.is_some(),
+            "honest routers did not converge after the lies; seed {seed}"
+        );
+        check_honest_state(&sim, &honest, max_peers, seed);
+        for &i in &honest {
+            assert!(
+                sim.nodes[i]
+                    .mesh
+                    .topology()
+                    .get(&sim.nodes[newcomer].name)
+                    .is_some(),
+                "node {i} kept the newcomer out; seed {seed}"
+            );
+        }
+        // Every forgery that reached a router was counted there.
+        let sum = |f: &dyn Fn(&weft_mesh::MeshCounters) -> u64| -> u64 {
+            sim.nodes.iter().map(|x| f(&x.mesh.counters)).sum()
+        };
+        assert_eq!(
+            sum(&|c| c.forged.topology_signature),
+            lies.entry_signature as u64,
+            "{lies:?}; seed {seed}"
+        );
+        assert_eq!(
+            sum(&|c| c.forged.topology_form),
+            lies.entry_form as u64,
+            "{lies:?}; seed {seed}"
+        );
+        assert_eq!(
+            sum(&|c| c.forged.channel_signature),
+            lies.channel_signature as u64,
+            "{lies:?}; seed {seed}"
+        );
+        assert_eq!(
+            sum(&|c| c.forged.channel_source),
+            lies.channel_source as u64,
+            "{lies:?}; seed {seed}"
+        );
+        assert!(
+            sum(&|c| c.equivocations) > 0,
+            "no equivocation noticed; seed {seed}"
+        );
+        assert!(sum(&|c| c.evicted) > 0, "no eviction; seed {seed}");
+        assert!(
+            sum(&|c| c.duplicates) > 0,
+            "no duplicate dropped; seed {seed}"
+        );
+        // Relays terminate: each genuine message is relayed at most once
+        // by each router, and nothing is still moving.
+        let relayed = gossip_frames.get();
+        assert!(
+            relayed <= (lies.genuine + rounds * liars * 32) * (n + 1),
+            "{relayed} relays for {lies:?}; seed {seed}"
+        );
+        let until = sim.now + Duration::from_secs(30);
+        sim.run_until(until);
+        assert_eq!(
+            gossip_frames.get(),
+            relayed,
+            "relays still moving; seed {seed}"
+        );
+        println!("seed {seed}: {lies:?}, {rounds} rounds, {relayed} channel frames");
     }
 }

@@ -231,12 +231,22 @@ impl<C: Channels> Mesh<C> {
 mod tests {
     use std::time::Duration;
 
+    use std::sync::Arc;
+
+    use weft_peer_proto::sign::KeyPair;
+
     use super::*;
     use crate::{Config, NoChannels};
 
-    fn mesh(name: u64) -> Mesh<NoChannels> {
+    /// Router `rank` of two: mesh(1) has the lower name.
+    fn mesh(rank: u64) -> Mesh<NoChannels> {
+        let mut keys: Vec<Arc<KeyPair>> = (1..=2u8)
+            .map(|i| Arc::new(KeyPair::from_seed([i; 32])))
+            .collect();
+        keys.sort_by_key(|k| weft_peer_proto::sign::Signer::name(&**k));
+        let key = keys[(rank - 1) as usize].clone();
         Mesh::new(
-            Config::new(PeerName(name), format!("n{name}"), name, name),
+            Config::new(key, format!("n{rank}"), rank, rank),
             NoChannels,
             Instant::now(),
         )

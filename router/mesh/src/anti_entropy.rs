@@ -109,8 +109,17 @@ impl<C: Channels> Mesh<C> {
     }
 
     fn merge_topology(&mut self, now: Instant, session: SessionId, entries: Vec<PeerEntry>) {
-        let out = self.topology.merge(entries, now);
+        if self.topology.is_full() {
+            // Who makes room depends on how far everyone is from us.
+            self.routes();
+        }
+        let routes = &self.routes;
+        let out = self.topology.merge(entries, now, &|n| routes.distance(n));
         self.counters.peers_refused += out.refused as u64;
+        self.counters.forged.topology_signature += out.forged_signature as u64;
+        self.counters.forged.topology_form += out.forged_form as u64;
+        self.counters.equivocations += out.equivocations as u64;
+        self.counters.evicted += out.evicted as u64;
         if out.news.is_empty() && !out.own_bumped {
             return;
         }

@@ -1,15 +1,26 @@
-//! How a router's mesh core behaves: limits, periods, fan-out, and the seed
-//! of its randomness.
+//! How a router's mesh core behaves: its identity, limits, periods, fan-out,
+//! and the seed of its randomness.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use weft_peer_proto::PeerName;
+use weft_peer_proto::limits::MAX_HOPS;
+use weft_peer_proto::sign::{KeyPair, Signer as _};
+
+use crate::verify::SigCache;
 
 pub(crate) fn gc_period(cfg: &Config) -> Duration {
     (cfg.peer_gc_after / 4).max(cfg.gossip_interval)
 }
+
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The router's identity key: it signs our topology entry and the
+    /// source of our channel messages.
+    pub signer: Arc<KeyPair>,
+    /// Our peer name: the hash of `signer`'s public key (set by
+    /// [`Config::new`]; [`crate::Mesh::new`] derives it again).
     pub name: PeerName,
     pub nickname: String,
     /// Random per process start.
@@ -36,15 +47,32 @@ pub struct Config {
     /// How long an unreachable peer stays in the topology.
     pub peer_gc_after: Duration,
     pub max_concurrent_dials: usize,
-    /// Most peers kept in the topology (a bound on memory whatever peers send).
+    /// Most peers kept in the topology (a bound on memory whatever peers
+    /// send). When full, the entry farthest from us (unreachable ones
+    /// first) makes room for a nearer newcomer.
     pub max_peers: usize,
+    /// Most bytes the topology's entries may take (as
+    /// [`crate::topology::entry_size`] counts them): with `max_peers`, what
+    /// bounds the topology's memory whatever peers send. A newcomer that
+    /// would pass it makes room like one beyond `max_peers`.
+    pub max_topology_bytes: usize,
+    /// Relays a channel message we originate may make (at most
+    /// [`MAX_HOPS`]).
+    pub hop_limit: u8,
+    /// Channel messages remembered by `(source, seq)`, to drop copies that
+    /// loop back or arrive twice.
+    pub dedup_window: usize,
+    /// Signatures already checked. Cores in one process (a simulation) may
+    /// share one: bytes checked once need not be checked again.
+    pub sig_cache: Arc<SigCache>,
     pub seed: u64,
 }
 
 impl Config {
-    pub fn new(name: PeerName, nickname: String, uid: u64, seed: u64) -> Self {
+    pub fn new(signer: Arc<KeyPair>, nickname: String, uid: u64, seed: u64) -> Self {
         Config {
-            name,
+            name: signer.name(),
+            signer,
             nickname,
             uid,
             listen_port: weft_peer_proto::DEFAULT_PORT,
@@ -59,6 +87,10 @@ impl Config {
             peer_gc_after: Duration::from_secs(60),
             max_concurrent_dials: 16,
             max_peers: 20_000,
+            max_topology_bytes: 64 << 20,
+            hop_limit: MAX_HOPS,
+            dedup_window: 16_384,
+            sig_cache: Arc::new(SigCache::new(65_536)),
             seed,
         }
     }

@@ -1,7 +1,18 @@
 //! How the mesh carries its channels' messages: the three verbs on the
 //! wire, delivery to the local channel, relaying gossip that was news, and
 //! the channels' full states for new and random neighbours.
+//!
+//! Every message is signed by its source (for gossip: by the neighbour that
+//! sent it, which signs the delta it relays). A message is checked once,
+//! before anything else is done with it: a forged one is dropped and
+//! counted, never delivered or relayed, and the session that carried it
+//! stays up (the liar may be further back). Messages are remembered by
+//! `(source, seq)` in a bounded window, so a copy that loops back or
+//! arrives twice is dropped without another check; and each relay takes
+//! one from the message's hop limit, so whatever the routes, a message
+//! dies out.
 
+use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
@@ -11,52 +22,124 @@ use crate::channel::{ChannelError, ChannelSend, Channels, GossipChannel};
 use crate::mesh::Mesh;
 use crate::outbox::{MeshEvent, SessionId, Transmit};
 
+/// The last `capacity` message ids seen; the oldest is forgotten first.
+#[derive(Debug)]
+pub(crate) struct Seen {
+    capacity: usize,
+    set: HashSet<(PeerName, u64)>,
+    order: VecDeque<(PeerName, u64)>,
+}
+
+impl Seen {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Seen {
+            capacity: capacity.max(1),
+            set: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn contains(&self, id: &(PeerName, u64)) -> bool {
+        self.set.contains(id)
+    }
+
+    pub(crate) fn insert(&mut self, id: (PeerName, u64)) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+            while self.order.len() > self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
 impl<C: Channels> Mesh<C> {
     pub(crate) fn handle_gossip(
         &mut self,
         now: Instant,
         session: SessionId,
         from: PeerName,
-        msg: GossipMsg,
+        mut msg: GossipMsg,
     ) {
+        let src = msg.source();
+        let id = (src, msg.seq);
+        if self.seen.contains(&id) {
+            self.counters.duplicates += 1;
+            return;
+        }
+        if msg.verb == Verb::Gossip && src != from {
+            // Gossip is between neighbours: whoever sent it signs it.
+            self.counters.forged.channel_source += 1;
+            return;
+        }
+        if self.cfg.sig_cache.check_msg(&msg).is_err() {
+            self.counters.forged.channel_signature += 1;
+            return;
+        }
+        self.seen.insert(id);
+        // What a relay of this message may still do.
+        let relayable = msg.hops > 0;
+        msg.hops = msg.hops.saturating_sub(1);
         match msg.verb {
-            Verb::Unicast { src, dst } => {
-                if dst == self.cfg.name {
-                    self.deliver(&msg.channel, src, |c| {
-                        c.on_unicast(now, src, &msg.payload).map(|_| None)
-                    });
+            Verb::Unicast { dst, .. } if dst == self.cfg.name => {
+                self.deliver(&msg.channel, src, |c| {
+                    c.on_unicast(now, src, &msg.payload).map(|_| None)
+                });
+            }
+            Verb::Unicast { dst, .. } => {
+                if !relayable {
+                    self.counters.hop_limit += 1;
                 } else if let Some(hop) = self.routes().next_hop(dst) {
                     self.send_to_peer(hop, Frame::Gossip(msg));
                 } else {
                     self.counters.unroutable += 1;
                 }
             }
-            Verb::Broadcast { src } if self.topology.get(&src).is_none() => {
+            Verb::Broadcast { .. } if self.topology.get(&src).is_none() => {
                 // Trees are per source: an unknown one would only grow our cache.
                 self.counters.unknown_source += 1;
             }
-            Verb::Broadcast { src } => {
+            Verb::Broadcast { .. } => {
                 self.deliver(&msg.channel, src, |c| {
                     c.on_broadcast(now, src, &msg.payload).map(|_| None)
                 });
-                for child in self.routes().broadcast_children(src) {
-                    if child != from {
-                        self.send_to_peer(child, Frame::Gossip(msg.clone()));
-                    }
+                let children: Vec<PeerName> = self
+                    .routes()
+                    .broadcast_children(src)
+                    .into_iter()
+                    .filter(|c| *c != from)
+                    .collect();
+                if !relayable && !children.is_empty() {
+                    self.counters.hop_limit += 1;
+                    return;
+                }
+                for child in children {
+                    self.send_to_peer(child, Frame::Gossip(msg.clone()));
                 }
             }
             Verb::Gossip => {
                 let news = self.deliver(&msg.channel, from, |c| c.on_gossip(now, &msg.payload));
                 if let Some(delta) = news {
-                    let out = GossipMsg {
-                        channel: msg.channel,
-                        verb: Verb::Gossip,
-                        payload: delta,
-                    };
+                    if !relayable {
+                        self.counters.hop_limit += 1;
+                        return;
+                    }
+                    let out = self.sign(msg.channel, Verb::Gossip, msg.hops, delta);
                     self.relay(Frame::Gossip(out), Some(session));
                 }
             }
         }
+    }
+
+    /// A message of ours, signed, with the next sequence number (which we
+    /// remember, so that it dies here if it comes back).
+    fn sign(&mut self, channel: ChannelName, verb: Verb, hops: u8, payload: Vec<u8>) -> GossipMsg {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.seen.insert((self.cfg.name, seq));
+        GossipMsg::signed(&*self.cfg.signer, channel, verb, seq, hops, payload)
     }
 
     fn deliver(
@@ -116,14 +199,8 @@ impl<C: Channels> Mesh<C> {
             }
         });
         for (channel, payload) in states {
-            self.out.send(
-                session,
-                Frame::Gossip(GossipMsg {
-                    channel,
-                    verb: Verb::Gossip,
-                    payload,
-                }),
-            );
+            let msg = self.sign(channel, Verb::Gossip, self.cfg.hop_limit, payload);
+            self.out.send(session, Frame::Gossip(msg));
         }
     }
 
@@ -143,6 +220,7 @@ impl<C: Channels> Mesh<C> {
 
     fn send_out(&mut self, channel: ChannelName, o: ChannelSend) {
         let src = self.cfg.name;
+        let hops = self.cfg.hop_limit;
         match o {
             ChannelSend::Unicast { dst, payload } if dst == src => {
                 let now = self.now;
@@ -155,29 +233,17 @@ impl<C: Channels> Mesh<C> {
                     self.counters.unroutable += 1;
                     return;
                 };
-                let msg = GossipMsg {
-                    channel,
-                    verb: Verb::Unicast { src, dst },
-                    payload,
-                };
+                let msg = self.sign(channel, Verb::Unicast { src, dst }, hops, payload);
                 self.send_to_peer(hop, Frame::Gossip(msg));
             }
             ChannelSend::Broadcast(payload) => {
-                let msg = GossipMsg {
-                    channel,
-                    verb: Verb::Broadcast { src },
-                    payload,
-                };
+                let msg = self.sign(channel, Verb::Broadcast { src }, hops, payload);
                 for child in self.routes().broadcast_children(src) {
                     self.send_to_peer(child, Frame::Gossip(msg.clone()));
                 }
             }
             ChannelSend::Gossip(payload) => {
-                let msg = GossipMsg {
-                    channel,
-                    verb: Verb::Gossip,
-                    payload,
-                };
+                let msg = self.sign(channel, Verb::Gossip, hops, payload);
                 self.relay(Frame::Gossip(msg), None);
             }
         }

@@ -36,13 +36,15 @@ mod outbox;
 pub mod routes;
 mod snapshot;
 pub mod topology;
+mod verify;
 
 pub use admission::Admit;
 pub use anti_entropy::ProtocolError;
 pub use channel::{ChannelError, ChannelSend, Channels, GossipChannel, GossipSender, NoChannels};
 pub use config::Config;
-pub use mesh::{Mesh, MeshCounters};
+pub use mesh::{Forged, Mesh, MeshCounters};
 pub use outbox::{Action, MeshEvent, SessionId, Transmit};
 pub use snapshot::{
     ConnectionState, ConnectionView, MeshSnapshot, PeerView, RouteView, TargetState, TargetView,
 };
+pub use verify::SigCache;

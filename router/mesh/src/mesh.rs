@@ -13,9 +13,13 @@ use rand::{Rng, SeedableRng};
 use weft_peer_proto::PeerName;
 use weft_peer_proto::topology::PeerEntry;
 
+use weft_peer_proto::limits::MAX_HOPS;
+use weft_peer_proto::sign::Signer as _;
+
 use crate::channel::Channels;
 use crate::config::{Config, gc_period};
 use crate::connector::Connector;
+use crate::gossip::Seen;
 use crate::outbox::{Action, MeshEvent, Outbox, SessionId, Transmit};
 use crate::routes::Routes;
 use crate::topology::Topology;
@@ -39,6 +43,45 @@ pub struct MeshCounters {
     pub unknown_source: u64,
     /// Anti-entropy requests answered too often by one session (skipped).
     pub throttled: u64,
+    /// Statements dropped because they were forged (never delivered, merged
+    /// or relayed; the session that carried them stays up).
+    pub forged: Forged,
+    /// Routers that signed two different topology entries with the same
+    /// `(version, uid)`.
+    pub equivocations: u64,
+    /// Topology entries evicted to make room for nearer newcomers.
+    pub evicted: u64,
+    /// Channel messages not relayed further: their hop limit ran out.
+    pub hop_limit: u64,
+    /// Channel messages seen before (by source and sequence), dropped.
+    pub duplicates: u64,
+}
+
+/// Forged statements, by kind.
+#[derive(Debug, Clone, Default)]
+pub struct Forged {
+    /// Topology entries with a bad signature, or signed by another key
+    /// than the one their name is the hash of.
+    pub topology_signature: u64,
+    /// Topology entries with a version beyond the limit, or connections
+    /// not in normal form.
+    pub topology_form: u64,
+    /// Channel messages whose source did not sign them.
+    pub channel_signature: u64,
+    /// Gossip whose signer was not the neighbour that sent it.
+    pub channel_source: u64,
+}
+
+impl Forged {
+    /// Each kind with its metric label.
+    pub fn by_kind(&self) -> [(&'static str, u64); 4] {
+        [
+            ("topology_signature", self.topology_signature),
+            ("topology_form", self.topology_form),
+            ("channel_signature", self.channel_signature),
+            ("channel_source", self.channel_source),
+        ]
+    }
 }
 
 /// The router at the other end of one established session, as the core
@@ -88,22 +131,30 @@ pub struct Mesh<C> {
     pub(crate) now: Instant,
     pub(crate) channels: C,
     pub(crate) out: Outbox,
+    /// Sequence number of the next channel message we originate.
+    pub(crate) next_seq: u64,
+    /// Channel messages seen, by (source, seq).
+    pub(crate) seen: Seen,
     pub counters: MeshCounters,
 }
 
 impl<C: Channels> Mesh<C> {
-    pub fn new(cfg: Config, channels: C, now: Instant) -> Self {
-        let own = PeerEntry {
-            name: cfg.name,
-            nickname: cfg.nickname.clone(),
-            uid: cfg.uid,
-            version: 1,
-            addrs: vec![],
-            conns: vec![],
-        };
-        let topology = Topology::with_limits(own, cfg.peer_gc_after, cfg.max_peers);
+    pub fn new(mut cfg: Config, channels: C, now: Instant) -> Self {
+        cfg.name = cfg.signer.name();
+        cfg.hop_limit = cfg.hop_limit.min(MAX_HOPS);
+        let mut topology = Topology::with_limits(
+            cfg.signer.clone(),
+            cfg.nickname.clone(),
+            cfg.uid,
+            cfg.peer_gc_after,
+            cfg.max_peers,
+            cfg.sig_cache.clone(),
+        );
+        topology.set_max_bytes(cfg.max_topology_bytes);
         let routes = Routes::compute(&topology);
         let mut rng = StdRng::seed_from_u64(cfg.seed);
+        let next_seq = rng.random();
+        let seen = Seen::new(cfg.dedup_window);
         let first_tick = now + cfg.gossip_interval.mul_f64(rng.random_range(0.5..1.0));
         let next_gc = now + gc_period(&cfg);
         Mesh {
@@ -127,6 +178,8 @@ impl<C: Channels> Mesh<C> {
             now,
             channels,
             out: Outbox::default(),
+            next_seq,
+            seen,
             counters: MeshCounters::default(),
         }
     }

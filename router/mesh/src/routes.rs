@@ -24,9 +24,12 @@ pub struct Routes {
 }
 
 impl Routes {
+    /// O(V + E): one pass over the entries for the confirmed links, one BFS
+    /// that carries each peer's first hop along (a forged chain of any
+    /// length costs what its entries cost to hold).
     pub fn compute(topology: &Topology) -> Self {
         let me = topology.name();
-        // Entries' connection lists are sorted (the topology normalises them).
+        // Entries' connection lists are sorted (the topology refuses others).
         let claims: HashMap<PeerName, &[PeerName]> = topology
             .entries()
             .map(|e| (e.name, e.conns.as_slice()))
@@ -53,20 +56,18 @@ impl Routes {
             unicast: HashMap::new(),
             broadcast: HashMap::new(),
         };
-        let parents = r.bfs(me);
-        for (node, (_, hops)) in &parents {
-            if *node == me {
-                continue;
-            }
-            // Walk back to the child of `me` on the path.
-            let mut cur = *node;
-            while let Some((p, _)) = parents.get(&cur) {
-                if *p == me {
-                    break;
+        let mut q = VecDeque::from([me]);
+        while let Some(n) = q.pop_front() {
+            let (first, hops) = match r.unicast.get(&n) {
+                Some(&(first, hops)) => (Some(first), hops),
+                None => (None, 0),
+            };
+            for m in r.adjacency.get(&n).map(Vec::as_slice).unwrap_or(&[]) {
+                if *m != me && !r.unicast.contains_key(m) {
+                    r.unicast.insert(*m, (first.unwrap_or(*m), hops + 1));
+                    q.push_back(*m);
                 }
-                cur = *p;
             }
-            r.unicast.insert(*node, (cur, *hops));
         }
         r
     }
@@ -91,6 +92,15 @@ impl Routes {
     /// Next hop towards `dst`, if it is reachable.
     pub fn next_hop(&self, dst: PeerName) -> Option<PeerName> {
         self.unicast.get(&dst).map(|(h, _)| *h)
+    }
+
+    /// Hops from us to `peer` (0 for ourselves), if reachable.
+    pub fn distance(&self, peer: PeerName) -> Option<u32> {
+        if peer == self.me {
+            Some(0)
+        } else {
+            self.hops(peer)
+        }
     }
 
     /// Hops to `dst` (1 = direct), if reachable.
@@ -137,14 +147,31 @@ impl Routes {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, OnceLock};
     use std::time::Instant;
 
+    use weft_peer_proto::sign::{KeyPair, Signer as _};
     use weft_peer_proto::topology::PeerEntry;
 
     use super::*;
 
+    fn key(n: u64) -> Arc<KeyPair> {
+        static KEYS: OnceLock<Vec<Arc<KeyPair>>> = OnceLock::new();
+        KEYS.get_or_init(|| {
+            (0..=255u8)
+                .map(|i| Arc::new(KeyPair::from_seed([i; 32])))
+                .collect()
+        })[n as usize % 256]
+            .clone()
+    }
+
+    #[allow(non_snake_case)]
+    fn PeerName(n: u64) -> super::PeerName {
+        key(n).name()
+    }
+
     fn topo(me: u64, edges: &[(u64, u64)], asymmetric: &[(u64, u64)]) -> Topology {
-        let mut conns: HashMap<u64, Vec<PeerName>> = HashMap::new();
+        let mut conns: HashMap<u64, Vec<super::PeerName>> = HashMap::new();
         for (a, b) in edges {
             conns.entry(*a).or_default().push(PeerName(*b));
             conns.entry(*b).or_default().push(PeerName(*a));
@@ -152,20 +179,46 @@ mod tests {
         for (a, b) in asymmetric {
             conns.entry(*a).or_default().push(PeerName(*b));
         }
-        let entry = |n: u64, conns: Vec<PeerName>| PeerEntry {
-            name: PeerName(n),
-            nickname: String::new(),
-            uid: 1,
-            version: 1,
-            addrs: vec![],
-            conns,
-        };
-        let mut t = Topology::new(entry(me, conns.remove(&me).unwrap_or_default()));
-        t.merge(
-            conns.into_iter().map(|(n, c)| entry(n, c)).collect(),
-            Instant::now(),
-        );
+        let mut t = Topology::new(key(me), String::new(), 1);
+        t.set_own(conns.remove(&me).unwrap_or_default(), &[]);
+        let entries = conns
+            .into_iter()
+            .map(|(n, c)| PeerEntry::signed(&*key(n), String::new(), 1, 1, vec![], c))
+            .collect();
+        t.merge(entries, Instant::now(), &|_| None);
         t
+    }
+
+    /// A long chain of peers (what a liar can make keys for): one BFS,
+    /// and the first hop is right at every length.
+    #[test]
+    fn long_chains_route_through_their_first_hop() {
+        let n = 3000u64;
+        let keys: Vec<Arc<KeyPair>> = (0..n)
+            .map(|i| {
+                let mut seed = [0u8; 32];
+                seed[..8].copy_from_slice(&(i + 1000).to_be_bytes());
+                Arc::new(KeyPair::from_seed(seed))
+            })
+            .collect();
+        let names: Vec<super::PeerName> = keys.iter().map(|k| k.name()).collect();
+        let mut t = Topology::new(keys[0].clone(), String::new(), 1);
+        t.set_own(vec![names[1]], &[]);
+        let entries: Vec<PeerEntry> = (1..n as usize)
+            .map(|i| {
+                let mut c = vec![names[i - 1]];
+                if i + 1 < n as usize {
+                    c.push(names[i + 1]);
+                }
+                PeerEntry::signed(&*keys[i], String::new(), 1, 1, vec![], c)
+            })
+            .collect();
+        t.merge(entries, Instant::now(), &|_| None);
+        let r = Routes::compute(&t);
+        assert_eq!(r.reachable_count(), n as usize - 1);
+        let last = names[n as usize - 1];
+        assert_eq!(r.next_hop(last), Some(names[1]));
+        assert_eq!(r.hops(last), Some(n as u32 - 1));
     }
 
     #[test]
@@ -195,8 +248,12 @@ mod tests {
             while let Some(n) = frontier.pop() {
                 let mut r = Routes::compute(&topo(n, &edges, &[]));
                 for c in r.broadcast_children(PeerName(src)) {
-                    *received.entry(c.0).or_insert(0) += 1;
-                    frontier.push(c.0);
+                    let c = nodes
+                        .into_iter()
+                        .find(|i| PeerName(*i) == c)
+                        .expect("a node");
+                    *received.entry(c).or_insert(0) += 1;
+                    frontier.push(c);
                 }
             }
             for n in nodes.iter().filter(|n| **n != src) {

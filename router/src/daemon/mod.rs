@@ -113,7 +113,8 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         return Err(crate::kube::removed(identity.name, &cfg.data_dir));
     }
     let uid: u64 = rand::random();
-    let mut mc = weft_mesh::Config::new(identity.name, cfg.nickname.clone(), uid, rand::random());
+    let signer = std::sync::Arc::new(identity.signer()?);
+    let mut mc = weft_mesh::Config::new(signer, cfg.nickname.clone(), uid, rand::random());
     mc.listen_port = listen.port();
     mc.conn_limit = cfg.conn_limit;
     mc.discovery = cfg.discovery;

@@ -4,8 +4,6 @@
 //!
 //!   cargo run --release -p weft-tests --bin mesh-scaling [N ...]
 
-use weft_mesh::Config;
-use weft_peer_proto::PeerName;
 use weft_tests::bench::*;
 use weft_tests::sim::{SimConfig, converge_from_seed};
 
@@ -28,7 +26,7 @@ fn main() {
         let runs: Vec<_> = seeds
             .iter()
             .map(|s| {
-                let base = Config::new(PeerName(0), String::new(), 0, 0);
+                let base = weft_tests::sim::base_config();
                 converge_from_seed(n, *s, SimConfig::new(*s), base)
             })
             .collect();
