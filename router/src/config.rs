@@ -186,10 +186,12 @@ pub fn password_lines(text: &str) -> Vec<String> {
 /// which line: every secret admits a session, so each must be strong.
 pub fn check_secrets(secrets: &[String], allow_weak: bool, mesh_id: &str) -> Result<()> {
     for (i, s) in secrets.iter().enumerate() {
-        crate::secret::check(s, allow_weak, mesh_id).with_context(|| match i {
-            0 => "the mesh secret (the first, the one that issues)".to_owned(),
-            i => format!("accepted mesh secret number {}", i + 1),
-        })?;
+        let judged = crate::secret::check(s, allow_weak, mesh_id);
+        if secrets.len() > 1 {
+            judged.with_context(|| format!("mesh secret number {} of {}", i + 1, secrets.len()))?;
+        } else {
+            judged?;
+        }
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ use serde_json::Value;
 use weft_tests::netns::{Lab, bin_dir, run};
 use weft_tests::podman::Podman;
 
-const PW: &str = "daemonset pod password";
+const PW: &str = weft_tests::netns::SECRET;
 
 /// The manifest's documents as JSON (PyYAML, which `tests/run.sh` installs with
 /// kubernetes-validate).
