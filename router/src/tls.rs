@@ -17,8 +17,9 @@
 //! re-issued in memory at half of it ([`NodeCert::renew_if_due`]); both
 //! configurations resolve the certificate at each handshake, so new sessions
 //! present the new one and sessions already up are not touched (TLS 1.3
-//! authenticates once, at the handshake). An operator's certificate is used
-//! as given.
+//! authenticates once, at the handshake). Sessions are never resumed, so
+//! every one is admitted on a certificate valid at its start. An operator's
+//! certificate is used as given.
 //!
 //! In every mode the peer name is checked against the certificate's public key
 //! by the session code, so one admitted router cannot pose as another. Server
@@ -373,6 +374,11 @@ pub fn setup(admission: &Admission, own: Identity, now: SystemTime) -> Result<Tl
         .with_client_cert_verifier(client_verifier)
         .with_cert_resolver(cert.clone());
     server.alpn_protocols = vec![weft_peer_proto::ALPN.to_vec()];
+    // No resumption: a resumed session would skip the certificate, and so
+    // its expiry and the roots of the day. Sessions are long-lived; a full
+    // handshake per session costs nothing that matters.
+    server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    server.send_tls13_tickets = 0;
 
     let mut client = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -380,6 +386,7 @@ pub fn setup(admission: &Admission, own: Identity, now: SystemTime) -> Result<Tl
         .with_custom_certificate_verifier(server_verifier)
         .with_client_cert_resolver(cert.clone());
     client.alpn_protocols = vec![weft_peer_proto::ALPN.to_vec()];
+    client.resumption = rustls::client::Resumption::disabled();
     Ok(TlsSetup {
         identity,
         server: Arc::new(server),
@@ -642,5 +649,91 @@ mod tests {
         assert!(c.is_ok() && s.is_ok(), "{c:?} {s:?}");
         let (c, s) = verdicts(&password(&[OLD]), &mid_roll.cert.chain(), now);
         assert!(c.is_err() && s.is_err(), "issued with the old secret");
+    }
+
+    fn leaf(conn: &quinn::Connection) -> CertificateDer<'static> {
+        let chain = conn
+            .peer_identity()
+            .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .expect("a certificate chain");
+        chain[0].clone()
+    }
+
+    /// Two real QUIC endpoints on loopback: after both renew, the session
+    /// already up still carries data, and a new one presents the new
+    /// certificates both ways.
+    #[tokio::test]
+    async fn renewal_reaches_new_handshakes_and_leaves_sessions_up() {
+        // Issued 13 hours ago: still valid, and due now.
+        let then = SystemTime::now() - Duration::from_secs(13 * 3600);
+        let admission = password(&[NEW]);
+        let server = setup(&admission, identity(), then).expect("setup");
+        let client = setup(&admission, identity(), then).expect("setup");
+        let quic_server = quinn::crypto::rustls::QuicServerConfig::try_from(server.server.clone())
+            .expect("QUIC server config");
+        let endpoint = quinn::Endpoint::server(
+            quinn::ServerConfig::with_crypto(Arc::new(quic_server)),
+            ([127, 0, 0, 1], 0).into(),
+        )
+        .expect("server endpoint");
+        let addr = endpoint.local_addr().expect("address");
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let acceptor = tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let conn = incoming.await.expect("accepted");
+                let _ = seen_tx.send(leaf(&conn));
+                tokio::spawn(async move {
+                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        let got = recv.read_to_end(64).await.expect("read");
+                        send.write_all(&got).await.expect("echo");
+                        send.finish().expect("finish");
+                    }
+                });
+            }
+        });
+        let mut dialer = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).expect("client");
+        dialer.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(client.client.clone())
+                .expect("QUIC client config"),
+        )));
+        let dial = |ep: quinn::Endpoint| async move {
+            ep.connect(addr, SERVER_NAME)
+                .expect("connect")
+                .await
+                .expect("handshake")
+        };
+        let echo = |conn: quinn::Connection| async move {
+            let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+            send.write_all(b"ping").await.expect("write");
+            send.finish().expect("finish");
+            recv.read_to_end(64).await.expect("read")
+        };
+
+        let first = dial(dialer.clone()).await;
+        assert_eq!(leaf(&first), server.cert.chain()[0]);
+        assert_eq!(seen.recv().await.expect("seen"), client.cert.chain()[0]);
+        let now = SystemTime::now();
+        assert!(server.cert.renew_if_due(now).expect("renew").is_some());
+        assert!(client.cert.renew_if_due(now).expect("renew").is_some());
+
+        assert_eq!(echo(first.clone()).await, b"ping");
+        assert!(
+            first.close_reason().is_none(),
+            "the first session went down"
+        );
+        let second = dial(dialer.clone()).await;
+        assert_eq!(
+            leaf(&second),
+            server.cert.chain()[0],
+            "the old server certificate"
+        );
+        assert_ne!(leaf(&second), leaf(&first));
+        assert_eq!(seen.recv().await.expect("seen"), client.cert.chain()[0]);
+        assert_eq!(echo(second).await, b"ping");
+        assert!(
+            first.close_reason().is_none(),
+            "the first session went down"
+        );
+        acceptor.abort();
     }
 }
