@@ -69,6 +69,7 @@ def start_weft(tmp):
     meshd = os.path.join(ROOT, "target", "release", "meshd")
     meshctl = os.path.join(ROOT, "target", "release", "meshctl")
     procs = {}
+    secret = sh(meshctl, "secret").stdout.strip()
     for n, peer in ((A, None), (B, UA)):
         d = os.path.join(tmp, n)
         os.makedirs(d, exist_ok=True)
@@ -78,7 +79,7 @@ def start_weft(tmp):
             args += ["--peer", peer]
         log = open(os.path.join(d, "log"), "w")
         procs[n] = subprocess.Popen(args, stdout=log, stderr=log,
-                                    env=dict(os.environ, WEFT_PASSWORD="bench"))
+                                    env=dict(os.environ, WEFT_PASSWORD=secret))
     gws = {}
     for n in (A, B):
         sock = os.path.join(tmp, n, "sock")

@@ -60,7 +60,7 @@ for i in $(seq 0 $((N - 1))); do
   ip -n $ns link set eth0 up && ip -n $ns link set lo up
 done
 
-pw=$(head -c 18 /dev/urandom | base64)
+pw=$($bin/meshctl secret)
 for i in $(seq 0 $((N - 1))); do
   mkdir -p "$work/n$i"
   peers=(); [ "$i" -gt 0 ] && peers=(--peer 10.78.0.1)

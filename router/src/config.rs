@@ -39,15 +39,25 @@ pub struct MeshdArgs {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "127.0.0.1:6782")]
     pub metrics_addr: SocketAddr,
-    /// Mesh password. Prefer --password-file or WEFT_PASSWORD: flags are visible in `ps`.
+    /// Mesh secret (make one with `meshctl secret`). Prefer --password-file
+    /// or WEFT_PASSWORD: flags are visible in `ps`.
     #[arg(long, env = "WEFT_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
-    /// File holding the mesh password on its first line; further lines are
-    /// passwords also accepted from peers (for rotation). With --kube, no
-    /// password (no file, a missing or an empty one) means the Secret
+    /// File holding the mesh secret on its first line; further lines are
+    /// secrets also accepted from peers (for rotation). With --kube, no
+    /// secret (no file, a missing or an empty one) means the Secret
     /// weft-password's, which the first router fills with a random one.
     #[arg(long, env = "WEFT_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
+    /// Accept a mesh secret estimated below 128 bits (a chosen password
+    /// rather than `meshctl secret`'s). Needs --mesh-id.
+    #[arg(long, env = "WEFT_ALLOW_WEAK_PASSWORD")]
+    pub allow_weak_password: bool,
+    /// This mesh's name, the same on every router: salts the derivation of
+    /// the mesh CA from the secret, so that guessing work done against one
+    /// mesh is no use against another. Changing it is a rotation.
+    #[arg(long, env = "WEFT_MESH_ID", default_value = "")]
+    pub mesh_id: String,
     /// PEM CA certificate(s) that sign the routers' certificates (instead of a password).
     #[arg(long, env = "WEFT_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
     pub tls_ca: Option<PathBuf>,
@@ -172,6 +182,20 @@ pub fn password_lines(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Refuses the secrets if one is weak ([`crate::secret::check`]), naming
+/// which line: every secret admits a session, so each must be strong.
+pub fn check_secrets(secrets: &[String], allow_weak: bool, mesh_id: &str) -> Result<()> {
+    for (i, s) in secrets.iter().enumerate() {
+        let judged = crate::secret::check(s, allow_weak, mesh_id);
+        if secrets.len() > 1 {
+            judged.with_context(|| format!("mesh secret number {} of {}", i + 1, secrets.len()))?;
+        } else {
+            judged?;
+        }
+    }
+    Ok(())
+}
+
 /// The passwords in `path`. With `kube_fallback`, a missing file or one
 /// holding no password is no password (the Secret is asked instead).
 fn read_secret(path: &PathBuf, kube_fallback: bool) -> Result<Vec<String>> {
@@ -214,10 +238,13 @@ impl MeshdArgs {
             bail!("the mesh password is empty");
         }
         if !pws.is_empty() {
-            return Ok(AdmissionSource::Given(Admission::Password(pws)));
+            return self.mesh_secrets(pws).map(AdmissionSource::Given);
         }
         if self.kube && (self.password_file.is_some() || !self.allow_unauthenticated) {
-            return Ok(AdmissionSource::KubeSecret);
+            return Ok(AdmissionSource::KubeSecret {
+                allow_weak: self.allow_weak_password,
+                mesh_id: self.mesh_id.clone(),
+            });
         }
         if self.allow_unauthenticated {
             return Ok(AdmissionSource::Given(Admission::Unauthenticated));
@@ -226,6 +253,15 @@ impl MeshdArgs {
             "no mesh secret: give --password-file, WEFT_PASSWORD or --tls-ca/--tls-cert/--tls-key \
              (or --allow-unauthenticated to admit any router)"
         )
+    }
+
+    /// The admission of `secrets`, each of them judged.
+    fn mesh_secrets(&self, secrets: Vec<String>) -> Result<Admission> {
+        check_secrets(&secrets, self.allow_weak_password, &self.mesh_id)?;
+        Ok(Admission::Password {
+            secrets,
+            mesh_id: self.mesh_id.clone(),
+        })
     }
 
     pub fn daemon_config(&self) -> Result<DaemonConfig> {
@@ -329,7 +365,8 @@ pub enum AdmissionSource {
     Given(Admission),
     /// `--kube` and no password yet: the Secret `weft-password` holds it,
     /// or is filled with a random one ([`crate::kube::Kube::mesh_password`]).
-    KubeSecret,
+    /// What it holds is judged as a given secret would be.
+    KubeSecret { allow_weak: bool, mesh_id: String },
 }
 
 /// Everything `meshd` is started with, already parsed.
@@ -361,13 +398,15 @@ pub struct DaemonConfig {
 mod tests {
     use super::*;
 
+    const STRONG: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
     fn admission(args: &[&str]) -> Result<AdmissionSource> {
         let argv = std::iter::once("meshd").chain(args.iter().copied());
         MeshdArgs::try_parse_from(argv)?.admission()
     }
 
     fn is_kube_secret(a: Result<AdmissionSource>) -> bool {
-        matches!(a, Ok(AdmissionSource::KubeSecret))
+        matches!(a, Ok(AdmissionSource::KubeSecret { .. }))
     }
 
     #[test]
@@ -398,8 +437,8 @@ mod tests {
             Ok(AdmissionSource::Given(Admission::Unauthenticated))
         ));
         assert!(matches!(
-            admission(&["--kube", "--password", "p", "--password-file", missing]),
-            Ok(AdmissionSource::Given(Admission::Password(p))) if p == ["p"]
+            admission(&["--kube", "--password", STRONG, "--password-file", missing]),
+            Ok(AdmissionSource::Given(Admission::Password { secrets, .. })) if secrets == [STRONG]
         ));
 
         let err = |args: &[&str]| format!("{:#}", admission(args).err().expect("an error"));
@@ -407,6 +446,34 @@ mod tests {
         assert!(err(&["--password-file", empty]).contains("holds no password"));
         assert!(err(&[]).contains("no mesh secret"));
         assert!(err(&["--kube", "--password", ""]).contains("the mesh password is empty"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_weak_secret_is_refused_unless_allowed_with_a_mesh_id() {
+        let dir = std::env::temp_dir().join(format!("weft-config-weak-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let rolling = dir.join("rolling");
+        std::fs::write(&rolling, format!("{STRONG}\nold password\n")).expect("write");
+        let rolling = rolling.to_str().expect("utf-8");
+        let err = |args: &[&str]| format!("{:#}", admission(args).err().expect("an error"));
+
+        let e = err(&["--password", "s3cret"]);
+        assert!(e.contains("weak") && e.contains("meshctl secret"), "{e}");
+        // An accepted old secret admits sessions too: it is judged as well.
+        let e = err(&["--password-file", rolling]);
+        assert!(e.contains("number 2") && e.contains("weak"), "{e}");
+        let e = err(&["--password", "s3cret", "--allow-weak-password"]);
+        assert!(e.contains("--mesh-id"), "{e}");
+        assert!(matches!(
+            admission(&["--password", "s3cret", "--allow-weak-password", "--mesh-id", "lab-7"]),
+            Ok(AdmissionSource::Given(Admission::Password { secrets, mesh_id }))
+                if secrets == ["s3cret"] && mesh_id == "lab-7"
+        ));
+        assert!(matches!(
+            admission(&["--kube", "--allow-weak-password", "--mesh-id", "m"]),
+            Ok(AdmissionSource::KubeSecret { allow_weak: true, mesh_id }) if mesh_id == "m"
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

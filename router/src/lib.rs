@@ -24,6 +24,7 @@ pub mod identity;
 pub mod ipam;
 pub mod kube;
 pub mod metrics;
+pub mod secret;
 pub mod session;
 pub mod store;
 pub mod tls;

@@ -40,7 +40,10 @@ pub fn loopback_router(
         metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         peers,
         admission: weft_router::daemon::AdmissionSource::Given(
-            weft_router::tls::Admission::Password(vec![password.into()]),
+            weft_router::tls::Admission::Password {
+                secrets: vec![password.into()],
+                mesh_id: String::new(),
+            },
         ),
         nickname: nickname.into(),
         conn_limit: 32,

@@ -117,6 +117,15 @@ impl Node {
     }
 }
 
+/// A mesh secret for the labs, strong as `meshctl secret` makes them
+/// (meshd refuses weak ones, [`weft_router::secret::check`]). Public, so
+/// for tests only.
+pub const SECRET: &str = "bddf1f56f6e387e98342d38ef84caa76cc3936cac6626ee8abbbd0b79954288e";
+/// Another, for a router that must not be admitted.
+pub const OTHER_SECRET: &str = "6948165b988ebfcd10aed7aac1137ea0dcc9d6b0dd055f8a9a6903c659751037";
+/// A third, as a user's own secret.
+pub const USER_SECRET: &str = "4c749043bc650cc2c166fcc6c607e560cdbddd177e525f44a19ccd324ddbad69";
+
 pub struct Lab {
     pub name: String,
     switch: String,

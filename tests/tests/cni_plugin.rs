@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use weft_tests::cni::{Call, exec_plugin, run_list, shipped_conflist, weft, weft_plugin};
 use weft_tests::netns::{Lab, LabBuilder};
 
-const PW: &str = "correct horse battery staple";
+const PW: &str = weft_tests::netns::SECRET;
 const NET: &str = "weftnet";
 
 fn state_dir(lab: &Lab, i: usize) -> PathBuf {

@@ -13,7 +13,7 @@ use weft_tests::cni::busybox_tar;
 use weft_tests::netns::Lab;
 use weft_tests::podman::Podman;
 
-const PW: &str = "correct horse battery staple";
+const PW: &str = weft_tests::netns::SECRET;
 const IMAGE: &str = "localhost/weft-test-busybox";
 
 fn cni_keys(lab: &Lab, i: usize) -> Result<Vec<String>> {

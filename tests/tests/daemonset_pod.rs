@@ -3,7 +3,8 @@
 //! security context, environment and volumes that
 //! deploy/kubernetes/weft.yaml gives it, read from the manifest: all
 //! capabilities dropped but the ones it adds, no privilege escalation, a
-//! read-only root, and its hostPath volumes (`/dev/net/tun` and
+//! read-only root, the runtime's default seccomp filter, the memory limit,
+//! and its hostPath volumes (`/dev/net/tun` and
 //! `/proc/sys/net` are the real ones; the node-local directories are per-node
 //! stand-ins, since the nodes share this machine's filesystem). It must bring
 //! up the bridge, TUN, routes, sysctls and nftables table, and carry pod
@@ -20,7 +21,7 @@ use serde_json::Value;
 use weft_tests::netns::{Lab, bin_dir, run};
 use weft_tests::podman::Podman;
 
-const PW: &str = "daemonset pod password";
+const PW: &str = weft_tests::netns::SECRET;
 
 /// The manifest's documents as JSON (PyYAML, which `tests/run.sh` installs with
 /// kubernetes-validate).
@@ -95,6 +96,19 @@ fn run_args(
     );
     ensure!(sc["readOnlyRootFilesystem"] == true, "{sc}");
     ensure!(sc["allowPrivilegeEscalation"] == false, "{sc}");
+    // podman's default seccomp filter is the runtime default this asks for.
+    ensure!(
+        pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault",
+        "the pod must run under the runtime's default seccomp profile"
+    );
+    ensure!(
+        pod["automountServiceAccountToken"] == false,
+        "the API token must be mounted into meshd alone"
+    );
+    let memory = c["resources"]["limits"]["memory"]
+        .as_str()
+        .and_then(|m| m.strip_suffix("Mi"))
+        .context("meshd needs a memory limit in Mi")?;
     let node_dir = &lab.nodes[i].dir;
     let mut a: Vec<String> = vec![
         "run".into(),
@@ -103,6 +117,7 @@ fn run_args(
         format!("--network=ns:/run/netns/{}", lab.nodes[i].ns),
         "-v=/usr:/usr:ro".into(),
         format!("-v={}:/opt/weft/bin:ro", bin_dir().display()),
+        format!("--memory={memory}m"),
     ];
     for d in sc["capabilities"]["drop"].as_array().into_iter().flatten() {
         a.push(format!("--cap-drop={}", d.as_str().unwrap_or_default()));
@@ -146,8 +161,16 @@ fn run_args(
             std::fs::create_dir_all(&d)?;
             std::fs::write(d.join("password"), PW)?;
             d
+        } else if vol["projected"]["sources"][0]["serviceAccountToken"].is_object() {
+            // The API token; unused here (no --kube), present as in a pod.
+            let d = node_dir.join("service-account");
+            std::fs::create_dir_all(&d)?;
+            for f in ["token", "ca.crt", "namespace"] {
+                std::fs::write(d.join(f), "")?;
+            }
+            d
         } else {
-            bail!("volume {name} is neither hostPath nor secret: teach this test");
+            bail!("volume {name} is neither hostPath, secret nor the API token: teach this test");
         };
         if !target.starts_with("/dev/") {
             std::fs::create_dir_all(root.join(target.trim_start_matches('/')))?;

@@ -11,7 +11,7 @@ use serde_json::Value;
 use weft_api::LinkStatus;
 use weft_tests::netns::{Lab, LabBuilder, Pod};
 
-const PW: &str = "correct horse battery staple";
+const PW: &str = weft_tests::netns::SECRET;
 const SETTLE: Duration = Duration::from_secs(60);
 
 /// A lab of `n` routers, every one but the first told the first's address,

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail, ensure};
 use weft_tests::cni::busybox_tar;
 use weft_tests::netns::{Lab, bin_dir, run};
 
-const PW: &str = "docker hosts password";
+const PW: &str = weft_tests::netns::SECRET;
 const IMAGE: &str = "weft-test-busybox";
 
 /// One node's Docker daemon: its own data root, exec root and socket, no

@@ -12,7 +12,7 @@ use weft_tests::ipam::{
 };
 use weft_tests::netns::Lab;
 
-const PW: &str = "ipam test password";
+const PW: &str = weft_tests::netns::SECRET;
 
 /// A lab of `n` nodes whose first three split the range by consensus (quick
 /// gossip and failure detection, every one but the first told the first's

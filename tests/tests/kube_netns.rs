@@ -21,7 +21,7 @@ use weft_tests::ipam::{
 use weft_tests::kube::ApiServer;
 use weft_tests::netns::{Lab, bin_dir};
 
-const PW: &str = "kube test password";
+const PW: &str = weft_tests::netns::SECRET;
 const SA: &str = "system:serviceaccount:kube-system:weft";
 
 fn manifest(name: &str) -> PathBuf {
@@ -527,7 +527,7 @@ fn the_first_router_fills_the_empty_password_secret_and_a_users_password_is_kept
 
     // 3. The user's own password, created before applying: apply keeps it,
     //    and the routers use it as it is.
-    const USER_PW: &str = "the user's own mesh password";
+    const USER_PW: &str = weft_tests::netns::USER_SECRET;
     api.kubectl(&[
         "-n",
         "kube-system",

@@ -8,7 +8,7 @@ use anyhow::{Result, ensure};
 use weft_api::{Encryption, PeerName};
 use weft_tests::netns::{Lab, LabBuilder, established_peers, known_peers, reachable_peers};
 
-const PW: &str = "correct horse battery staple";
+const PW: &str = weft_tests::netns::SECRET;
 const CONVERGE: Duration = Duration::from_secs(45);
 /// Quick gossip and failure detection.
 const FAST: &[&str] = &["--gossip-interval", "500ms", "--peer-timeout", "3s"];
@@ -74,7 +74,7 @@ fn a_router_with_the_wrong_password_is_rejected_on_both_sides() -> Result<()> {
     // The intruder knows everyone, and everyone is told about it.
     let all: Vec<SocketAddr> = (0..3).map(|i| lab.nodes[i].addr()).collect();
     lab.router(3)
-        .password("not the password")
+        .password(weft_tests::netns::OTHER_SECRET)
         .peers(&all)
         .start()?;
     lab.meshctl(1, &["connect", &lab.nodes[3].addr().to_string()])?;
@@ -245,5 +245,55 @@ fn meshd_refuses_to_start_without_a_secret() -> Result<()> {
     ensure!(!out.status.success(), "meshd started without a secret");
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(err.contains("no mesh secret"), "unclear error: {err}");
+    Ok(())
+}
+
+#[test]
+fn a_weak_secret_is_refused_unless_allowed_and_meshctl_makes_strong_ones() -> Result<()> {
+    const WEAK: &str = "correct horse battery staple";
+    let mut lab = Lab::new("weak", 1)?;
+    let meshd = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.nodes[0].ns])
+            .arg(weft_tests::netns::bin_dir().join("meshd"))
+            .arg("--data-dir")
+            .arg(lab.nodes[0].dir.join("data"))
+            .arg("--api-socket")
+            .arg(lab.nodes[0].socket())
+            .args(args)
+            .env("WEFT_PASSWORD", WEAK)
+            .output()
+    };
+    let out = meshd(&[])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("weak") && err.contains("meshctl secret"),
+        "meshd took a weak secret, or did not say why not: {err}"
+    );
+    let out = meshd(&["--allow-weak-password"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("--mesh-id"),
+        "a weak secret allowed without a mesh id: {err}"
+    );
+    // Allowed, with a mesh id of its own, it runs.
+    lab.start_meshd(
+        0,
+        WEAK,
+        &["--allow-weak-password".into(), "--mesh-id=lab-weak".into()],
+    )?;
+    ensure!(lab.status(0)?.encryption == Encryption::Password);
+    lab.kill_meshd(0);
+
+    let (a, b) = (lab.meshctl(0, &["secret"])?, lab.meshctl(0, &["secret"])?);
+    let (a, b) = (String::from_utf8(a.stdout)?, String::from_utf8(b.stdout)?);
+    let a = a.trim();
+    ensure!(
+        a.len() == 64 && a.bytes().all(|c| c.is_ascii_hexdigit()) && a != b.trim(),
+        "meshctl secret printed {a:?} then {b:?}"
+    );
+    // And meshd takes what it prints without being told anything.
+    lab.start_meshd(0, a, &[])?;
+    ensure!(lab.status(0)?.encryption == Encryption::Password);
     Ok(())
 }

@@ -103,6 +103,10 @@ enum Cmd {
         #[arg(long, env = "WEFT_CNI_STATE_DIR", default_value = "/var/lib/cni/weft")]
         state_dir: PathBuf,
     },
+    /// Print a new mesh secret: 32 bytes (256 bits) from the OS RNG, in hex.
+    /// Needs no running meshd. Give every router the same one, e.g.
+    /// `meshctl secret > /etc/weft/password` on one host, copied to the others.
+    Secret,
     /// Remove everything meshd put in the kernel: the bridge, the TUN, the
     /// routes (proto 119) and the nftables table `weft`. Pods on the bridge
     /// lose their network. meshd must be stopped first.
@@ -443,6 +447,7 @@ async fn run(args: Args) -> Result<()> {
                 }
             }
         }
+        Cmd::Secret => println!("{}", weft_router::secret::generate()?),
         Cmd::Reset { force, tun, bridge } => {
             if !force
                 && request(&args.socket, Method::GET, "/healthz", None)

@@ -94,7 +94,9 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         identity,
         server,
         client,
-    } = crate::tls::setup(&admission, identity)?;
+        cert,
+    } = crate::tls::setup(&admission, identity, std::time::SystemTime::now())?;
+    let renewal = tokio::spawn(renew_certificate(cert));
     let endpoint = sessions::endpoint(&cfg, server, client)?;
     let listen = endpoint.local_addr()?;
 
@@ -197,6 +199,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let kube_task = kube.map(|k| tokio::spawn(k.run(handle.clone(), shutdown.clone())));
     let outcome = router.run(ev_rx, cmd_rx, shutdown, kube_task).await;
     acceptor.abort();
+    renewal.abort();
     endpoint.close(0u32.into(), b"shutdown");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     // The servers finish what they serve once shutdown flips; when the
@@ -259,8 +262,18 @@ async fn connect_kube(
     // must not register.
     let admission = match &cfg.admission {
         AdmissionSource::Given(a) => a.clone(),
-        AdmissionSource::KubeSecret => {
-            Admission::Password(kube.mesh_password(shutdown, metrics).await?)
+        AdmissionSource::KubeSecret {
+            allow_weak,
+            mesh_id,
+        } => {
+            let secrets = kube.mesh_password(shutdown, metrics).await?;
+            crate::config::check_secrets(&secrets, *allow_weak, mesh_id).with_context(|| {
+                format!("Secret {}/{}", k.namespace, crate::kube::password::SECRET)
+            })?;
+            Admission::Password {
+                secrets,
+                mesh_id: mesh_id.clone(),
+            }
         }
     };
     let mut init = cfg.ipalloc_init.clone();
@@ -275,6 +288,28 @@ async fn connect_kube(
         init,
         admission,
     })
+}
+
+/// How often the node certificate is looked at: a small part of the half
+/// validity after which it is renewed.
+const RENEW_CHECK: Duration = Duration::from_secs(600);
+
+/// Re-issues our certificate when it is due, for as long as meshd runs.
+/// A failure is logged and tried again: the old certificate stays valid for
+/// half its validity yet.
+async fn renew_certificate(cert: Arc<crate::tls::NodeCert>) {
+    let mut tick = tokio::time::interval(RENEW_CHECK);
+    loop {
+        tick.tick().await;
+        match cert.renew_if_due(std::time::SystemTime::now()) {
+            Ok(Some(expires)) => info!(
+                expires = %humantime::format_rfc3339_seconds(expires),
+                "node certificate renewed"
+            ),
+            Ok(None) => {}
+            Err(e) => warn!(error = %format!("{e:#}"), "renewing the node certificate failed"),
+        }
+    }
 }
 
 /// Waits for the Kubernetes task, if there is one (forever, if not).

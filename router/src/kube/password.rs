@@ -3,7 +3,7 @@
 //! DaemonSet's optional Secret volume is empty until the Secret holds one).
 //!
 //! The manifest ships the Secret with no data. A router that finds it empty
-//! fills it with a random password by a `replace` carrying the
+//! fills it with a generated secret ([`crate::secret::generate`]) by a `replace` carrying the
 //! resourceVersion it read: exactly one router's write lands, every other
 //! one gets 409 Conflict, reads again and takes the winner's. A password the
 //! user put there first is only read. As in a password file, the first line
@@ -11,11 +11,10 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
-use rand::TryRngCore;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
@@ -26,8 +25,6 @@ use crate::metrics::Metrics;
 pub const SECRET: &str = "weft-password";
 /// Its key, and so the file name in the Secret volume.
 pub const KEY: &str = "password";
-/// Bytes of OS randomness in a generated password (hex-encoded).
-const RANDOM_BYTES: usize = 32;
 /// Lost writes before giving up: each loss means another router's write
 /// landed, so the next read normally finds a password.
 const MAX_CONFLICTS: usize = 8;
@@ -40,15 +37,6 @@ pub fn passwords(data: Option<&BTreeMap<String, ByteString>>) -> Result<Vec<Stri
     let text =
         std::str::from_utf8(&value.0).map_err(|_| anyhow!("its key {KEY} is not UTF-8 text"))?;
     Ok(crate::config::password_lines(text))
-}
-
-/// A new random password: [`RANDOM_BYTES`] from the OS, in hex.
-pub fn generate() -> Result<String> {
-    let mut bytes = [0u8; RANDOM_BYTES];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut bytes)
-        .context("no randomness from the OS for the mesh password")?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl Kube {
@@ -99,7 +87,7 @@ impl Kube {
             let mut new = secret;
             new.data.get_or_insert_with(BTreeMap::new).insert(
                 KEY.to_owned(),
-                ByteString(generate().map_err(Failure::Fatal)?.into()),
+                ByteString(crate::secret::generate().map_err(Failure::Fatal)?.into()),
             );
             // replace() sends the resourceVersion we read: if another router
             // filled the Secret meanwhile, ours fails with 409.
@@ -148,14 +136,11 @@ mod tests {
     }
 
     #[test]
-    fn generated_passwords_are_long_hex_and_differ() {
-        let (a, b) = (generate().expect("random"), generate().expect("random"));
-        assert_eq!(a.len(), 2 * RANDOM_BYTES);
-        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, b);
+    fn a_generated_secret_reads_back_as_written() {
+        let s = crate::secret::generate().expect("random");
         assert_eq!(
-            passwords(Some(&data(a.as_bytes()))).expect("valid"),
-            vec![a]
+            passwords(Some(&data(s.as_bytes()))).expect("valid"),
+            vec![s]
         );
     }
 }

@@ -64,9 +64,14 @@ async fn client(
 )> {
     let dir = scratch().join(format!("client{k}"));
     std::fs::create_dir_all(&dir)?;
+    let admission = Admission::Password {
+        secrets: vec![PW.into()],
+        mesh_id: String::new(),
+    };
     let tls = setup(
-        &Admission::Password(vec![PW.into()]),
+        &admission,
         Identity::load_or_create(&dir)?,
+        std::time::SystemTime::now(),
     )?;
     let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(

@@ -37,7 +37,11 @@ async fn quic_datagrams(secs: f64) -> Result<(f64, f64)> {
     let dir = std::env::temp_dir().join(format!("weft-tb-{}", std::process::id()));
     let mk = |n: &str| -> Result<TlsSetup> {
         let id = weft_router::identity::Identity::load_or_create(&dir.join(n))?;
-        weft_router::tls::setup(&Admission::Password(vec!["bench".into()]), id)
+        let admission = Admission::Password {
+            secrets: vec!["bench".into()],
+            mesh_id: String::new(),
+        };
+        weft_router::tls::setup(&admission, id, std::time::SystemTime::now())
     };
     let (a, b) = (mk("a")?, mk("b")?);
     let mut t = quinn::TransportConfig::default();
