@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use weft_tests::netns::{Lab, run};
 
-const PW: &str = "correct horse battery staple";
+use weft_tests::netns::SECRET as PW;
 
 /// A tmpfs mounted on a lab directory, lazily unmounted when dropped (even
 /// on failure, and while meshd may still hold files in it).
@@ -20,7 +20,13 @@ impl Tmpfs {
     fn mount(at: &Path, size: &str) -> Result<Self> {
         std::fs::create_dir_all(at)?;
         run(Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "weft-test"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "weft-test",
+            ])
             .arg(at))?;
         Ok(Tmpfs(at.to_owned()))
     }
@@ -84,7 +90,10 @@ fn a_full_disk_during_allocation_never_yields_an_address_that_is_not_on_disk() -
             Err(_) => std::thread::sleep(Duration::from_millis(300)),
         }
     };
-    ensure!(ipam_json(&lab)?.contains("\"before\""), "the first address is not on disk");
+    ensure!(
+        ipam_json(&lab)?.contains("\"before\""),
+        "the first address is not on disk"
+    );
 
     let filler = fill(&data)?;
     for attempt in 1..=3 {
@@ -117,11 +126,22 @@ fn a_full_disk_during_allocation_never_yields_an_address_that_is_not_on_disk() -
     );
 
     // What survives a crash is what was answered.
-    let before: Vec<_> = lab.allocations(0)?.into_iter().map(|a| (a.id, a.ip)).collect();
+    let before: Vec<_> = lab
+        .allocations(0)?
+        .into_iter()
+        .map(|a| (a.id, a.ip))
+        .collect();
     lab.kill_meshd(0);
     lab.router(0).start()?;
-    let after: Vec<_> = lab.allocations(0)?.into_iter().map(|a| (a.id, a.ip)).collect();
-    ensure!(before == after, "after a crash {after:?}, before {before:?}");
+    let after: Vec<_> = lab
+        .allocations(0)?
+        .into_iter()
+        .map(|a| (a.id, a.ip))
+        .collect();
+    ensure!(
+        before == after,
+        "after a crash {after:?}, before {before:?}"
+    );
     Ok(())
 }
 
@@ -149,7 +169,10 @@ fn a_truncated_ipam_json_stops_meshd_with_a_clear_message_and_is_kept() -> Resul
         if let Some(s) = child.try_wait()? {
             break s;
         }
-        ensure!(Instant::now() < deadline, "meshd started on a truncated ipam.json");
+        ensure!(
+            Instant::now() < deadline,
+            "meshd started on a truncated ipam.json"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     ensure!(!status.success(), "meshd exited 0 on a truncated ipam.json");
