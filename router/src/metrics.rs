@@ -18,6 +18,11 @@ pub struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BytesLabel {
     pub channel: String,
     pub direction: String,
@@ -44,6 +49,7 @@ pub struct Metrics {
     pub topology_news: Counter,
     pub channel_errors: Counter,
     mesh_dropped: Family<ReasonLabel, Counter>,
+    forged: Family<KindLabel, Counter>,
     pub rejected: Family<ReasonLabel, Counter>,
     pub ipam_addresses: Family<StateLabel, Gauge>,
     pub ipam_unreachable: Gauge,
@@ -72,6 +78,7 @@ impl Metrics {
             topology_news: Counter::default(),
             channel_errors: Counter::default(),
             mesh_dropped: Family::default(),
+            forged: Family::default(),
             rejected: Family::default(),
             ipam_addresses: Family::default(),
             ipam_unreachable: Gauge::default(),
@@ -123,6 +130,11 @@ impl Metrics {
             "mesh_dropped",
             "Gossip the mesh core dropped or skipped, by reason: unroutable (no route to a unicast's destination), unknown_channel, unknown_source (a broadcast from a peer not in the topology), peers_refused (the topology is full), throttled (anti-entropy asked too often)",
             m.mesh_dropped.clone(),
+        );
+        registry.register(
+            "forged",
+            "Statements from peers dropped because they were unsigned, badly signed or not the signer's to make, and our own messages not sent because a receiver would refuse them, by kind (docs/trust.md)",
+            m.forged.clone(),
         );
         registry.register(
             "sessions_rejected",
@@ -212,6 +224,14 @@ impl Metrics {
                 }),
                 n,
             );
+        }
+    }
+
+    /// Brings the forged-statement counters up to the IPAM channel's counts.
+    pub fn export_refused(&self, r: &weft_ipam_crdt::Refused) {
+        for (kind, n) in r.by_kind() {
+            let c = self.forged.get_or_create(&KindLabel { kind: kind.into() });
+            c.inc_by(n.saturating_sub(c.get()));
         }
     }
 

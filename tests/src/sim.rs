@@ -36,6 +36,9 @@ pub struct SimConfig {
     pub max_delay: Duration,
     pub dial_timeout: Duration,
     pub idle_timeout: Duration,
+    /// The name of node `i`, when it must be the hash of a key the node's
+    /// channels sign with; else names are random.
+    pub name_of: Option<fn(usize) -> PeerName>,
 }
 
 impl SimConfig {
@@ -48,6 +51,7 @@ impl SimConfig {
             max_delay: Duration::from_millis(20),
             dial_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(5),
+            name_of: None,
         }
     }
 }
@@ -219,7 +223,9 @@ impl<C: Channels> Sim<C> {
     /// Adds a node that knows `targets`; returns its index.
     pub fn add_node(&mut self, targets: Vec<SocketAddr>) -> usize {
         let i = self.nodes.len();
-        let name = PeerName(self.rng.random());
+        // Drawn either way, so that runs repeat whatever names are used.
+        let random = PeerName(self.rng.random());
+        let name = self.cfg.name_of.map_or(random, |f| f(i));
         let mesh = self.mesh_for(name, i, &targets, None);
         let addr = addr_of(i);
         self.by_addr.insert(addr, i);
