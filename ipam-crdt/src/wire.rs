@@ -106,18 +106,18 @@ impl Ring {
 /// The domain of a voter's signature over its consensus claims.
 pub const CLAIMS_DOMAIN: &str = "weft/claims/1";
 
-/// What a voter signs: its claims, over this range (so that they cannot be
-/// replayed into a consensus over another).
-pub fn claims_statement(
-    range: AddrRange,
-    c: &ClaimsWire,
-) -> (
+/// `(range start, range end, voter, promise, accepted)`.
+pub type ClaimsStatement<'a> = (
     u32,
     u64,
     PeerName,
     Option<BallotWire>,
-    &Option<(BallotWire, Vec<PeerName>)>,
-) {
+    &'a Option<(BallotWire, Vec<PeerName>)>,
+);
+
+/// What a voter signs: its claims, over this range (so that they cannot be
+/// replayed into a consensus over another).
+pub fn claims_statement(range: AddrRange, c: &ClaimsWire) -> ClaimsStatement<'_> {
     (range.start, range.end, c.voter, c.promise, &c.accepted)
 }
 

@@ -69,6 +69,7 @@ fn make_sim(seed: u64) -> Sim<IpamChannel> {
     let start = move |i: usize, name: PeerName, disk: Option<&[u8]>, now: Instant| {
         let t0 = *t0.get_or_insert(now);
         let wall_ms = WALL_MS + now.duration_since(t0).as_millis() as u64;
+        assert_eq!(name, key_of(i).name(), "the mesh's name is the key's");
         match disk {
             None => IpamChannel::new(key_of(i), range(), init(i), now, wall_ms),
             Some(bytes) => {
