@@ -11,10 +11,17 @@
 use std::collections::BTreeMap;
 
 use weft_peer_proto::PeerName;
+use weft_peer_proto::sign::Signer;
 
+use crate::counters::Refused;
 use crate::range::AddrRange;
 use crate::ring::{MergeOutcome, Ring, RingError};
 use crate::space::FreeSet;
+
+/// How long a removed router that owns nothing any more is remembered
+/// (7 days): long enough that every router has seen its removal, so no stale
+/// ring can bring it back; short enough that churn does not fill the ring.
+pub const REMOVED_HORIZON_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// Why an allocation call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +52,9 @@ pub struct Allocator {
     /// Allocations that fell outside our ranges (a conflict, or we were
     /// removed): kept out of `allocs` and reported.
     lost: Vec<(String, u32)>,
+    /// When (caller's ms) we first saw each removed peer owning nothing.
+    removed_since: BTreeMap<PeerName, u64>,
+    refused: Refused,
 }
 
 /// What persists across restarts.
@@ -63,9 +73,16 @@ impl Allocator {
             allocs: BTreeMap::new(),
             by_addr: BTreeMap::new(),
             lost: Vec::new(),
+            removed_since: BTreeMap::new(),
+            refused: Refused::default(),
         };
         a.reconcile();
         a
+    }
+
+    /// What was dropped from peers' rings, by kind.
+    pub fn refused(&self) -> &Refused {
+        &self.refused
     }
 
     /// Restores what [`Allocator::snapshot`] saved.
@@ -228,8 +245,9 @@ impl Allocator {
 
     /// Merges a ring from a peer; inherits the ranges of removed peers whose
     /// heir we are. Returns what the merge did (with `changed` also set when
-    /// we inherited, so the caller gossips). Refuses a ring that changes or
-    /// splits a range we own: only we do that, unless we were removed.
+    /// we inherited, so the caller gossips). Refuses, and counts, a ring that
+    /// changes or splits a range we own: only we do that, unless a removal
+    /// certificate that is valid here removed us.
     pub fn merge(&mut self, other: &Ring) -> Result<MergeOutcome, RingError> {
         // Another cluster's ring is refused as such, before anything else.
         if let (Some(ours), Some(theirs)) = (self.ring.cluster(), other.cluster())
@@ -237,28 +255,17 @@ impl Allocator {
         {
             return Err(RingError::ClusterMismatch { ours, theirs });
         }
-        if !other.removed().contains(&self.me) {
-            for (t, theirs) in other.entries() {
-                match self.ring.entry(t) {
-                    Some(ours)
-                        if ours.owner == self.me
-                            && theirs != ours
-                            && (theirs.version, theirs.owner) > (ours.version, ours.owner) =>
-                    {
-                        return Err(RingError::Invariant(format!(
-                            "a peer's ring takes our range at token {t}"
-                        )));
-                    }
-                    None if self.ring.is_seeded() && self.ring.owner_of(t) == Some(self.me) => {
-                        return Err(RingError::Invariant(format!(
-                            "a peer's ring splits our range at token {t}"
-                        )));
-                    }
-                    _ => {}
-                }
-            }
+        let mut merged = self.ring.clone();
+        let mut out = merged.merge(other)?;
+        self.refused.count_removals(&out);
+        let removed = merged.removed().contains(&self.me) && merged.removal_is_valid(self.me);
+        if !removed && let Some(t) = self.first_change_to_ours(&merged) {
+            self.refused.ring_takes_ours += 1;
+            return Err(RingError::Invariant(format!(
+                "a peer's ring takes or splits our range at token {t}"
+            )));
         }
-        let mut out = self.ring.merge(other)?;
+        self.ring = merged;
         out.changed |= self.inherit();
         if out.changed {
             self.reconcile();
@@ -266,12 +273,59 @@ impl Allocator {
         Ok(out)
     }
 
-    /// Marks `peer` as gone for good; its heir (maybe us) takes its ranges.
-    pub fn remove_peer(&mut self, peer: PeerName) -> bool {
-        let mut changed = self.ring.remove_peer(peer);
+    /// The first token of `merged` inside a range we own that differs from
+    /// ours (a new token, or another entry at ours).
+    fn first_change_to_ours(&self, merged: &Ring) -> Option<u32> {
+        self.ring.ranges_of(self.me).into_iter().find_map(|r| {
+            let ours = self.ring.entries_in(r);
+            let theirs = merged.entries_in(r);
+            if ours == theirs {
+                return None;
+            }
+            let first = ours
+                .iter()
+                .zip(&theirs)
+                .find(|(a, b)| a != b)
+                .map_or(r.start, |(_, b)| b.0);
+            Some(first)
+        })
+    }
+
+    /// Signs the removal of `peer` with `key` (ours, or `peer`'s own when it
+    /// leaves); applies it once the certificate is valid here, and then its
+    /// heir (maybe us) takes its ranges. The caller decides when an honest
+    /// router may sign (docs/trust.md). Returns whether the ring changed.
+    pub fn sign_removal(&mut self, key: &impl Signer, peer: PeerName) -> Result<bool, RingError> {
+        let mut changed = self.ring.sign_removal(key, peer)?;
         changed |= self.inherit();
         if changed {
             self.reconcile();
+        }
+        Ok(changed)
+    }
+
+    /// Forgets removed peers that have owned nothing for `horizon_ms`, so
+    /// that churn does not grow the ring for ever. Returns whether the ring
+    /// changed.
+    pub fn compact(&mut self, now_ms: u64, horizon_ms: u64) -> bool {
+        let owners: std::collections::BTreeSet<PeerName> =
+            self.ring.entries().map(|(_, e)| e.owner).collect();
+        let gone: Vec<PeerName> = self
+            .ring
+            .removed()
+            .iter()
+            .filter(|p| !owners.contains(p))
+            .copied()
+            .collect();
+        self.removed_since.retain(|p, _| gone.contains(p));
+        let mut changed = false;
+        for p in gone {
+            let since = *self.removed_since.entry(p).or_insert(now_ms);
+            if now_ms.saturating_sub(since) >= horizon_ms {
+                self.ring.forget_removed(p);
+                self.removed_since.remove(&p);
+                changed = true;
+            }
         }
         changed
     }
@@ -321,6 +375,8 @@ impl Allocator {
 
 #[cfg(test)]
 mod tests {
+    use weft_peer_proto::sign::KeyPair;
+
     use super::*;
 
     const R: AddrRange = AddrRange {
@@ -388,21 +444,42 @@ mod tests {
         assert!(given.contains(a.allocate("more").expect("space arrived")));
     }
 
+    fn keys() -> Vec<KeyPair> {
+        (1..=3).map(|i| KeyPair::from_seed([i; 32])).collect()
+    }
+
+    /// Three routers named by their keys, the range split between them.
+    fn three(keys: &[KeyPair]) -> Vec<Allocator> {
+        let names: Vec<PeerName> = keys.iter().map(|k| k.name()).collect();
+        let ring = Ring::seeded(R, &names, 9);
+        names
+            .iter()
+            .map(|n| Allocator::new(*n, ring.clone()))
+            .collect()
+    }
+
     #[test]
     fn removed_peers_space_goes_to_its_heir_only() {
-        let ring = Ring::seeded(R, &[PeerName(1), PeerName(2), PeerName(3)], 9);
-        let mut alloc: Vec<Allocator> = (1..=3)
-            .map(|i| Allocator::new(PeerName(i), ring.clone()))
-            .collect();
-        // Peer 3 dies; peer 1 is told, and gossips to peer 2.
-        alloc[0].remove_peer(PeerName(3));
+        let k = keys();
+        let mut alloc = three(&k);
+        let dead = k[2].name();
+        // Peer 3 dies; peer 1 signs its removal: one of the two others is
+        // not more than half, so nothing happens yet.
+        assert_eq!(alloc[0].sign_removal(&k[0], dead), Ok(true));
+        assert!(alloc[0].ring().removed().is_empty());
+        assert_eq!(alloc[0].ring().ownership().len(), 3);
+        // Peer 2 learns the signature and adds its own: the removal applies.
         let r0 = alloc[0].ring().clone();
         alloc[1].merge(&r0).expect("merge");
+        alloc[1].sign_removal(&k[1], dead).expect("an owner signs");
+        assert!(alloc[1].ring().removed().contains(&dead));
         let r1 = alloc[1].ring().clone();
         alloc[0].merge(&r1).expect("merge");
+        let r0 = alloc[0].ring().clone();
+        alloc[1].merge(&r0).expect("merge");
         assert_eq!(alloc[0].ring(), alloc[1].ring());
         let own = alloc[0].ring().ownership();
-        assert_eq!(own.get(&PeerName(3)), None);
+        assert_eq!(own.get(&dead), None);
         assert_eq!(own.values().sum::<u64>(), 64);
         // Exactly one of them got it.
         assert_eq!(own.len(), 2);
@@ -410,29 +487,92 @@ mod tests {
             a.check().expect("invariants");
         }
         // The removed peer cannot allocate any more.
-        alloc[2].merge(&r1).expect("merge");
+        alloc[2].merge(&r0).expect("merge");
         assert_eq!(alloc[2].allocate("x"), Err(AllocError::Removed));
     }
 
     #[test]
-    fn a_peer_cannot_take_or_split_our_range() {
-        let (mut a, b) = pair();
-        let mut forged = b.ring().clone();
+    fn a_peer_cannot_take_or_split_our_range_nor_remove_us_alone() {
+        let k = keys();
+        let mut alloc = three(&k);
+        let (me, liar) = (k[0].name(), k[1].name());
+        let ours = alloc[0].ring().ranges_of(me)[0];
+        let mut forged = alloc[1].ring().clone();
         forged
-            .transfer(PeerName(1), AddrRange::new(100, 110), PeerName(2))
+            .transfer(
+                me,
+                AddrRange::new(ours.start + 2, u64::from(ours.start) + 5),
+                liar,
+            )
             .expect("forging as the owner");
-        assert!(matches!(a.merge(&forged), Err(RingError::Invariant(_))));
+        assert!(matches!(
+            alloc[0].merge(&forged),
+            Err(RingError::Invariant(_))
+        ));
+        assert_eq!(alloc[0].refused().ring_takes_ours, 1, "counted");
         assert_eq!(
-            a.ring().owner_of(105),
-            Some(PeerName(1)),
+            alloc[0].ring().ranges_of(me),
+            vec![ours],
             "our range untouched"
         );
-        // Once we are removed, our ranges go to the heir: that is accepted.
-        let mut removed = b.ring().clone();
-        removed.remove_peer(PeerName(1));
-        removed.inherit_removed(PeerName(2));
-        assert!(a.merge(&removed).is_ok());
-        assert_eq!(a.allocate("x"), Err(AllocError::Removed));
+        // The liar lists us as removed, inherits our range and signs our
+        // removal: one signature of the two others is no certificate.
+        let mut evicted = alloc[1].ring().clone();
+        evicted.remove_unchecked(me);
+        for p in [liar, k[2].name()] {
+            evicted.inherit_removed(p);
+        }
+        evicted
+            .sign_removal(&k[1], me)
+            .expect("the liar owns space");
+        assert!(alloc[0].merge(&evicted).is_err());
+        assert_eq!(alloc[0].refused().ring_takes_ours, 2);
+        assert!(alloc[0].allocate("x").is_ok(), "we still allocate");
+        assert_eq!(alloc[0].ring().ranges_of(me), vec![ours]);
+        // A signature that does not verify is counted as forged.
+        let mut bad = alloc[1].ring().clone();
+        bad.sign_removal(&k[1], me).expect("signs");
+        let mut w = bad.to_wire();
+        w.removals[0].sigs[0].sig.0[0] ^= 1;
+        let bad = Ring::from_wire(&w, R).expect("well formed");
+        alloc[0].merge(&bad).expect("nothing of ours changes");
+        assert_eq!(alloc[0].refused().removal_sig, 1);
+        // With the third owner's signature too, the removal is valid here:
+        // then our range goes to the heir, and we stop.
+        let mut both = alloc[1].ring().clone();
+        both.sign_removal(&k[1], me).expect("signs");
+        let mut third = alloc[2].ring().clone();
+        third.merge(&both).expect("merge");
+        third.sign_removal(&k[2], me).expect("signs");
+        for p in [liar, k[2].name()] {
+            third.inherit_removed(p);
+        }
+        assert!(alloc[0].merge(&third).is_ok());
+        assert_eq!(alloc[0].allocate("y"), Err(AllocError::Removed));
+    }
+
+    #[test]
+    fn removed_peers_are_forgotten_after_the_horizon_once_they_own_nothing() {
+        let k = keys();
+        let mut alloc = three(&k);
+        let dead = k[2].name();
+        alloc[0].sign_removal(&k[0], dead).expect("signs");
+        let r0 = alloc[0].ring().clone();
+        alloc[1].merge(&r0).expect("merge");
+        alloc[1].sign_removal(&k[1], dead).expect("signs");
+        let r1 = alloc[1].ring().clone();
+        alloc[0].merge(&r1).expect("merge");
+        assert!(alloc[0].ring().removed().contains(&dead));
+        assert!(!alloc[0].compact(1_000, 5_000), "first seen owning nothing");
+        assert!(!alloc[0].compact(5_999, 5_000), "not yet");
+        assert!(alloc[0].compact(6_000, 5_000), "past the horizon");
+        assert!(alloc[0].ring().removed().is_empty());
+        assert_eq!(alloc[0].ring().removals().count(), 0);
+        // A stale ring (from before the removal) brings nothing back.
+        let stale = Ring::seeded(R, &k.iter().map(|k| k.name()).collect::<Vec<_>>(), 9);
+        alloc[0].merge(&stale).expect("merge");
+        assert_eq!(alloc[0].ring().ownership().get(&dead), None);
+        alloc[0].check().expect("invariants");
     }
 
     /// The donor at the end of the range gives its reserved last address

@@ -143,7 +143,8 @@ impl Ipam {
         knowledge: &Knowledge,
         now_ms: u64,
     ) -> Result<bool, RingError> {
-        let mut changed = self.paxos.merge(knowledge);
+        // Once seeded, claims are of no use: ignored, so they stop growing.
+        let mut changed = !self.alloc.ring().is_seeded() && self.paxos.merge(knowledge);
         if let Some(r) = ring {
             match self.alloc.merge(r) {
                 Ok(MergeOutcome { changed: c, .. }) => changed |= c,

@@ -10,8 +10,15 @@
 //! allocating, and says why in [`IpamChannel::stopped`].
 //!
 //! Time comes in as `now` on every input; the wall clock only once, at
-//! start, for the sequence numbers of our free-space hints (which must grow
-//! across restarts).
+//! start, for the sequence numbers of our free-space hints and the times of
+//! our space requests (which must grow across restarts).
+//!
+//! What peers say is checked here before it reaches the allocator: space
+//! requests must be signed by the requester, for our cluster, fresh, and not
+//! too frequent; consensus claims must be signed by their voter, and are
+//! ignored once the ring is seeded. What fails is dropped and counted
+//! ([`IpamChannel::refused`]). We never send what a receiver would refuse:
+//! our state is compacted first and checked against [`IpamMsg::validate`].
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -19,14 +26,33 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use weft_mesh::{ChannelError, GossipChannel, GossipSender};
 use weft_peer_proto::codec::{decode_ipam, encode_ipam};
-use weft_peer_proto::ipam::{ClaimsWire, FreeHint, IpamMsg, RingWire};
+use weft_peer_proto::ipam::{ClaimsWire, FreeHint, IpamMsg, RingWire, SpaceRequestWire};
+use weft_peer_proto::sign::{KeyPair, Signer};
 use weft_peer_proto::{ChannelName, PeerName};
 
-use crate::wire::{knowledge_from_wire, knowledge_to_wire};
-use crate::{AddrRange, AllocError, Init, Ipam, Ring, RingError, Snapshot, Waiting};
+use crate::allocator::REMOVED_HORIZON_MS;
+use crate::wire::{
+    claims_verify, knowledge_from_wire, knowledge_to_wire, same_claims, sign_claims,
+};
+use crate::{AddrRange, AllocError, Init, Ipam, Refused, Ring, RingError, Snapshot, Waiting};
 
 /// The channel's name on the mesh.
 pub const CHANNEL: &str = "ipam";
+
+/// The domain of space-request signatures.
+pub const SPACE_DOMAIN: &str = "weft/space/1";
+
+/// How far a space request's time may lie from ours (clock skew included);
+/// an older one is stale, which is what bounds replay protection.
+pub const SPACE_REQUEST_FRESH_MS: u64 = 5 * 60 * 1000;
+
+/// The least time between two donations to one requester.
+pub const DONATION_INTERVAL_MS: u64 = 2_000;
+
+/// What a space request's signature covers.
+fn space_statement(r: &SpaceRequestWire) -> (PeerName, u64, u64) {
+    (r.requester, r.cluster, r.at_ms)
+}
 
 /// What a router keeps on disk: the ring, its own allocations, and its
 /// consensus claims (a voter must never forget what it promised).
@@ -46,6 +72,8 @@ pub enum IpamError {
     Stopped(String),
     #[error(transparent)]
     Alloc(#[from] AllocError),
+    #[error(transparent)]
+    Ring(#[from] RingError),
 }
 
 /// Why a router cannot take pods now.
@@ -68,6 +96,7 @@ pub enum Unready {
 
 pub struct IpamChannel {
     name: ChannelName,
+    key: KeyPair,
     ipam: Ipam,
     /// The origin of the millisecond clock [`Ipam`] runs on.
     epoch: Instant,
@@ -82,40 +111,57 @@ pub struct IpamChannel {
     direct: Vec<PeerName>,
     stopped: Option<String>,
     sender: GossipSender,
+    /// Keys allocated since the last save: rolled back if the save fails.
+    unsaved_allocs: Vec<String>,
+    /// Voters' claims with their signatures, as last verified (ours too).
+    signed_claims: BTreeMap<PeerName, ClaimsWire>,
+    /// The time of our last space request (they must grow).
+    asked_ms: u64,
+    /// Per requester: the time of its last request taken (replays and
+    /// older ones refused), and when (our ms) we last donated to it.
+    requests: BTreeMap<PeerName, (u64, u64)>,
+    removed_horizon_ms: u64,
+    refused: Refused,
 }
 
 impl IpamChannel {
-    /// A router with no state yet. `wall_ms` is the wall clock at `now`.
-    pub fn new(me: PeerName, range: AddrRange, init: Init, now: Instant, wall_ms: u64) -> Self {
-        Self::with(Ipam::new(me, range, init, 0), now, wall_ms)
+    /// A router with no state yet, signing with `key` (its identity key:
+    /// its name is the router's name). `wall_ms` is the wall clock at `now`.
+    pub fn new(key: KeyPair, range: AddrRange, init: Init, now: Instant, wall_ms: u64) -> Self {
+        let ipam = Ipam::new(key.name(), range, init, 0);
+        Self::with(key, ipam, now, wall_ms)
     }
 
     /// A router restarting from what it saved. Fails when the saved ring is
     /// not one of `range` (the range changed, or the file is damaged).
     pub fn restore(
-        me: PeerName,
+        key: KeyPair,
         range: AddrRange,
         init: Init,
         saved: &Persisted,
         now: Instant,
         wall_ms: u64,
     ) -> Result<Self, RingError> {
-        let ring = Ring::from_wire(&saved.ring, range)?;
+        let ring = Ring::from_saved(&saved.ring, range)?;
         let snap = Snapshot {
             ring,
             allocs: saved.allocs.clone(),
         };
         let knowledge = knowledge_from_wire(&saved.consensus);
-        Ok(Self::with(
-            Ipam::restore(me, init, snap, &knowledge, 0),
-            now,
-            wall_ms,
-        ))
+        let ipam = Ipam::restore(key.name(), init, snap, &knowledge, 0);
+        let mut ch = Self::with(key, ipam, now, wall_ms);
+        for c in &saved.consensus {
+            if claims_verify(range, c) {
+                ch.signed_claims.insert(c.voter, c.clone());
+            }
+        }
+        Ok(ch)
     }
 
-    fn with(ipam: Ipam, now: Instant, wall_ms: u64) -> Self {
+    fn with(key: KeyPair, ipam: Ipam, now: Instant, wall_ms: u64) -> Self {
         IpamChannel {
             name: ChannelName::new(CHANNEL).unwrap_or_else(|_| unreachable!("a valid name")),
+            key,
             ipam,
             epoch: now,
             wall_ms,
@@ -126,7 +172,37 @@ impl IpamChannel {
             direct: Vec::new(),
             stopped: None,
             sender: GossipSender::default(),
+            unsaved_allocs: Vec::new(),
+            signed_claims: BTreeMap::new(),
+            asked_ms: 0,
+            requests: BTreeMap::new(),
+            removed_horizon_ms: REMOVED_HORIZON_MS,
+            refused: Refused::default(),
         }
+    }
+
+    /// How long a removed router that owns nothing is remembered (default
+    /// [`REMOVED_HORIZON_MS`]; simulations shorten it).
+    pub fn set_removed_horizon(&mut self, ms: u64) {
+        self.removed_horizon_ms = ms;
+    }
+
+    /// What was dropped from peers (and not sent by us), by kind: the
+    /// allocator's counts and the channel's own.
+    pub fn refused(&self) -> Refused {
+        let a = self.ipam.alloc().refused();
+        let c = &self.refused;
+        Refused {
+            removal_sig: a.removal_sig,
+            removal_signer: a.removal_signer,
+            removal_target: a.removal_target,
+            ring_takes_ours: a.ring_takes_ours,
+            ..*c
+        }
+    }
+
+    fn wall(&self, now: Instant) -> u64 {
+        self.wall_ms.saturating_add(self.ms(now))
     }
 
     fn ms(&self, now: Instant) -> u64 {
@@ -146,16 +222,39 @@ impl IpamChannel {
             return None;
         }
         let snap = self.ipam.alloc().snapshot();
+        // Once seeded the claims are of no use to anyone: not stored.
+        let consensus = if snap.ring.is_seeded() {
+            Vec::new()
+        } else {
+            self.signed_knowledge()
+        };
         Some(Persisted {
             ring: snap.ring.to_wire(),
             allocs: snap.allocs,
-            consensus: knowledge_to_wire(self.ipam.knowledge()),
+            consensus,
         })
+    }
+
+    /// Everyone's claims as we send and store them: ours signed now, the
+    /// others' with the signature they came with (a voter's claims we have
+    /// no signature for are left out).
+    fn signed_knowledge(&self) -> Vec<ClaimsWire> {
+        let me = self.key.name();
+        let range = self.range();
+        knowledge_to_wire(self.ipam.knowledge())
+            .into_iter()
+            .filter_map(|c| match self.signed_claims.get(&c.voter) {
+                Some(s) if same_claims(s, &c) => Some(s.clone()),
+                _ if c.voter == me => Some(sign_claims(&self.key, range, c)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The driver wrote [`Self::unsaved`]: what waited for it may leave.
     pub fn saved(&mut self, now: Instant) {
         self.unsaved = false;
+        self.unsaved_allocs.clear();
         if self.stopped.is_some() || (!self.gossip_due && self.direct.is_empty()) {
             return;
         }
@@ -170,8 +269,13 @@ impl IpamChannel {
         }
     }
 
-    /// The driver could not write: stop, and send nothing that was not saved.
+    /// The driver could not write: stop, send nothing that was not saved,
+    /// and forget the allocations that were not saved (none of them may be
+    /// handed out, now or on a retry).
     pub fn save_failed(&mut self, error: String) {
+        for key in std::mem::take(&mut self.unsaved_allocs) {
+            self.ipam.alloc_mut().release(&key);
+        }
         self.stopped = Some(error);
         self.sender.clear();
         self.direct.clear();
@@ -202,6 +306,7 @@ impl IpamChannel {
         };
         if before != Some(a) {
             self.unsaved = true;
+            self.unsaved_allocs.push(key.to_owned());
         }
         Ok(a)
     }
@@ -216,30 +321,98 @@ impl IpamChannel {
         Ok(r)
     }
 
-    /// Gives the space of `peer`, gone for good, to its heir.
-    pub fn remove_peer(&mut self, peer: PeerName) -> Result<bool, IpamError> {
+    /// Signs the removal of `peer`, gone for good. It takes effect (and
+    /// the heir takes `peer`'s space) once the certificate is valid: signed
+    /// by more than half of the other owners, whose signatures gather by
+    /// gossip. The caller decides when we may sign (docs/trust.md: asked by
+    /// the operator or Kubernetes, and `peer` unreachable long enough).
+    /// Signing our own removal (we leave) takes effect at once.
+    pub fn sign_removal(&mut self, peer: PeerName) -> Result<bool, IpamError> {
         self.running()?;
-        let changed = self.ipam.alloc_mut().remove_peer(peer);
+        let changed = self.ipam.alloc_mut().sign_removal(&self.key, peer)?;
         if changed {
             self.changed();
         }
         Ok(changed)
     }
 
+    /// Whether `peer` is removed here (its certificate is complete).
+    pub fn is_removed_peer(&self, peer: PeerName) -> bool {
+        self.ipam.alloc().ring().removed().contains(&peer)
+    }
+
     /// Asks `donor` for some of its space (it answers with its new ring).
-    pub fn ask_for_space(&mut self, donor: PeerName) {
-        if self.stopped.is_none()
-            && let Ok(msg) = encode_ipam(&IpamMsg::SpaceRequest)
-        {
+    pub fn ask_for_space(&mut self, donor: PeerName, now: Instant) {
+        let Some(cluster) = self.ipam.alloc().ring().cluster() else {
+            return;
+        };
+        if self.stopped.is_some() {
+            return;
+        }
+        self.asked_ms = self.wall(now).max(self.asked_ms + 1);
+        let mut req = SpaceRequestWire {
+            requester: self.key.name(),
+            cluster,
+            at_ms: self.asked_ms,
+            sig: self.key.sign(SPACE_DOMAIN, &()),
+        };
+        req.sig = self.key.sign(SPACE_DOMAIN, &space_statement(&req));
+        if let Ok(msg) = encode_ipam(&IpamMsg::SpaceRequest(req)) {
             self.sender.unicast(donor, msg);
         }
     }
 
-    /// Time passing (consensus proposals). `jitter` is random.
+    /// A space request: donate to its requester if it verifies, is fresh,
+    /// and the requester did not get space from us just now.
+    fn on_space_request(&mut self, now: Instant, src: PeerName, req: &SpaceRequestWire) {
+        if self.stopped.is_some() {
+            return;
+        }
+        let wall = self.wall(now);
+        let ours = self.ipam.alloc().ring().cluster();
+        let last = self.requests.get(&req.requester).copied();
+        let genuine = req.requester == src
+            && ours == Some(req.cluster)
+            && req.at_ms.abs_diff(wall) <= SPACE_REQUEST_FRESH_MS
+            && last.is_none_or(|(at, _)| at < req.at_ms)
+            && req
+                .sig
+                .verify_by(req.requester, SPACE_DOMAIN, &space_statement(req))
+                .is_ok();
+        if !genuine {
+            self.refused.space_request += 1;
+            return;
+        }
+        let ms = self.ms(now);
+        let given_at = last.map(|(_, given)| given);
+        self.requests
+            .insert(req.requester, (req.at_ms, given_at.unwrap_or(0)));
+        if given_at.is_some_and(|g| ms.saturating_sub(g) < DONATION_INTERVAL_MS) {
+            self.refused.space_rate += 1;
+            return;
+        }
+        if self.ipam.alloc_mut().donate(req.requester).is_some() {
+            self.requests.insert(req.requester, (req.at_ms, ms));
+            self.changed();
+            self.direct.push(req.requester);
+        }
+    }
+
+    /// Time passing (consensus proposals, compaction). `jitter` is random.
     pub fn tick(&mut self, now: Instant, jitter: u64) {
-        if self.stopped.is_none() && self.ipam.tick(self.ms(now), jitter) {
+        if self.stopped.is_some() {
+            return;
+        }
+        let ms = self.ms(now);
+        let mut changed = self.ipam.tick(ms, jitter);
+        changed |= self.ipam.alloc_mut().compact(ms, self.removed_horizon_ms);
+        if changed {
             self.changed();
         }
+        // Requests older than the freshness window are refused as stale
+        // anyway: what we remember of them may go.
+        let oldest = self.wall(now).saturating_sub(SPACE_REQUEST_FRESH_MS);
+        self.requests.retain(|_, (at, _)| *at >= oldest);
     }
 
     // ---- what it knows ----
@@ -329,7 +502,7 @@ impl IpamChannel {
         let consensus = if self.ipam.alloc().ring().is_seeded() {
             Vec::new()
         } else {
-            knowledge_to_wire(self.ipam.knowledge())
+            self.signed_knowledge()
         };
         let msg = IpamMsg::State {
             ring: self.ipam.alloc().ring().to_wire(),
@@ -344,6 +517,11 @@ impl IpamChannel {
                 })
                 .collect(),
         };
+        // A receiver refuses a message past the limits: we do not send one.
+        if msg.validate().is_err() {
+            self.refused.oversize += 1;
+            return None;
+        }
         encode_ipam(&msg).ok()
     }
 
@@ -360,10 +538,29 @@ impl IpamChannel {
         }
         let ring = Ring::from_wire(&ring, self.range()).map_err(|e| bad(e.to_string()))?;
         let now_ms = self.ms(now);
-        match self
+        // Claims count only while the ring is not seeded, and only signed.
+        let mut claims = Vec::new();
+        if !self.ipam.alloc().ring().is_seeded() {
+            let range = self.range();
+            for c in consensus {
+                if claims_verify(range, &c) {
+                    claims.push(c);
+                } else {
+                    self.refused.claims += 1;
+                }
+            }
+        }
+        let result = self
             .ipam
-            .on_state(Some(&ring), &knowledge_from_wire(&consensus), now_ms)
-        {
+            .on_state(Some(&ring), &knowledge_from_wire(&claims), now_ms);
+        // Keep the signature of each voter's claims we now hold.
+        let held = knowledge_to_wire(self.ipam.knowledge());
+        for c in claims {
+            if held.iter().any(|h| same_claims(h, &c)) {
+                self.signed_claims.insert(c.voter, c);
+            }
+        }
+        match result {
             Ok(true) => self.changed(),
             Ok(false) => {}
             Err(e) => {
@@ -403,11 +600,8 @@ impl GossipChannel for IpamChannel {
         payload: &[u8],
     ) -> Result<(), ChannelError> {
         match Self::decode(payload)? {
-            IpamMsg::SpaceRequest => {
-                if self.stopped.is_none() && self.ipam.alloc_mut().donate(src).is_some() {
-                    self.changed();
-                    self.direct.push(src);
-                }
+            IpamMsg::SpaceRequest(req) => {
+                self.on_space_request(now, src, &req);
                 Ok(())
             }
             IpamMsg::State {
@@ -436,7 +630,7 @@ impl GossipChannel for IpamChannel {
                 consensus,
                 free,
             } => self.on_state(now, ring, consensus, free).map(|()| None),
-            IpamMsg::SpaceRequest => Err(ChannelError(
+            IpamMsg::SpaceRequest(_) => Err(ChannelError(
                 "space request gossiped instead of unicast".into(),
             )),
         }
@@ -461,8 +655,13 @@ mod tests {
 
     use super::*;
 
-    const A: PeerName = PeerName(1);
-    const B: PeerName = PeerName(2);
+    fn key(i: u8) -> KeyPair {
+        KeyPair::from_seed([i; 32])
+    }
+
+    fn name(i: u8) -> PeerName {
+        key(i).name()
+    }
 
     fn range() -> AddrRange {
         "10.32.0.0/24".parse().expect("range")
@@ -475,8 +674,8 @@ mod tests {
     /// A seed owning the whole range, and an observer owning nothing,
     /// both saved once.
     fn pair(now: Instant) -> (IpamChannel, IpamChannel) {
-        let mut a = IpamChannel::new(A, range(), Init::Seed(vec![A]), now, 1);
-        let mut b = IpamChannel::new(B, range(), Init::Observer, now, 1);
+        let mut a = IpamChannel::new(key(1), range(), Init::Seed(vec![name(1)]), now, 1);
+        let mut b = IpamChannel::new(key(2), range(), Init::Observer, now, 1);
         for ch in [&mut a, &mut b] {
             assert!(
                 ch.full_state(now).is_none(),
@@ -532,12 +731,13 @@ mod tests {
             b.allocate("pod", None),
             Err(IpamError::Alloc(AllocError::NoSpace))
         );
-        b.ask_for_space(A);
+        b.ask_for_space(name(1), now);
         let request = match queued(&mut b).as_slice() {
-            [ChannelSend::Unicast { dst, payload }] if *dst == A => payload.clone(),
+            [ChannelSend::Unicast { dst, payload }] if *dst == name(1) => payload.clone(),
             q => panic!("a space request to the donor, not {q:?}"),
         };
-        a.on_unicast(now, B, &request).expect("a good request");
+        a.on_unicast(now, name(2), &request)
+            .expect("a good request");
         assert!(
             a.sender().is_empty(),
             "nothing leaves before the donor saved"
@@ -550,12 +750,12 @@ mod tests {
             "{q:?}"
         );
         let to_b = q.iter().find_map(|o| match o {
-            ChannelSend::Unicast { dst, payload } if *dst == B => Some(payload.clone()),
+            ChannelSend::Unicast { dst, payload } if *dst == name(2) => Some(payload.clone()),
             _ => None,
         });
         b.on_unicast(
             now,
-            A,
+            name(1),
             &to_b.expect("the new ring straight to the recipient"),
         )
         .expect("a good state");
@@ -569,20 +769,209 @@ mod tests {
     #[test]
     fn a_failed_save_stops_the_channel_and_drops_what_waited() {
         let now = Instant::now();
-        let (mut a, _) = pair(now);
-        assert!(a.allocate("pod", None).is_ok());
-        a.remove_peer(PeerName(9)).expect("runs");
+        let (mut a, mut b) = pair(now);
+        queued(&mut a);
+        let pod = a.allocate("pod", None).expect("space");
+        // A donation waits for the save too.
+        let ring = a.ipam().alloc().ring().clone();
+        b.ipam.alloc_mut().merge(&ring).expect("merge");
+        queued(&mut b);
+        b.ask_for_space(name(1), now);
+        let ask = match queued(&mut b).as_slice() {
+            [ChannelSend::Unicast { payload, .. }] => payload.clone(),
+            q => panic!("{q:?}"),
+        };
+        a.on_unicast(now, name(2), &ask).expect("a good request");
         a.save_failed("disk full".into());
+        assert_eq!(
+            a.ipam().alloc().lookup("pod"),
+            None,
+            "an allocation that was not saved is rolled back"
+        );
+        assert_ne!(a.ipam().alloc().lookup("pod"), Some(pod));
+        assert_eq!(
+            a.allocate("pod", None),
+            Err(IpamError::Stopped("disk full".into())),
+            "a retry of the same key gets no address"
+        );
         assert!(a.sender().is_empty(), "what waited for the save is dropped");
         assert!(a.unsaved().is_none());
         assert!(a.full_state(now).is_none());
         let stopped = IpamError::Stopped("disk full".into());
         assert_eq!(a.allocate("other", None), Err(stopped.clone()));
         assert_eq!(a.release("pod"), Err(stopped.clone()));
-        assert_eq!(a.remove_peer(PeerName(9)), Err(stopped));
-        a.ask_for_space(B);
+        assert_eq!(a.sign_removal(name(2)), Err(stopped));
+        a.ask_for_space(name(2), now);
         assert!(a.sender().is_empty());
         assert_eq!(a.unready(now), Some(Unready::Stopped("disk full".into())));
         assert_eq!(a.stopped(), Some("disk full"));
+    }
+
+    /// Space goes only to a requester whose signed request verifies, is
+    /// fresh, is not a replay, and does not come too often.
+    #[test]
+    fn space_requests_must_be_signed_fresh_and_not_too_frequent() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        let ring = a.ipam().alloc().ring().clone();
+        b.ipam.alloc_mut().merge(&ring).expect("merge");
+        let ask = |b: &mut IpamChannel, at: Instant| {
+            queued(b);
+            b.ask_for_space(name(1), at);
+            match queued(b).as_slice() {
+                [ChannelSend::Unicast { payload, .. }] => payload.clone(),
+                q => panic!("{q:?}"),
+            }
+        };
+        let owned = |a: &IpamChannel| a.ipam().alloc().ring().ownership();
+        // Under another name than the sender's: refused.
+        let req = ask(&mut b, now);
+        a.on_unicast(now, name(3), &req)
+            .expect("dropped, not an error");
+        assert_eq!(a.refused().space_request, 1);
+        assert_eq!(owned(&a).len(), 1, "nothing given");
+        // Badly signed: refused.
+        let Ok(IpamMsg::SpaceRequest(mut forged)) = decode_ipam(&req) else {
+            panic!("a space request")
+        };
+        forged.at_ms += 1;
+        let forged = encode_ipam(&IpamMsg::SpaceRequest(forged)).expect("encode");
+        a.on_unicast(now, name(2), &forged).expect("dropped");
+        assert_eq!(a.refused().space_request, 2);
+        // Genuine: space given.
+        a.on_unicast(now, name(2), &req).expect("taken");
+        assert!(owned(&a).contains_key(&name(2)));
+        let given = owned(&a)[&name(2)];
+        // Replayed: refused.
+        a.on_unicast(now, name(2), &req).expect("dropped");
+        assert_eq!(a.refused().space_request, 3);
+        // A new request at once: too frequent.
+        let again = ask(&mut b, now);
+        a.on_unicast(now, name(2), &again).expect("dropped");
+        assert_eq!(a.refused().space_rate, 1);
+        assert_eq!(owned(&a)[&name(2)], given);
+        // Later: given more.
+        let later = now + std::time::Duration::from_millis(DONATION_INTERVAL_MS);
+        let req = ask(&mut b, later);
+        a.on_unicast(later, name(2), &req).expect("taken");
+        assert!(owned(&a)[&name(2)] > given);
+        // Stale (a request kept for longer than the freshness window).
+        let old = ask(&mut b, later);
+        let much_later = later + std::time::Duration::from_millis(SPACE_REQUEST_FRESH_MS + 10);
+        a.on_unicast(much_later, name(2), &old).expect("dropped");
+        assert_eq!(a.refused().space_request, 4);
+    }
+
+    /// Unsigned claims are dropped and counted; once seeded, claims are
+    /// neither taken nor stored.
+    #[test]
+    fn claims_are_signed_and_forgotten_once_seeded() {
+        let now = Instant::now();
+        let mut v1 = IpamChannel::new(key(1), range(), Init::Consensus(2), now, 1);
+        let mut v2 = IpamChannel::new(key(2), range(), Init::Consensus(2), now, 1);
+        for ch in [&mut v1, &mut v2] {
+            ch.saved(now);
+            queued(ch);
+        }
+        let state = |ch: &mut IpamChannel| ch.full_state(now).expect("saved");
+        let s2 = state(&mut v2);
+        let Ok(IpamMsg::State {
+            ring,
+            mut consensus,
+            free,
+        }) = decode_ipam(&s2)
+        else {
+            panic!("a state")
+        };
+        assert!(consensus.iter().all(|c| c.sig.is_some()), "ours are signed");
+        consensus[0].sig = None;
+        let unsigned = encode_ipam(&IpamMsg::State {
+            ring,
+            consensus,
+            free,
+        })
+        .expect("encode");
+        v1.on_gossip(now, &unsigned).expect("dropped, not an error");
+        assert_eq!(v1.refused().claims, 1);
+        assert_eq!(v1.ipam().knowledge().len(), 1, "voter 2 not seen");
+        v1.on_gossip(now, &s2).expect("signed");
+        assert_eq!(v1.ipam().knowledge().len(), 2);
+        // Until the two agree.
+        let mut t = now;
+        for _ in 0..200 {
+            t += std::time::Duration::from_millis(500);
+            for ch in [&mut v1, &mut v2] {
+                ch.tick(t, 3);
+                ch.saved(t);
+            }
+            let (s1, s2) = (v1.full_state(t), v2.full_state(t));
+            if let Some(s) = s2 {
+                v1.on_gossip(t, &s).expect("good");
+            }
+            if let Some(s) = s1 {
+                v2.on_gossip(t, &s).expect("good");
+            }
+            if v1.unready(t).is_none() && v2.unready(t).is_none() {
+                break;
+            }
+        }
+        assert_eq!(v1.unready(t), None, "consensus reached");
+        v1.saved(t);
+        v1.tick(t, 0);
+        let saved = v1.unsaved().or_else(|| {
+            v1.changed();
+            v1.unsaved()
+        });
+        assert_eq!(
+            saved.expect("state").consensus,
+            Vec::new(),
+            "not stored once seeded"
+        );
+        let known = v1.ipam().knowledge().clone();
+        let stale = IpamChannel::new(key(3), range(), Init::Consensus(2), now, 1);
+        let mut stale = stale;
+        stale.saved(now);
+        let s3 = stale.full_state(now).expect("saved");
+        v1.on_gossip(t, &s3).expect("ignored");
+        assert_eq!(v1.ipam().knowledge(), &known, "claims ignored once seeded");
+    }
+
+    /// A ring past the receivers' limits is not sent (and counted): before,
+    /// the sender built it, and every receiver refused it.
+    #[test]
+    fn a_state_the_receivers_would_refuse_is_not_sent() {
+        use weft_peer_proto::ipam::{EntryWire, MAX_RING_ENTRIES};
+        let now = Instant::now();
+        let big: AddrRange = "10.0.0.0/8".parse().expect("range");
+        let (me, other) = (name(1), name(2));
+        let n = MAX_RING_ENTRIES as u32 + 1;
+        let entries = (0..n)
+            .map(|i| EntryWire {
+                token: big.start + i * 8,
+                owner: if i % 2 == 0 { me } else { other },
+                version: 2,
+            })
+            .collect();
+        let saved = Persisted {
+            ring: RingWire {
+                start: big.start,
+                end: big.end,
+                cluster: Some(1),
+                entries,
+                removed: Vec::new(),
+                removals: Vec::new(),
+            },
+            allocs: Vec::new(),
+            consensus: Vec::new(),
+        };
+        let mut ch = IpamChannel::restore(key(1), big, Init::Observer, &saved, now, 1)
+            .expect("a ring we wrote ourselves");
+        ch.saved(now);
+        assert!(
+            ch.sender().is_empty(),
+            "nothing the receivers refuse is sent"
+        );
+        assert!(ch.full_state(now).is_none());
+        assert!(ch.refused().oversize >= 2, "{:?}", ch.refused());
     }
 }

@@ -13,6 +13,10 @@
 //!   donate half of its largest free interval, merge rings, inherit the
 //!   ranges of removed peers, snapshot for persistence.
 //!
+//! - [`removal`]: removal certificates, signed by the removed router or a
+//!   majority of the other owners.
+//! - [`counters`]: what was dropped from peers, by kind.
+//!
 //! - [`wire`]: checked conversions from and to the `ipam` channel's wire types.
 //! - [`paxos`]: `consensus=N` bootstrap, single-decree Paxos over gossip.
 //!
@@ -28,8 +32,10 @@
 pub mod allocator;
 pub mod bootstrap;
 pub mod channel;
+pub mod counters;
 pub mod paxos;
 pub mod range;
+pub mod removal;
 pub mod ring;
 pub mod space;
 pub mod wire;
@@ -37,7 +43,9 @@ pub mod wire;
 pub use allocator::{AllocError, Allocator, Snapshot};
 pub use bootstrap::{Init, Ipam, Waiting};
 pub use channel::{IpamChannel, IpamError, Persisted, Unready};
+pub use counters::Refused;
 pub use range::AddrRange;
+pub use removal::Removal;
 pub use ring::{Entry, MergeOutcome, Ring, RingError};
 pub use space::FreeSet;
 pub use weft_peer_proto::PeerName;

@@ -14,14 +14,20 @@
 //! are counted as conflicts and resolved the same way everywhere.
 //!
 //! A ring carries the id of the cluster that seeded it; rings of different
-//! clusters refuse to merge. Peers removed for good (`rmpeer`) are kept in a
-//! grow-only set, so that their ranges go to an heir and never come back.
+//! clusters refuse to merge. A peer is removed for good (`rmpeer`) only by a
+//! valid removal certificate ([`crate::removal`]): certificates merge by the
+//! union of their signatures, and each ring decides for itself, against its
+//! own owners, when one is complete. A removed peer's ranges go to an heir
+//! and never come back; once it owns nothing, the allocator compacts it away
+//! after a horizon.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use weft_peer_proto::PeerName;
+use weft_peer_proto::sign::Signer;
 
 use crate::range::AddrRange;
+use crate::removal::{Removal, SigOutcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Entry {
@@ -56,7 +62,11 @@ pub struct Ring {
     range: AddrRange,
     cluster: Option<u64>,
     entries: BTreeMap<u32, Entry>,
+    /// Peers removed by a certificate that was valid here.
     removed: BTreeSet<PeerName>,
+    /// Removal certificates, complete or gathering signatures; only for
+    /// peers that own space here or are removed.
+    removals: BTreeMap<PeerName, Removal>,
 }
 
 /// What a merge did.
@@ -65,6 +75,10 @@ pub struct MergeOutcome {
     pub changed: bool,
     /// Tokens where both sides had different entries of the same version.
     pub conflicts: u32,
+    /// Removal signatures taken, forged and refused.
+    pub removals: SigOutcome,
+    /// Certificates for peers that own nothing here (not kept).
+    pub removals_refused: u32,
 }
 
 impl Ring {
@@ -75,6 +89,7 @@ impl Ring {
             cluster: None,
             entries: BTreeMap::new(),
             removed: BTreeSet::new(),
+            removals: BTreeMap::new(),
         }
     }
 
@@ -106,12 +121,14 @@ impl Ring {
         cluster: Option<u64>,
         entries: BTreeMap<u32, Entry>,
         removed: BTreeSet<PeerName>,
+        removals: BTreeMap<PeerName, Removal>,
     ) -> Self {
         Ring {
             range,
             cluster,
             entries,
             removed,
+            removals,
         }
     }
 
@@ -131,6 +148,15 @@ impl Ring {
         self.entries.iter().map(|(t, e)| (*t, *e))
     }
 
+    /// The entries whose tokens lie in `r`.
+    pub fn entries_in(&self, r: AddrRange) -> Vec<(u32, Entry)> {
+        self.entries
+            .range(r.start..)
+            .take_while(|(t, _)| u64::from(**t) < r.end)
+            .map(|(t, e)| (*t, *e))
+            .collect()
+    }
+
     /// The entry at exactly `token`.
     pub fn entry(&self, token: u32) -> Option<Entry> {
         self.entries.get(&token).copied()
@@ -138,6 +164,133 @@ impl Ring {
 
     pub fn removed(&self) -> &BTreeSet<PeerName> {
         &self.removed
+    }
+
+    /// Removal certificates, complete or not, by the peer they remove.
+    pub fn removals(&self) -> impl Iterator<Item = (PeerName, &Removal)> {
+        self.removals.iter().map(|(p, r)| (*p, r))
+    }
+
+    /// The peers that may sign a removal: those that own space and are not
+    /// removed.
+    fn signers(&self) -> BTreeSet<PeerName> {
+        self.entries
+            .values()
+            .map(|e| e.owner)
+            .filter(|o| !self.removed.contains(o))
+            .collect()
+    }
+
+    /// Adds signatures to the certificate for `peer` (kept only while `peer`
+    /// owns space here or is removed), then applies what became valid.
+    /// `signers` are those who may sign: owners not removed, before or
+    /// after the merge that brought `sigs` (a certificate often arrives with
+    /// the heir's entries, after which the removed peer owns nothing).
+    fn absorb_removal<'a>(
+        &mut self,
+        peer: PeerName,
+        sigs: impl IntoIterator<Item = &'a weft_peer_proto::sign::Sig>,
+        signers: &BTreeSet<PeerName>,
+        out: &mut MergeOutcome,
+    ) {
+        let Some(cluster) = self.cluster else {
+            return;
+        };
+        let removed = self.removed.contains(&peer);
+        // An applied removal is complete here: more signatures add nothing.
+        if removed && self.removals.contains_key(&peer) {
+            return;
+        }
+        if !removed && !signers.contains(&peer) {
+            out.removals_refused += 1;
+            return;
+        }
+        let cert = self.removals.entry(peer).or_default();
+        let o = cert.absorb(cluster, peer, sigs, |s| signers.contains(&s));
+        out.changed |= o.added > 0;
+        out.removals.absorb(o);
+    }
+
+    /// Whether the certificate for `peer` is valid against our owners now.
+    pub fn removal_is_valid(&self, peer: PeerName) -> bool {
+        let signers = self.signers();
+        self.removals
+            .get(&peer)
+            .is_some_and(|c| c.is_valid(peer, &signers))
+    }
+
+    /// Marks removed every peer whose certificate is valid now, again while
+    /// that changes who may sign. A certificate for a peer that owns nothing
+    /// here any more (its heir's entries arrived first) is applied too: the
+    /// owners it was valid against are not ours any more, and removing a
+    /// peer that owns nothing takes nothing from anyone. (The allocator
+    /// never takes that shortcut for itself: see `Allocator::merge`.)
+    fn apply_removals(&mut self) -> bool {
+        let mut changed = false;
+        loop {
+            let signers = self.signers();
+            let owners: BTreeSet<PeerName> = self.entries.values().map(|e| e.owner).collect();
+            let valid: Vec<PeerName> = self
+                .removals
+                .iter()
+                .filter(|(p, c)| {
+                    !self.removed.contains(*p)
+                        && (c.is_valid(**p, &signers) || (!owners.contains(*p) && !c.is_empty()))
+                })
+                .map(|(p, _)| *p)
+                .collect();
+            if valid.is_empty() {
+                return changed;
+            }
+            self.removed.extend(valid);
+            changed = true;
+        }
+    }
+
+    /// `key`'s signature on the removal of `peer`: `key` must own space or be
+    /// `peer`. Returns whether the ring changed (a new signature, or the
+    /// removal now applied).
+    pub fn sign_removal(&mut self, key: &impl Signer, peer: PeerName) -> Result<bool, RingError> {
+        let Some(cluster) = self.cluster else {
+            return Err(RingError::NotSeeded);
+        };
+        let me = key.name();
+        if me != peer && !self.signers().contains(&me) {
+            return Err(RingError::NotOwner(self.range));
+        }
+        let sig = Removal::sign(key, cluster, peer);
+        let mut out = MergeOutcome::default();
+        let signers = self.signers();
+        self.absorb_removal(peer, [&sig], &signers, &mut out);
+        if out.removals_refused > 0 {
+            return Err(RingError::Invariant(format!(
+                "{peer} owns nothing to remove"
+            )));
+        }
+        Ok(self.apply_removals() | out.changed)
+    }
+
+    /// Forgets `peer`'s removal (it owns nothing any more, and the horizon
+    /// passed), so that the removed set stays bounded.
+    pub(crate) fn forget_removed(&mut self, peer: PeerName) {
+        if self.entries.values().all(|e| e.owner != peer) {
+            self.removed.remove(&peer);
+            self.removals.remove(&peer);
+        }
+    }
+
+    /// Drops certificates that cannot apply any more (their peer owns
+    /// nothing, and is not removed) and signatures of former owners.
+    fn prune_removals(&mut self) {
+        let owners: BTreeSet<PeerName> = self.entries.values().map(|e| e.owner).collect();
+        let removed = &self.removed;
+        self.removals
+            .retain(|p, _| owners.contains(p) || removed.contains(p));
+        for (p, c) in &mut self.removals {
+            if !removed.contains(p) {
+                c.retain(*p, |s| owners.contains(&s) && !removed.contains(&s));
+            }
+        }
     }
 
     /// The end (exclusive) of the entry at `token`.
@@ -206,6 +359,7 @@ impl Ring {
             }
             _ => {}
         }
+        let before = self.signers();
         for (t, theirs) in &other.entries {
             match self.entries.get_mut(t) {
                 None => {
@@ -224,9 +378,16 @@ impl Ring {
                 }
             }
         }
-        for p in &other.removed {
-            out.changed |= self.removed.insert(*p);
+        // Their removed set is their opinion: we go by the certificates.
+        if !other.removals.is_empty() {
+            let mut signers = self.signers();
+            signers.extend(before.iter().filter(|p| !self.removed.contains(p)));
+            for (p, cert) in &other.removals {
+                self.absorb_removal(*p, cert.sigs(), &signers, &mut out);
+            }
         }
+        out.changed |= self.apply_removals();
+        self.prune_removals();
         Ok(out)
     }
 
@@ -288,8 +449,10 @@ impl Ring {
         Ok(())
     }
 
-    /// Marks `peer` as gone for good.
-    pub fn remove_peer(&mut self, peer: PeerName) -> bool {
+    /// Marks `peer` as gone for good with no certificate (tests of the heir
+    /// rules).
+    #[cfg(test)]
+    pub(crate) fn remove_unchecked(&mut self, peer: PeerName) -> bool {
         self.removed.insert(peer)
     }
 
@@ -451,7 +614,7 @@ mod tests {
     #[test]
     fn removed_peer_goes_to_exactly_one_heir() {
         let mut r = Ring::seeded(R, &[p(1), p(2), p(3)], 7);
-        r.remove_peer(p(2));
+        r.remove_unchecked(p(2));
         // p2's range follows p1's: p1 inherits, p3 does not.
         assert_eq!(r.clone().inherit_removed(p(3)), 0);
         let n = r.inherit_removed(p(1));
@@ -463,7 +626,7 @@ mod tests {
         assert!(r.ranges_of(p(2)).is_empty());
         // Wrapping around: the first peer's heir is the last owner.
         let mut r = Ring::seeded(R, &[p(1), p(2), p(3)], 7);
-        r.remove_peer(p(1));
+        r.remove_unchecked(p(1));
         assert_eq!(r.inherit_removed(p(3)), 341);
     }
 
@@ -477,8 +640,8 @@ mod tests {
         at_x.transfer(x, AddrRange::new(1300, 1341), d)
             .expect("x owns it");
         let mut at_b = base;
-        at_x.remove_peer(d);
-        at_b.remove_peer(d);
+        at_x.remove_unchecked(d);
+        at_b.remove_unchecked(d);
         let gx = at_x.inherit_removed(x);
         let gb = at_b.inherit_removed(b);
         assert_eq!((gx, gb), (41, 342));
@@ -493,8 +656,8 @@ mod tests {
     #[test]
     fn chains_of_removed_peers_resolve() {
         let mut r = Ring::seeded(R, &[p(1), p(2), p(3), p(4)], 7);
-        r.remove_peer(p(2));
-        r.remove_peer(p(3));
+        r.remove_unchecked(p(2));
+        r.remove_unchecked(p(3));
         assert_eq!(r.inherit_removed(p(4)), 0, "p4 precedes only p1");
         assert_eq!(r.inherit_removed(p(1)), 512, "p1 takes p2's, then p3's");
         assert_eq!(r.ownership().len(), 2);

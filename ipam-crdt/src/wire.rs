@@ -3,10 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use weft_peer_proto::PeerName;
 use weft_peer_proto::ipam::{BallotWire, ClaimsWire, EntryWire, RingWire};
+use weft_peer_proto::sign::Signer;
 
 use crate::paxos::{Ballot, Claims, Knowledge};
 use crate::range::AddrRange;
+use crate::removal::Removal;
 use crate::ring::{Entry, Ring, RingError};
 
 /// Versions grow by one per change of one range; no real ring comes near
@@ -28,12 +31,26 @@ impl Ring {
                 })
                 .collect(),
             removed: self.removed().iter().copied().collect(),
+            removals: self.removals().map(|(p, r)| r.to_wire(p)).collect(),
         }
     }
 
     /// A ring from a peer: it must cover `range`, hold each token once,
-    /// inside the range, and pass [`Ring::check`].
+    /// inside the range, and pass [`Ring::check`]. The peer's removed set is
+    /// not taken: its certificates are, with their signatures unchecked
+    /// until this ring is merged into one of ours (which checks them).
     pub fn from_wire(w: &RingWire, range: AddrRange) -> Result<Ring, RingError> {
+        Self::parse(w, range, false)
+    }
+
+    /// A ring this router saved itself: its removed set is taken as it is
+    /// (a state file from before removal certificates has no certificates
+    /// for its removals; they stay removed here, and are sent as they are).
+    pub fn from_saved(w: &RingWire, range: AddrRange) -> Result<Ring, RingError> {
+        Self::parse(w, range, true)
+    }
+
+    fn parse(w: &RingWire, range: AddrRange, ours: bool) -> Result<Ring, RingError> {
         let theirs = AddrRange::new(w.start, w.end);
         if theirs != range || w.end < u64::from(w.start) {
             return Err(RingError::RangeMismatch {
@@ -68,11 +85,59 @@ impl Ring {
                 return Err(RingError::Invariant(format!("token {} twice", e.token)));
             }
         }
-        let removed: BTreeSet<_> = w.removed.iter().copied().collect();
-        let ring = Ring::from_parts(range, w.cluster, entries, removed);
+        let removed: BTreeSet<_> = if ours {
+            w.removed.iter().copied().collect()
+        } else {
+            BTreeSet::new()
+        };
+        let mut removals: BTreeMap<_, Removal> = BTreeMap::new();
+        for r in &w.removals {
+            removals
+                .entry(r.peer)
+                .or_default()
+                .add_unchecked(r.sigs.iter().copied());
+        }
+        let ring = Ring::from_parts(range, w.cluster, entries, removed, removals);
         ring.check()?;
         Ok(ring)
     }
+}
+
+/// The domain of a voter's signature over its consensus claims.
+pub const CLAIMS_DOMAIN: &str = "weft/claims/1";
+
+/// `(range start, range end, voter, promise, accepted)`.
+pub type ClaimsStatement<'a> = (
+    u32,
+    u64,
+    PeerName,
+    Option<BallotWire>,
+    &'a Option<(BallotWire, Vec<PeerName>)>,
+);
+
+/// What a voter signs: its claims, over this range (so that they cannot be
+/// replayed into a consensus over another).
+pub fn claims_statement(range: AddrRange, c: &ClaimsWire) -> ClaimsStatement<'_> {
+    (range.start, range.end, c.voter, c.promise, &c.accepted)
+}
+
+/// `c` signed by its voter, `key`.
+pub fn sign_claims(key: &impl Signer, range: AddrRange, mut c: ClaimsWire) -> ClaimsWire {
+    c.sig = Some(key.sign(CLAIMS_DOMAIN, &claims_statement(range, &c)));
+    c
+}
+
+/// Whether `c` carries its voter's signature.
+pub fn claims_verify(range: AddrRange, c: &ClaimsWire) -> bool {
+    c.sig.is_some_and(|s| {
+        s.verify_by(c.voter, CLAIMS_DOMAIN, &claims_statement(range, c))
+            .is_ok()
+    })
+}
+
+/// The same claims, signatures aside.
+pub fn same_claims(a: &ClaimsWire, b: &ClaimsWire) -> bool {
+    a.voter == b.voter && a.promise == b.promise && a.accepted == b.accepted
 }
 
 fn ballot(b: BallotWire) -> Ballot {
@@ -98,6 +163,7 @@ pub fn knowledge_to_wire(k: &Knowledge) -> Vec<ClaimsWire> {
                 .accepted
                 .as_ref()
                 .map(|(b, v)| (ballot_wire(*b), v.clone())),
+            sig: None,
         })
         .collect()
 }
@@ -118,8 +184,6 @@ pub fn knowledge_from_wire(w: &[ClaimsWire]) -> Knowledge {
 
 #[cfg(test)]
 mod tests {
-    use weft_peer_proto::PeerName;
-
     use super::*;
 
     const R: AddrRange = AddrRange {
@@ -132,9 +196,13 @@ mod tests {
         let mut ring = Ring::seeded(R, &[PeerName(1), PeerName(2)], 5);
         ring.transfer(PeerName(1), AddrRange::new(120, 130), PeerName(3))
             .expect("owner");
-        ring.remove_peer(PeerName(7));
+        ring.remove_unchecked(PeerName(7));
         let w = ring.to_wire();
-        assert_eq!(Ring::from_wire(&w, R), Ok(ring));
+        assert_eq!(Ring::from_saved(&w, R), Ok(ring.clone()));
+        assert!(
+            Ring::from_wire(&w, R).expect("valid").removed().is_empty(),
+            "a peer's removed set is its opinion, not a certificate"
+        );
         let other = AddrRange::new(100, 300);
         assert!(matches!(
             Ring::from_wire(&w, other),

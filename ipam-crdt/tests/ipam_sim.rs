@@ -14,6 +14,14 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 mod common;
 use common::Rng;
 use weft_ipam_crdt::{AddrRange, AllocError, Allocator, PeerName, Ring, Snapshot};
+use weft_peer_proto::sign::{KeyPair, Signer};
+
+/// Router `i`'s identity key; its name is the key's.
+fn key_of(i: usize) -> KeyPair {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+    KeyPair::from_seed(seed)
+}
 
 #[derive(Clone)]
 enum Msg {
@@ -51,6 +59,8 @@ struct World {
     seed: u64,
     now: u64,
     nodes: Vec<Node>,
+    keys: Vec<KeyPair>,
+    index: HashMap<PeerName, usize>,
     queue: BinaryHeap<Reverse<(u64, u64)>>,
     msgs: HashMap<u64, (usize, Msg)>,
     seq: u64,
@@ -155,7 +165,7 @@ impl World {
                         let ring = a.ring().clone();
                         self.bump("donations");
                         self.persist(to);
-                        let from_idx = (from.0 - 1) as usize;
+                        let from_idx = self.index[&from];
                         self.send(to, from_idx, Msg::Ring(ring));
                         self.gossip(to, 1);
                     }
@@ -220,7 +230,7 @@ impl World {
                             .filter(|(p, _)| **p != me)
                             .max_by_key(|(_, n)| **n)
                         {
-                            let d = (donor.0 - 1) as usize;
+                            let d = self.index[donor];
                             self.send(i, d, Msg::Ask(me));
                         } else {
                             // Not even a ring yet: ask anyone.
@@ -269,8 +279,7 @@ impl World {
                 }
             }
             960..=969 if self.nodes.len() < 80 => {
-                let name = PeerName(self.nodes.len() as u64 + 1);
-                self.nodes.push(Node::start(name, Ring::new(self.range)));
+                self.join();
                 if let Some(g) = self.group.as_mut() {
                     g.push(0);
                 }
@@ -319,27 +328,44 @@ impl World {
             return;
         }
         let x = candidates[self.rng.below(candidates.len() as u64) as usize];
-        let by = live[self.rng.below(live.len() as u64) as usize];
         self.nodes[x].removed = true;
         let name = self.nodes[x].name;
-        if let Some(a) = self.nodes[by].alloc.as_mut() {
-            a.remove_peer(name);
+        // The operator asks every router; each live one that owns space
+        // signs, and the signatures gather by gossip into a certificate.
+        for by in live {
+            let key = &self.keys[by];
+            if let Some(a) = self.nodes[by].alloc.as_mut()
+                && a.sign_removal(key, name).is_ok()
+            {
+                self.persist(by);
+                self.gossip(by, 3);
+            }
         }
-        self.persist(by);
-        self.gossip(by, 3);
         self.bump("removals");
+    }
+
+    /// A router with nothing joins.
+    fn join(&mut self) {
+        let i = self.nodes.len();
+        let key = key_of(i);
+        let name = key.name();
+        self.keys.push(key);
+        self.index.insert(name, i);
+        self.nodes.push(Node::start(name, Ring::new(self.range)));
     }
 }
 
 fn run(seed: u64, ops: u64) {
     let range: AddrRange = "10.32.0.0/22".parse().expect("range");
-    let seeds: Vec<PeerName> = (1..=10).map(PeerName).collect();
+    let seeds: Vec<PeerName> = (0..10).map(|i| key_of(i).name()).collect();
     let ring = Ring::seeded(range, &seeds, 42);
     let mut w = World {
         rng: Rng::new(seed),
         seed,
         now: 0,
         nodes: Vec::new(),
+        keys: Vec::new(),
+        index: HashMap::new(),
         queue: BinaryHeap::new(),
         msgs: HashMap::new(),
         seq: 0,
@@ -348,15 +374,12 @@ fn run(seed: u64, ops: u64) {
         stats: BTreeMap::new(),
         touched: Vec::new(),
     };
-    for i in 0..50u64 {
-        let name = PeerName(i + 1);
+    for i in 0..50 {
         // Ten seed routers start with the ring; forty join with nothing.
-        let r = if i < 10 {
-            ring.clone()
-        } else {
-            Ring::new(range)
-        };
-        w.nodes.push(Node::start(name, r));
+        w.join();
+        if i < 10 {
+            w.nodes[i] = Node::start(w.nodes[i].name, ring.clone());
+        }
     }
     for op in 0..ops {
         w.step();
@@ -410,18 +433,34 @@ fn run(seed: u64, ops: u64) {
         .expect("live");
     for l in &live {
         let a = w.nodes[*l].alloc.as_ref().expect("live");
-        assert_eq!(
-            a.ring(),
-            &first,
+        // Who owns what agrees. Removed sets may differ only in peers that
+        // own nothing (a certificate that reached some routers after the
+        // heir's entries); compaction forgets those after the horizon.
+        let entries = |r: &Ring| r.entries().collect::<Vec<_>>();
+        assert!(
+            entries(a.ring()) == entries(&first),
             "ring of {} differs after healing; seed {seed}",
             a.me()
+        );
+        let own = first.ownership();
+        let differ: Vec<_> = a
+            .ring()
+            .removed()
+            .symmetric_difference(first.removed())
+            .filter(|p| own.contains_key(p))
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "{} and {} disagree on the removal of owners {differ:?}; seed {seed}",
+            a.me(),
+            live[0]
         );
     }
     // Nothing leaked: every address is owned by a live router (removed ones'
     // space was inherited) and is free, held or reserved there (check()).
     let own = first.ownership();
     for p in own.keys() {
-        let n = &w.nodes[(p.0 - 1) as usize];
+        let n = &w.nodes[w.index[p]];
         assert!(
             !n.removed,
             "removed peer {p} still owns space after healing; seed {seed}"

@@ -192,6 +192,8 @@ mod tests {
     #[test]
     fn ipam_roundtrip_and_truncation() {
         use crate::ipam::*;
+        use crate::sign::{KeyPair, Signer};
+        let key = KeyPair::from_seed([3; 32]);
         let msg = IpamMsg::State {
             ring: RingWire {
                 start: 10,
@@ -203,6 +205,10 @@ mod tests {
                     version: 2,
                 }],
                 removed: vec![PeerName(9)],
+                removals: vec![RemovalWire {
+                    peer: PeerName(9),
+                    sigs: vec![key.sign("weft-test", &9u64)],
+                }],
             },
             consensus: vec![ClaimsWire {
                 voter: PeerName(1),
@@ -217,6 +223,7 @@ mod tests {
                     },
                     vec![PeerName(1), PeerName(2)],
                 )),
+                sig: Some(key.sign("weft-test", &1u64)),
             }],
             free: vec![FreeHint {
                 peer: PeerName(1),
@@ -229,9 +236,15 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(decode_ipam(&bytes[..cut]).is_err());
         }
+        let ask = IpamMsg::SpaceRequest(SpaceRequestWire {
+            requester: key.name(),
+            cluster: 3,
+            at_ms: 17,
+            sig: key.sign("weft-test", &17u64),
+        });
         assert_eq!(
-            decode_ipam(&encode_ipam(&IpamMsg::SpaceRequest).expect("encode")).ok(),
-            Some(IpamMsg::SpaceRequest)
+            decode_ipam(&encode_ipam(&ask).expect("encode")).ok(),
+            Some(ask)
         );
     }
 

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::PeerName;
+use crate::sign::Sig;
 
 /// One ring entry: `owner` owns from `token` up to the next token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,7 +22,23 @@ pub struct RingWire {
     pub end: u64,
     pub cluster: Option<u64>,
     pub entries: Vec<EntryWire>,
+    /// The routers the sender has removed. Informational on the wire (a
+    /// receiver goes by the certificates in `removals` alone); trusted only
+    /// when read back from the router's own disk, which is how a state file
+    /// from before removal certificates keeps its removals.
+    #[serde(default)]
     pub removed: Vec<PeerName>,
+    /// Removal certificates, complete or still gathering signatures.
+    #[serde(default)]
+    pub removals: Vec<RemovalWire>,
+}
+
+/// "`peer` is gone for good", with the signatures gathered so far: by
+/// `peer` itself, or by routers that own space (`ipam-crdt` `removal`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovalWire {
+    pub peer: PeerName,
+    pub sigs: Vec<Sig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +53,21 @@ pub struct ClaimsWire {
     pub voter: PeerName,
     pub promise: Option<BallotWire>,
     pub accepted: Option<(BallotWire, Vec<PeerName>)>,
+    /// The voter's signature over its claims (`ipam-crdt` `wire::claims_statement`).
+    #[serde(default)]
+    pub sig: Option<Sig>,
+}
+
+/// "I, `requester`, have no free address" (signed by the requester, over the
+/// ring's cluster and the requester's wall clock, so that it cannot be
+/// replayed for ever nor under another name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceRequestWire {
+    pub requester: PeerName,
+    pub cluster: u64,
+    /// The requester's wall clock, ms since the Unix epoch; grows per request.
+    pub at_ms: u64,
+    pub sig: Sig,
 }
 
 /// How many free addresses a router has, as it last said; the highest `seq`
@@ -57,7 +89,7 @@ pub enum IpamMsg {
         free: Vec<FreeHint>,
     },
     /// "I have no free address; please give me some" (unicast).
-    SpaceRequest,
+    SpaceRequest(SpaceRequestWire),
 }
 
 /// Most ring entries accepted in one message.
@@ -77,6 +109,8 @@ impl IpamMsg {
             let too_many = ring.entries.len() > MAX_RING_ENTRIES
                 || free.len() > MAX_IPAM_PEERS
                 || ring.removed.len() > MAX_IPAM_PEERS
+                || ring.removals.len() > MAX_IPAM_PEERS
+                || ring.removals.iter().any(|r| r.sigs.len() > MAX_IPAM_PEERS)
                 || consensus.len() > MAX_IPAM_PEERS
                 || consensus.iter().any(|c| {
                     c.accepted

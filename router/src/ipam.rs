@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use weft_api::NotReady;
 use weft_ipam_crdt::{AddrRange, Init, IpamChannel, Persisted, Unready};
 use weft_peer_proto::PeerName;
+use weft_peer_proto::sign::{KeyPair, Signer};
 
 const FILE: &str = "ipam.json";
 
@@ -51,10 +52,26 @@ pub fn has_state(data_dir: &Path) -> bool {
     data_dir.join(FILE).exists()
 }
 
+/// The identity key as the IPAM channel's signer; its name must be the
+/// router's (both are the hash of the same public key).
+pub fn signer(key: &rcgen::KeyPair, me: PeerName) -> Result<KeyPair> {
+    let k = KeyPair::from_pkcs8(&key.serialize_der())
+        .map_err(|e| anyhow::anyhow!("the identity key cannot sign IPAM statements: {e}"))?;
+    if k.name() != me {
+        bail!(
+            "the identity key signs as {}, but the router is {me}",
+            k.name()
+        );
+    }
+    Ok(k)
+}
+
 /// Opens the IPAM channel from the state in `data_dir`, or a new one, and
 /// saves it (so a data directory that cannot be written fails at start).
+/// A state file from before removal certificates is migrated: the removals
+/// it holds stay in force here (they were applied when they were trusted).
 pub fn open(
-    me: PeerName,
+    key: KeyPair,
     range: AddrRange,
     init: Init,
     data_dir: &Path,
@@ -65,13 +82,13 @@ pub fn open(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let mut ch = match crate::store::read_json::<Persisted>(&path)? {
-        Some(p) => IpamChannel::restore(me, range, init, &p, now, wall_ms).map_err(|e| {
+        Some(p) => IpamChannel::restore(key, range, init, &p, now, wall_ms).map_err(|e| {
             anyhow::anyhow!(
                 "{}: {e}; if --ipalloc-range changed on purpose, remove the file (its allocations are lost)",
                 path.display()
             )
         })?,
-        None => IpamChannel::new(me, range, init, now, wall_ms),
+        None => IpamChannel::new(key, range, init, now, wall_ms),
     };
     save(&mut ch, data_dir, now)?;
     Ok(ch)
@@ -81,6 +98,10 @@ pub fn open(
 /// the write. A failed write stops the channel (it allocates and sends
 /// nothing more) and is returned.
 pub fn save(ch: &mut IpamChannel, data_dir: &Path, now: Instant) -> Result<()> {
+    // Stopped after a failed write: nothing counts as saved any more.
+    if let Some(why) = ch.stopped() {
+        bail!("IPAM stopped after a failed write: {why}");
+    }
     let Some(p) = ch.unsaved() else {
         return Ok(());
     };
@@ -169,23 +190,50 @@ mod tests {
         assert_eq!(prefix_len("0.0.0.0/0".parse().expect("cidr")), 0);
     }
 
+    /// A state file written before removal certificates (its removed set a
+    /// list of names) still opens, and its removals stay in force.
+    #[test]
+    fn a_state_file_from_before_certificates_is_migrated() {
+        let dir = std::env::temp_dir().join(format!("weft-ipam-old-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let key = KeyPair::from_seed([1; 32]);
+        let me = key.name();
+        let gone = KeyPair::from_seed([2; 32]).name();
+        let old = format!(
+            r#"{{"ring":{{"start":169869312,"end":169869568,"cluster":7,"entries":[{{"token":169869312,"owner":{},"version":1}},{{"token":169869440,"owner":{},"version":2}}],"removed":[{}]}},"allocs":[],"consensus":[]}}"#,
+            serde_json::to_string(&gone).expect("name"),
+            serde_json::to_string(&me).expect("name"),
+            serde_json::to_string(&gone).expect("name"),
+        );
+        std::fs::write(dir.join(FILE), old).expect("write");
+        let range: AddrRange = "10.32.0.0/24".parse().expect("cidr");
+        let s = open(key, range, Init::Observer, &dir, Instant::now()).expect("migrated");
+        assert!(s.is_removed_peer(gone), "the old removal stays in force");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     #[test]
     fn allocations_survive_reopening() {
         let dir = std::env::temp_dir().join(format!("weft-ipam-svc-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
         let range: AddrRange = "10.32.0.0/24".parse().expect("cidr");
-        let me = PeerName(1);
+        let key = || KeyPair::from_seed([1; 32]);
+        let me = key().name();
         let now = Instant::now();
         let init = || Init::Seed(vec![me]);
-        let mut s = open(me, range, init(), &dir, now).expect("open");
+        let mut s = open(key(), range, init(), &dir, now).expect("open");
         let a = s.allocate("c1", None).expect("space");
         save(&mut s, &dir, now).expect("save");
         drop(s);
-        let mut s = open(me, range, init(), &dir, now).expect("reopen");
+        let mut s = open(key(), range, init(), &dir, now).expect("reopen");
         assert_eq!(s.allocate("c1", None), Ok(a));
         let other: AddrRange = "10.33.0.0/24".parse().expect("cidr");
-        assert!(open(me, other, init(), &dir, now).is_err(), "range changed");
+        assert!(
+            open(key(), other, init(), &dir, now).is_err(),
+            "range changed"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -23,6 +23,11 @@ pub struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BytesLabel {
     pub channel: String,
     pub direction: String,
@@ -145,7 +150,7 @@ impl Metrics {
         );
         registry.register(
             "forged",
-            "Statements dropped because their signer may not make them, by kind: topology_signature, topology_form, channel_signature, channel_source",
+            "Statements from peers dropped because they were unsigned, badly signed or not the signer's to make, and our own messages not sent because a receiver would refuse them, by kind (docs/trust.md)",
             m.forged.clone(),
         );
         registry.register(
@@ -256,6 +261,14 @@ impl Metrics {
                 }),
                 n,
             );
+        }
+    }
+
+    /// Brings the forged-statement counters up to the IPAM channel's counts.
+    pub fn export_refused(&self, r: &weft_ipam_crdt::Refused) {
+        for (kind, n) in r.by_kind() {
+            let c = self.forged.get_or_create(&KindLabel { kind: kind.into() });
+            c.inc_by(n.saturating_sub(c.get()));
         }
     }
 

@@ -44,6 +44,9 @@ pub struct SimConfig {
     pub max_delay: Duration,
     pub dial_timeout: Duration,
     pub idle_timeout: Duration,
+    /// The identity key of node `i`, when its channels must sign with a
+    /// key the test knows; else keys are drawn from the seed.
+    pub key_of: Option<fn(usize) -> KeyPair>,
 }
 
 impl SimConfig {
@@ -56,6 +59,7 @@ impl SimConfig {
             max_delay: Duration::from_millis(20),
             dial_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(5),
+            key_of: None,
         }
     }
 }
@@ -231,7 +235,9 @@ impl<C: Channels> Sim<C> {
     /// Adds a node that knows `targets`; returns its index.
     pub fn add_node(&mut self, targets: Vec<SocketAddr>) -> usize {
         let i = self.nodes.len();
-        let key = Arc::new(KeyPair::from_seed(self.rng.random()));
+        // Drawn either way, so that runs repeat whatever keys are used.
+        let drawn = KeyPair::from_seed(self.rng.random());
+        let key = Arc::new(self.cfg.key_of.map_or(drawn, |f| f(i)));
         let name = key.name();
         let mesh = self.mesh_for(key.clone(), i, &targets, None);
         let addr = addr_of(i);

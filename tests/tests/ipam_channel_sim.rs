@@ -18,6 +18,7 @@ use rand::Rng;
 use weft_ipam_crdt::{AddrRange, AllocError, Init, IpamChannel, IpamError, Persisted, Ring};
 use weft_peer_proto::codec::decode_ipam;
 use weft_peer_proto::ipam::IpamMsg;
+use weft_peer_proto::sign::{KeyPair, Signer};
 use weft_peer_proto::{Frame, PeerName, Verb};
 use weft_tests::sim::{Sim, SimConfig, addr_of};
 
@@ -47,8 +48,16 @@ fn init(i: usize) -> Init {
 /// A simulated wall clock: far from zero, like the real one.
 const WALL_MS: u64 = 1_800_000_000_000;
 
+/// Router `i`'s identity key (its name is the key's).
+fn key_of(i: usize) -> KeyPair {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+    KeyPair::from_seed(seed)
+}
+
 fn make_sim(seed: u64) -> Sim<IpamChannel> {
     let mut cfg = SimConfig::new(seed);
+    cfg.key_of = Some(key_of);
     cfg.loss = 0.02;
     cfg.duplicate = 0.01;
     let mut base = weft_tests::sim::base_config();
@@ -59,12 +68,13 @@ fn make_sim(seed: u64) -> Sim<IpamChannel> {
     let start = move |i: usize, name: PeerName, disk: Option<&[u8]>, now: Instant| {
         let t0 = *t0.get_or_insert(now);
         let wall_ms = WALL_MS + now.duration_since(t0).as_millis() as u64;
+        assert_eq!(name, key_of(i).name(), "the mesh's name is the key's");
         match disk {
-            None => IpamChannel::new(name, range(), init(i), now, wall_ms),
+            None => IpamChannel::new(key_of(i), range(), init(i), now, wall_ms),
             Some(bytes) => {
                 let saved: Persisted = serde_json::from_slice(bytes)
                     .unwrap_or_else(|e| panic!("router {i}'s saved state: {e}; seed {seed}"));
-                IpamChannel::restore(name, range(), init(i), &saved, now, wall_ms)
+                IpamChannel::restore(key_of(i), range(), init(i), &saved, now, wall_ms)
                     .unwrap_or_else(|e| panic!("router {i} restores: {e}; seed {seed}"))
             }
         }
@@ -103,7 +113,7 @@ fn sent_is_saved(seed: u64, i: usize, name: PeerName, frame: &Frame, disk: Optio
     let disk =
         disk.unwrap_or_else(|| panic!("router {i} sent IPAM state before saving any; seed {seed}"));
     let saved: Persisted = serde_json::from_slice(disk).expect("saved state");
-    let mut on_disk = Ring::from_wire(&saved.ring, range()).expect("saved ring");
+    let mut on_disk = Ring::from_saved(&saved.ring, range()).expect("saved ring");
     let merged = on_disk.merge(&sent);
     assert!(
         merged.as_ref().is_ok_and(|o| !o.changed),
@@ -200,7 +210,7 @@ impl World {
                             .collect();
                         ask = m.channels().donor(|p| reachable.contains(&p));
                         if let Some(d) = ask {
-                            m.channels_mut().ask_for_space(d);
+                            m.channels_mut().ask_for_space(d, now_);
                         }
                     }
                     (r, ask)
@@ -307,18 +317,24 @@ impl World {
         if !heard {
             return;
         }
+        // The operator asks every router (as a deleted Node does); every
+        // live router that owns space signs, and the signatures gather by
+        // gossip until more than half of the owners signed.
         let name = self.sim.nodes[dead].name;
-        let by = live[self.sim.rng().random_range(0..live.len())];
-        let removed = self.sim.with_node(by, |m, _| {
-            assert!(
-                !m.is_reachable(name),
-                "rmpeer of a reachable router; seed {seed}"
-            );
-            m.channels_mut().remove_peer(name)
-        });
+        let mut signed = 0;
+        for by in live {
+            let r = self.sim.with_node(by, |m, _| {
+                assert!(
+                    !m.is_reachable(name),
+                    "rmpeer of a reachable router; seed {seed}"
+                );
+                m.channels_mut().sign_removal(name)
+            });
+            signed += usize::from(r.is_ok());
+        }
         assert!(
-            matches!(removed, Ok(true)),
-            "rmpeer of {dead} by {by}: {removed:?}; seed {seed}"
+            signed > 0,
+            "nobody could sign the removal of {dead}; seed {seed}"
         );
         self.removed.insert(dead);
         self.bump("rmpeers");

@@ -84,7 +84,7 @@ impl Router {
         };
         if let Some(d) = donor {
             self.allocations.asked(d, now);
-            self.mesh.channels_mut().ask_for_space(d);
+            self.mesh.channels_mut().ask_for_space(d, now);
             info!(donor = %d, "asked a peer for address space");
         }
     }
@@ -129,12 +129,18 @@ impl Router {
                 "{peer} is reachable; rmpeer is for peers that are gone for good"
             ));
         }
+        // Our signature on its removal certificate (docs/trust.md): the
+        // removal applies once more than half of the other owners signed.
         self.mesh
             .channels_mut()
-            .remove_peer(peer)
+            .sign_removal(peer)
             .map_err(|e| e.to_string())?;
         self.save_ipam(now)?;
-        info!(%peer, "removed peer from the IPAM ring");
+        if self.mesh.channels().is_removed_peer(peer) {
+            info!(%peer, "removed peer from the IPAM ring");
+        } else {
+            info!(%peer, "signed the removal of a peer; it applies once more than half of the owners signed");
+        }
         Ok(peer)
     }
 }

@@ -102,7 +102,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
 
     let now = Instant::now();
     let ipam = crate::ipam::open(
-        identity.name,
+        crate::ipam::signer(&identity.key, identity.name)?,
         cfg.ipalloc_range,
         ipalloc_init,
         &cfg.data_dir,

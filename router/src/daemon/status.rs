@@ -131,6 +131,7 @@ impl Router {
         m.ipam_unreachable.set(stranded.sum::<u64>() as i64);
         m.ipam_pending.set(ip.pending as i64);
         m.export_mesh(&self.mesh.counters);
+        m.export_refused(&self.mesh.channels().refused());
     }
 
     pub(super) fn ipam_status(&mut self, now: Instant) -> IpamStatus {
