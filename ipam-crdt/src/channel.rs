@@ -21,7 +21,7 @@
 //! our state is compacted first and checked against [`IpamMsg::validate`].
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use weft_mesh::{ChannelError, GossipChannel, GossipSender};
@@ -48,6 +48,9 @@ pub const SPACE_REQUEST_FRESH_MS: u64 = 5 * 60 * 1000;
 
 /// The least time between two donations to one requester.
 pub const DONATION_INTERVAL_MS: u64 = 2_000;
+
+/// How often a write that failed is tried again.
+pub const SAVE_RETRY: Duration = Duration::from_secs(1);
 
 /// What a space request's signature covers.
 fn space_statement(r: &SpaceRequestWire) -> (PeerName, u64, u64) {
@@ -110,6 +113,8 @@ pub struct IpamChannel {
     gossip_due: bool,
     direct: Vec<PeerName>,
     stopped: Option<String>,
+    /// When the state was last written again after a failed write.
+    retried: Option<Instant>,
     sender: GossipSender,
     /// Keys allocated since the last save: rolled back if the save fails.
     unsaved_allocs: Vec<String>,
@@ -171,6 +176,7 @@ impl IpamChannel {
             gossip_due: true,
             direct: Vec::new(),
             stopped: None,
+            retried: None,
             sender: GossipSender::default(),
             unsaved_allocs: Vec::new(),
             signed_claims: BTreeMap::new(),
@@ -221,6 +227,34 @@ impl IpamChannel {
         if !self.unsaved || self.stopped.is_some() {
             return None;
         }
+        Some(self.persisted())
+    }
+
+    /// After a failed write, the whole state to write again, at most once a
+    /// second (so a full disk is not hammered); [`Self::resumed`] once it is
+    /// on disk.
+    pub fn retry_due(&mut self, now: Instant) -> Option<Persisted> {
+        self.stopped.as_ref()?;
+        if self
+            .retried
+            .is_some_and(|t| now.saturating_duration_since(t) < SAVE_RETRY)
+        {
+            return None;
+        }
+        self.retried = Some(now);
+        Some(self.persisted())
+    }
+
+    /// The driver wrote [`Self::retry_due`]'s state: run again, and tell the
+    /// mesh what changed meanwhile.
+    pub fn resumed(&mut self, now: Instant) {
+        self.stopped = None;
+        self.retried = None;
+        self.gossip_due = true;
+        self.saved(now);
+    }
+
+    fn persisted(&self) -> Persisted {
         let snap = self.ipam.alloc().snapshot();
         // Once seeded the claims are of no use to anyone: not stored.
         let consensus = if snap.ring.is_seeded() {
@@ -228,11 +262,11 @@ impl IpamChannel {
         } else {
             self.signed_knowledge()
         };
-        Some(Persisted {
+        Persisted {
             ring: snap.ring.to_wire(),
             allocs: snap.allocs,
             consensus,
-        })
+        }
     }
 
     /// Everyone's claims as we send and store them: ours signed now, the
@@ -783,6 +817,9 @@ mod tests {
         };
         a.on_unicast(now, name(2), &ask).expect("a good request");
         a.save_failed("disk full".into());
+        let t0 = Instant::now();
+        assert!(a.retry_due(t0).is_some(), "a retry is due at once");
+        assert!(a.retry_due(t0).is_none(), "and then not before a second");
         assert_eq!(
             a.ipam().alloc().lookup("pod"),
             None,
@@ -805,6 +842,12 @@ mod tests {
         assert!(a.sender().is_empty());
         assert_eq!(a.unready(now), Some(Unready::Stopped("disk full".into())));
         assert_eq!(a.stopped(), Some("disk full"));
+        // Once the whole state is on disk again, it runs again.
+        let retry = a.retry_due(now + SAVE_RETRY * 2).expect("due again");
+        assert!(retry.allocs.iter().all(|(k, _)| k != "pod"));
+        a.resumed(now);
+        assert_eq!(a.stopped(), None);
+        assert!(a.allocate("pod", None).is_ok(), "allocates again");
     }
 
     /// Space goes only to a requester whose signed request verifies, is

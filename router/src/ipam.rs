@@ -81,7 +81,14 @@ pub fn open(
     let wall_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let mut ch = match crate::store::read_json::<Persisted>(&path)? {
+    let saved = crate::store::read_json::<Persisted>(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is damaged ({e:#}); meshd will not start on it, since it records which addresses are in use. \
+             Restore it from a backup, or move it aside to start over as a new router (the addresses it held are then given out again)",
+            path.display()
+        )
+    })?;
+    let mut ch = match saved {
         Some(p) => IpamChannel::restore(key, range, init, &p, now, wall_ms).map_err(|e| {
             anyhow::anyhow!(
                 "{}: {e}; if --ipalloc-range changed on purpose, remove the file (its allocations are lost)",
@@ -98,8 +105,16 @@ pub fn open(
 /// the write. A failed write stops the channel (it allocates and sends
 /// nothing more) and is returned.
 pub fn save(ch: &mut IpamChannel, data_dir: &Path, now: Instant) -> Result<()> {
-    // Stopped after a failed write: nothing counts as saved any more.
-    if let Some(why) = ch.stopped() {
+    // Stopped after a failed write: nothing counts as saved until the whole
+    // state is on disk again (tried once a second: the disk may have room).
+    if let Some(why) = ch.stopped().map(str::to_owned) {
+        if let Some(p) = ch.retry_due(now)
+            && crate::store::write_json(&data_dir.join(FILE), &p).is_ok()
+        {
+            ch.resumed(now);
+            tracing::info!("IPAM state written again; IPAM resumed");
+            return Ok(());
+        }
         bail!("IPAM stopped after a failed write: {why}");
     }
     let Some(p) = ch.unsaved() else {

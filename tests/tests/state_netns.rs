@@ -115,9 +115,19 @@ fn a_full_disk_during_allocation_never_yields_an_address_that_is_not_on_disk() -
         "meshd lists an allocation it never saved: {listed:?}"
     );
 
+    // meshd writes its whole state again once a second, and runs again
+    // once it is on disk.
     std::fs::remove_file(&filler)?;
-    let second = allocate(&lab, "while-full")?
-        .map_err(|e| anyhow::anyhow!("no address once the disk had room again: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let second = loop {
+        match allocate(&lab, "while-full")? {
+            Ok(a) => break a,
+            Err(e) if Instant::now() > deadline => {
+                bail!("no address once the disk had room again: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
+    };
     ensure!(second != first, "two keys got {first}");
     let on_disk = ipam_json(&lab)?;
     ensure!(
