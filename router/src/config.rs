@@ -339,10 +339,11 @@ impl MeshdArgs {
             }),
         };
         let admission = self.admission()?;
-        // Only a file can change under us; a secret from a flag, an
-        // environment variable or the Kubernetes API is read once.
+        // Only a file can change under us (also the Secret's volume with
+        // --kube); a secret from a flag, an environment variable or the
+        // Kubernetes API is read once.
         let password_reload = match (&admission, &self.password_file) {
-            (AdmissionSource::Given(Admission::Password { .. }), Some(path)) if !self.kube => {
+            (AdmissionSource::Given(Admission::Password { .. }), Some(path)) => {
                 Some(PasswordReload {
                     path: path.clone(),
                     password: self.password.clone(),
@@ -493,6 +494,30 @@ mod tests {
         assert!(err(&["--password-file", empty]).contains("holds no password"));
         assert!(err(&[]).contains("no mesh secret"));
         assert!(err(&["--kube", "--password", ""]).contains("the mesh password is empty"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_reloaded_file_is_judged_and_never_means_no_password() {
+        let dir = std::env::temp_dir().join(format!("weft-reload-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("password");
+        std::fs::write(&file, format!("{STRONG}\n")).expect("write");
+        let args =
+            MeshdArgs::try_parse_from(["meshd", "--password-file", file.to_str().expect("utf-8")])
+                .expect("args");
+        let reload = args
+            .daemon_config()
+            .expect("config")
+            .password_reload
+            .expect("a file is reloaded");
+        assert_eq!(reload.read().expect("read"), [STRONG]);
+        std::fs::write(&file, "\n").expect("write");
+        assert!(format!("{:#}", reload.read().expect_err("empty")).contains("no password"));
+        std::fs::write(&file, format!("{STRONG}\ns3cret\n")).expect("write");
+        assert!(format!("{:#}", reload.read().expect_err("weak")).contains("weak"));
+        std::fs::remove_file(&file).expect("remove");
+        assert!(format!("{:#}", reload.read().expect_err("gone")).contains("reading"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
