@@ -49,6 +49,12 @@ pub struct MeshdArgs {
     /// weft-password's, which the first router fills with a random one.
     #[arg(long, env = "WEFT_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
+    /// How often the password file is read again while meshd runs: a
+    /// change (a rotation roll) admits new handshakes by the new secrets,
+    /// sessions already up stay up. A file that turns unreadable, empty or
+    /// weak keeps the secrets before it.
+    #[arg(long, env = "WEFT_PASSWORD_POLL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub password_poll: Duration,
     /// Accept a mesh secret estimated below 128 bits (a chosen password
     /// rather than `meshctl secret`'s). Needs --mesh-id.
     #[arg(long, env = "WEFT_ALLOW_WEAK_PASSWORD")]
@@ -332,6 +338,22 @@ impl MeshdArgs {
                 reclaim_after: self.kube_reclaim_after,
             }),
         };
+        let admission = self.admission()?;
+        // Only a file can change under us (also the Secret's volume with
+        // --kube); a secret from a flag, an environment variable or the
+        // Kubernetes API is read once.
+        let password_reload = match (&admission, &self.password_file) {
+            (AdmissionSource::Given(Admission::Password { .. }), Some(path)) => {
+                Some(PasswordReload {
+                    path: path.clone(),
+                    password: self.password.clone(),
+                    allow_weak: self.allow_weak_password,
+                    mesh_id: self.mesh_id.clone(),
+                    every: self.password_poll.max(Duration::from_millis(200)),
+                })
+            }
+            _ => None,
+        };
         Ok(DaemonConfig {
             kube,
             dataplane,
@@ -341,7 +363,8 @@ impl MeshdArgs {
             api_socket: self.api_socket.clone(),
             metrics_addr: self.metrics_addr,
             peers,
-            admission: self.admission()?,
+            admission,
+            password_reload,
             nickname,
             // Twice the limit must fit in one topology entry's connection list.
             conn_limit: self
@@ -369,6 +392,29 @@ pub enum AdmissionSource {
     KubeSecret { allow_weak: bool, mesh_id: String },
 }
 
+/// Where the secrets are read again while meshd runs (`--password-file`).
+#[derive(Clone, Debug)]
+pub struct PasswordReload {
+    pub path: PathBuf,
+    /// `--password`, which comes before the file's lines as at start.
+    pub password: Option<String>,
+    pub allow_weak: bool,
+    pub mesh_id: String,
+    pub every: Duration,
+}
+
+impl PasswordReload {
+    /// The secrets as they stand now, each judged as at start. A missing
+    /// or empty file is an error here (not "no password"): dropping every
+    /// secret would leave the router admitting nobody.
+    pub fn read(&self) -> Result<Vec<String>> {
+        let mut secrets: Vec<String> = self.password.iter().cloned().collect();
+        secrets.extend(read_secret(&self.path, false)?);
+        check_secrets(&secrets, self.allow_weak, &self.mesh_id)?;
+        Ok(secrets)
+    }
+}
+
 /// Everything `meshd` is started with, already parsed.
 pub struct DaemonConfig {
     pub listen: SocketAddr,
@@ -377,6 +423,8 @@ pub struct DaemonConfig {
     pub metrics_addr: SocketAddr,
     pub peers: Vec<SocketAddr>,
     pub admission: AdmissionSource,
+    /// Set when the secrets come from a file that may change.
+    pub password_reload: Option<PasswordReload>,
     pub nickname: String,
     pub conn_limit: usize,
     pub discovery: bool,
@@ -446,6 +494,30 @@ mod tests {
         assert!(err(&["--password-file", empty]).contains("holds no password"));
         assert!(err(&[]).contains("no mesh secret"));
         assert!(err(&["--kube", "--password", ""]).contains("the mesh password is empty"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_reloaded_file_is_judged_and_never_means_no_password() {
+        let dir = std::env::temp_dir().join(format!("weft-reload-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("password");
+        std::fs::write(&file, format!("{STRONG}\n")).expect("write");
+        let args =
+            MeshdArgs::try_parse_from(["meshd", "--password-file", file.to_str().expect("utf-8")])
+                .expect("args");
+        let reload = args
+            .daemon_config()
+            .expect("config")
+            .password_reload
+            .expect("a file is reloaded");
+        assert_eq!(reload.read().expect("read"), [STRONG]);
+        std::fs::write(&file, "\n").expect("write");
+        assert!(format!("{:#}", reload.read().expect_err("empty")).contains("no password"));
+        std::fs::write(&file, format!("{STRONG}\ns3cret\n")).expect("write");
+        assert!(format!("{:#}", reload.read().expect_err("weak")).contains("weak"));
+        std::fs::remove_file(&file).expect("remove");
+        assert!(format!("{:#}", reload.read().expect_err("gone")).contains("reading"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -63,6 +63,15 @@ pub struct Metrics {
     pub kube_reclaims: Counter,
     pub kube_conflicts: Counter,
     pub kube_errors: Counter,
+    /// Mesh secrets whose CA admits peers now (0 without a password).
+    pub secrets_accepted: Gauge,
+    /// Reads of a changed password file, by result (`applied`, `error`).
+    pub secret_reloads: Family<ResultLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
 }
 
 impl Metrics {
@@ -95,6 +104,8 @@ impl Metrics {
             kube_reclaims: Counter::default(),
             kube_conflicts: Counter::default(),
             kube_errors: Counter::default(),
+            secrets_accepted: Gauge::default(),
+            secret_reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -197,6 +208,16 @@ impl Metrics {
             "kube_conflicts",
             "Writes of the peer list or the password Secret that lost to a concurrent writer",
             m.kube_conflicts.clone(),
+        );
+        registry.register(
+            "secrets_accepted",
+            "Mesh secrets whose CA admits peers now (the first one issues our certificate)",
+            m.secrets_accepted.clone(),
+        );
+        registry.register(
+            "secret_reloads",
+            "Changes of the password file read while running, by result (applied, error)",
+            m.secret_reloads.clone(),
         );
         registry.register(
             "kube_errors",

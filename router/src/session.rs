@@ -180,6 +180,10 @@ pub struct SessionCtx {
     pub hello: Hello,
     pub handshake_timeout: Duration,
     next_id: AtomicU64,
+    /// What dials use once the admission changed while running (None:
+    /// the endpoint's default, from the start). A quinn `Endpoint` keeps
+    /// its default client configuration per handle, so it is shared here.
+    dial_config: arc_swap::ArcSwapOption<quinn::ClientConfig>,
 }
 
 impl SessionCtx {
@@ -197,7 +201,13 @@ impl SessionCtx {
             hello,
             handshake_timeout,
             next_id: AtomicU64::new(1),
+            dial_config: arc_swap::ArcSwapOption::empty(),
         }
+    }
+
+    /// New dials present and verify by `config`; sessions up keep theirs.
+    pub fn set_dial_config(&self, config: quinn::ClientConfig) {
+        self.dial_config.store(Some(Arc::new(config)));
     }
 }
 
@@ -360,9 +370,11 @@ fn check_name(conn: &Connection, hello: &Hello) -> Result<(), HandshakeError> {
 /// Dials `addr` and, once the hello exchange is done, runs the session.
 pub async fn dial(ctx: Arc<SessionCtx>, endpoint: Endpoint, addr: SocketAddr) {
     let hs = async {
-        let connecting = endpoint
-            .connect(addr, SERVER_NAME)
-            .map_err(|e| HandshakeError::Connection(e.to_string()))?;
+        let connecting = match ctx.dial_config.load_full() {
+            Some(config) => endpoint.connect_with((*config).clone(), addr, SERVER_NAME),
+            None => endpoint.connect(addr, SERVER_NAME),
+        }
+        .map_err(|e| HandshakeError::Connection(e.to_string()))?;
         let conn = connecting.await.map_err(classify)?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(classify)?;
         let mut hello = ctx.hello.clone();

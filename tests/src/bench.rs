@@ -45,6 +45,7 @@ pub fn loopback_router(
                 mesh_id: String::new(),
             },
         ),
+        password_reload: None,
         nickname: nickname.into(),
         conn_limit: 32,
         discovery: true,

@@ -4,6 +4,8 @@
 //! carries out what it asks for (frames to send, dials, closes).
 //!
 //! - `sessions`: QUIC sessions in and out of the core;
+//! - `admission`: the node certificate renewed and the password file
+//!   reloaded while running;
 //! - `ipam` and `allocations`: the local API's address requests, the
 //!   ones that wait, and whom to ask for space;
 //! - `status`: what `GET /status`, `/ipam` and `/network` answer, and
@@ -13,6 +15,7 @@
 //! - `dataplane`: the ring and routes fed to the data plane;
 //! - `cni`: releases the plugin left while meshd was down.
 
+mod admission;
 mod allocations;
 mod cni;
 mod dataplane;
@@ -96,7 +99,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         client,
         cert,
     } = crate::tls::setup(&admission, identity, std::time::SystemTime::now())?;
-    let renewal = tokio::spawn(renew_certificate(cert));
+    let key_der = identity.key.serialize_der();
     let endpoint = sessions::endpoint(&cfg, server, client)?;
     let listen = endpoint.local_addr()?;
 
@@ -148,6 +151,23 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         cfg.handshake_timeout,
     ));
 
+    let secrets = match &admission {
+        Admission::Password { secrets, .. } => secrets.clone(),
+        _ => Vec::new(),
+    };
+    let renewal = tokio::spawn(
+        admission::AdmissionKeeper {
+            cert,
+            reload: cfg.password_reload.clone(),
+            secrets,
+            key_der,
+            endpoint: endpoint.clone(),
+            ctx: ctx.clone(),
+            peer_timeout: cfg.peer_timeout,
+            metrics: metrics.clone(),
+        }
+        .run(),
+    );
     info!(name = %identity.name, nickname = %cfg.nickname, %listen, encryption = admission.label(), "meshd starting");
     let status_base = Status {
         version: env!("CARGO_PKG_VERSION").into(),
@@ -288,28 +308,6 @@ async fn connect_kube(
         init,
         admission,
     })
-}
-
-/// How often the node certificate is looked at: a small part of the half
-/// validity after which it is renewed.
-const RENEW_CHECK: Duration = Duration::from_secs(600);
-
-/// Re-issues our certificate when it is due, for as long as meshd runs.
-/// A failure is logged and tried again: the old certificate stays valid for
-/// half its validity yet.
-async fn renew_certificate(cert: Arc<crate::tls::NodeCert>) {
-    let mut tick = tokio::time::interval(RENEW_CHECK);
-    loop {
-        tick.tick().await;
-        match cert.renew_if_due(std::time::SystemTime::now()) {
-            Ok(Some(expires)) => info!(
-                expires = %humantime::format_rfc3339_seconds(expires),
-                "node certificate renewed"
-            ),
-            Ok(None) => {}
-            Err(e) => warn!(error = %format!("{e:#}"), "renewing the node certificate failed"),
-        }
-    }
 }
 
 /// Waits for the Kubernetes task, if there is one (forever, if not).

@@ -44,13 +44,13 @@ fn transport_config(peer_timeout: Duration) -> Result<Arc<quinn::TransportConfig
     Ok(Arc::new(t))
 }
 
-/// The QUIC endpoint every session goes through, bound to `--listen`.
-pub(super) fn endpoint(
-    cfg: &DaemonConfig,
+/// The QUIC configurations of new sessions: ours to accept with, and to dial with.
+pub(super) fn quic_configs(
+    peer_timeout: Duration,
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
-) -> Result<quinn::Endpoint> {
-    let transport = transport_config(cfg.peer_timeout)?;
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig)> {
+    let transport = transport_config(peer_timeout)?;
     let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(
         quinn::crypto::rustls::QuicServerConfig::try_from(server).context("QUIC server config")?,
     ));
@@ -59,6 +59,16 @@ pub(super) fn endpoint(
         quinn::crypto::rustls::QuicClientConfig::try_from(client).context("QUIC client config")?,
     ));
     client_cfg.transport_config(transport);
+    Ok((server_cfg, client_cfg))
+}
+
+/// The QUIC endpoint every session goes through, bound to `--listen`.
+pub(super) fn endpoint(
+    cfg: &DaemonConfig,
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+) -> Result<quinn::Endpoint> {
+    let (server_cfg, client_cfg) = quic_configs(cfg.peer_timeout, server, client)?;
     let mut endpoint = quinn::Endpoint::server(server_cfg, cfg.listen)
         .with_context(|| format!("binding UDP {}", cfg.listen))?;
     endpoint.set_default_client_config(client_cfg);
