@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use tracing::info;
+use tracing::{debug, info};
 use weft_ipam_crdt::{AllocError, IpamError, Waiting};
 use weft_peer_proto::PeerName;
 
@@ -143,4 +143,43 @@ impl Router {
         }
         Ok(peer)
     }
+
+    /// Co-signs the removals others asked for (docs/trust.md, "Who may
+    /// remove a router"): an operator's `rmpeer` or a Kubernetes reclaim on
+    /// one router starts a certificate; every other router adds its
+    /// signature once the peer has been unreachable here, with no session,
+    /// for [`COSIGN_AFTER`]. A live, reachable router is never co-signed
+    /// away, so no single router's word removes it.
+    pub(super) fn cosign_removals(&mut self, now: Instant) {
+        let me = self.mesh.name();
+        let ring = self.mesh.channels().ipam().alloc().ring();
+        let pending: Vec<PeerName> = ring
+            .removals()
+            .filter(|(p, c)| {
+                *p != me && !ring.removed().contains(p) && !c.signers().any(|s| s == me)
+            })
+            .map(|(p, _)| p)
+            .collect();
+        self.unreachable_since.retain(|p, _| pending.contains(p));
+        for peer in pending {
+            if self.mesh.is_reachable(peer) {
+                self.unreachable_since.remove(&peer);
+                continue;
+            }
+            let since = *self.unreachable_since.entry(peer).or_insert(now);
+            if now.saturating_duration_since(since) < COSIGN_AFTER {
+                continue;
+            }
+            match self.mesh.channels_mut().sign_removal(peer) {
+                Ok(_) => {
+                    info!(%peer, "co-signed the removal of a peer unreachable here for {COSIGN_AFTER:?}")
+                }
+                Err(e) => debug!(%peer, "not co-signing a removal: {e}"),
+            }
+        }
+    }
 }
+
+/// How long a peer must be unreachable here before this router co-signs
+/// a removal another router asked for.
+pub(super) const COSIGN_AFTER: std::time::Duration = std::time::Duration::from_secs(10);

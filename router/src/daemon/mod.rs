@@ -65,6 +65,9 @@ struct Router {
     dp: Option<crate::dataplane::DataPlane>,
     offers_repeated: Instant,
     pod_guard: dataplane::PodGuard,
+    /// Since when each peer with a pending removal certificate has been
+    /// unreachable here (see `cosign_removals`).
+    unreachable_since: std::collections::BTreeMap<weft_peer_proto::PeerName, Instant>,
     /// The host's overlay address being allocated.
     gateway_rx: Option<oneshot::Receiver<Result<u32, IpamFailure>>>,
     cni_state_dir: Option<PathBuf>,
@@ -200,6 +203,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         dp,
         offers_repeated: now,
         pod_guard: dataplane::PodGuard::default(),
+        unreachable_since: std::collections::BTreeMap::new(),
         gateway_rx: None,
         cni_state_dir: cfg.cni_state_dir.clone(),
         range: crate::ipam::cidr(cfg.ipalloc_range),
@@ -352,7 +356,11 @@ impl Router {
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => self.mesh.handle_timeout(Instant::now()),
                 _ = save_every.tick() => self.save_known(),
-                _ = ipam_tick.tick() => self.mesh.channels_mut().tick(Instant::now(), rand::random()),
+                _ = ipam_tick.tick() => {
+                    let now = Instant::now();
+                    self.mesh.channels_mut().tick(now, rand::random());
+                    self.cosign_removals(now);
+                }
                 _ = dp_tick.tick(), if self.dp.is_some() => self.dataplane_tick(),
                 _ = cni_tick.tick() => self.drain_cni_releases(),
                 r = kube_outcome(&mut kube) => match r {
