@@ -225,11 +225,17 @@ r1=$(metric 1 weft_kube_reclaims_total)
 r2=$(metric 2 weft_kube_reclaims_total)
 [ $((r1 + r2)) = 1 ] || fail "node3's space reclaimed $((r1 + r2)) times (node1 $r1, node2 $r2), not once"
 pass "deletion: exactly one router reclaimed node3's space (node1 $r1, node2 $r2)"
-now=0
-for i in 1 2; do
-  now=$((now + $(metric "$i" 'weft_ipam_addresses{state="owned"}')))
+# The removal applies once the other router co-signs it (node3 unreachable
+# there for 10 s) and the certificate has gone round: wait for it.
+for n in $(seq 90); do
+  now=0
+  for i in 1 2; do
+    now=$((now + $(metric "$i" 'weft_ipam_addresses{state="owned"}')))
+  done
+  [ "$now" = "$owned" ] && break
+  sleep 1
 done
-[ "$now" = "$owned" ] || fail "address space owned: $owned before, $now after node3 left"
+[ "$now" = "$owned" ] || fail "address space owned: $owned before, $now 90 s after node3's reclaim"
 pass "deletion: the $owned addresses all owned by the two routers left"
 st=$(kc -n kube-system exec "$(kc -n kube-system get pods -l app.kubernetes.io/name=weft --field-selector spec.nodeName=node1 -o name)" -c meshd -- meshctl status)
 echo "$st" | grep -qE 'Peers: 2 ' || fail "node1's meshctl status after the deletion: $st"
