@@ -53,6 +53,9 @@ pub struct Metrics {
     mesh_dropped: Family<ReasonLabel, Counter>,
     forged: Family<KindLabel, Counter>,
     equivocations: Counter,
+    duplicate_reports: Counter,
+    /// Identities seen used by two routers at once now (ours included).
+    pub duplicate_identities: Gauge,
     topology_evicted: Counter,
     pub rejected: Family<ReasonLabel, Counter>,
     pub ipam_addresses: Family<StateLabel, Gauge>,
@@ -94,6 +97,8 @@ impl Metrics {
             mesh_dropped: Family::default(),
             forged: Family::default(),
             equivocations: Counter::default(),
+            duplicate_reports: Counter::default(),
+            duplicate_identities: Gauge::default(),
             topology_evicted: Counter::default(),
             rejected: Family::default(),
             ipam_addresses: Family::default(),
@@ -163,6 +168,16 @@ impl Metrics {
             "topology_equivocations",
             "Routers seen signing two different topology entries with one version",
             m.equivocations.clone(),
+        );
+        registry.register(
+            "duplicate_identity",
+            "Reports of two routers running with one identity (a cloned data directory), at most one per identity per minute (docs/trust.md)",
+            m.duplicate_reports.clone(),
+        );
+        registry.register(
+            "duplicate_identities",
+            "Identities (ours included) seen used by two routers at once in the last 10 minutes",
+            m.duplicate_identities.clone(),
         );
         registry.register(
             "topology_evicted",
@@ -255,6 +270,7 @@ impl Metrics {
         catch_up(&self.topology_news, c.topology_news);
         catch_up(&self.channel_errors, c.channel_errors);
         catch_up(&self.equivocations, c.equivocations);
+        catch_up(&self.duplicate_reports, c.duplicate_identities);
         catch_up(&self.topology_evicted, c.evicted);
         for (kind, n) in c.forged.by_kind() {
             catch_up(

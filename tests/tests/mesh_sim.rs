@@ -536,7 +536,11 @@ fn a_cloned_identity_is_reported_and_honest_restarts_are_not() {
         }
         let until = sim.now + Duration::from_secs(60);
         sim.run_until(until);
-        assert_eq!(reported(&mut sim), vec![], "honest restarts reported; seed {seed}");
+        assert_eq!(
+            reported(&mut sim),
+            vec![],
+            "honest restarts reported; seed {seed}"
+        );
         for i in 0..5 {
             let n = sim.with_node(i, |m, _| m.counters.duplicate_identities);
             assert_eq!(n, 0, "node {i} counted a duplicate; seed {seed}");

@@ -336,7 +336,11 @@ mod tests {
         for (i, uid) in (1..50u64).enumerate() {
             let now = t0 + Duration::from_millis(i as u64);
             assert_eq!(d.held_changed(now, name(2), Some(uid - 1), uid), None);
-            assert_eq!(d.own_beaten(now, 1000 + uid), None, "an earlier incarnation of ours");
+            assert_eq!(
+                d.own_beaten(now, 1000 + uid),
+                None,
+                "an earlier incarnation of ours"
+            );
         }
         assert_eq!(d.own_hello(t0, MY_UID), None, "we dialed ourselves");
         assert!(d.active(t0 + Duration::from_secs(1)).is_empty());
@@ -351,20 +355,39 @@ mod tests {
         let mut d = dups();
         let at = |s: u64| t0 + Duration::from_secs(s);
         assert_eq!(d.held_changed(at(0), name(2), Some(7), 8), None);
-        assert_eq!(d.held_changed(at(1), name(2), Some(8), 7), None, "one return");
-        let r = d.held_changed(at(2), name(2), Some(7), 8).expect("second return reports");
+        assert_eq!(
+            d.held_changed(at(1), name(2), Some(8), 7),
+            None,
+            "one return"
+        );
+        let r = d
+            .held_changed(at(2), name(2), Some(7), 8)
+            .expect("second return reports");
         assert_eq!((r.peer, r.own, r.returns), (name(2), false, 2));
         assert_eq!(r.uids, vec![8, 7]);
         for s in 3..60 {
             let (old, new) = if s % 2 == 1 { (8, 7) } else { (7, 8) };
-            assert_eq!(d.held_changed(at(s), name(2), Some(old), new), None, "{s} s");
+            assert_eq!(
+                d.held_changed(at(s), name(2), Some(old), new),
+                None,
+                "{s} s"
+            );
         }
-        assert!(d.held_changed(at(63), name(2), Some(7), 8).is_some(), "after the interval");
+        assert!(
+            d.held_changed(at(63), name(2), Some(7), 8).is_some(),
+            "after the interval"
+        );
         assert_eq!(d.reports, 2);
         let active = d.active(at(64));
         assert_eq!(active.len(), 1);
-        assert_eq!((active[0].peer, active[0].since), (name(2), Duration::from_secs(62)));
-        assert!(d.active(at(63) + DUPLICATE_HOLD).is_empty(), "quiet for the hold");
+        assert_eq!(
+            (active[0].peer, active[0].since),
+            (name(2), Duration::from_secs(62))
+        );
+        assert!(
+            d.active(at(63) + DUPLICATE_HOLD).is_empty(),
+            "quiet for the hold"
+        );
     }
 
     /// Returns spread wider than the hold do not add up.

@@ -350,7 +350,11 @@ impl Topology {
                             // Far past it: an honest earlier incarnation
                             // has nothing this far ahead in flight, so only
                             // a live clone beats us again (duplicates.rs).
-                            self.set_own_entry(e.version.saturating_add(OWN_BUMP_MARGIN), conns, addrs);
+                            self.set_own_entry(
+                                e.version.saturating_add(OWN_BUMP_MARGIN),
+                                conns,
+                                addrs,
+                            );
                             out.own_bumped = true;
                             if e.uid != mine_uid {
                                 out.own_beaten_by.push(e.uid);
