@@ -66,6 +66,9 @@ pub struct Metrics {
     pub kube_reclaims: Counter,
     pub kube_conflicts: Counter,
     pub kube_errors: Counter,
+    /// Passes in which the peer list said this router was removed and the
+    /// ring did not confirm it.
+    pub kube_unconfirmed_removals: Counter,
     /// Mesh secrets whose CA admits peers now (0 without a password).
     pub secrets_accepted: Gauge,
     /// Reads of a changed password file, by result (`applied`, `error`).
@@ -109,6 +112,7 @@ impl Metrics {
             kube_reclaims: Counter::default(),
             kube_conflicts: Counter::default(),
             kube_errors: Counter::default(),
+            kube_unconfirmed_removals: Counter::default(),
             secrets_accepted: Gauge::default(),
             secret_reloads: Family::default(),
             registry: Registry::default(),
@@ -233,6 +237,11 @@ impl Metrics {
             "secret_reloads",
             "Changes of the password file read while running, by result (applied, error)",
             m.secret_reloads.clone(),
+        );
+        registry.register(
+            "kube_unconfirmed_removals",
+            "Reconcile passes in which the weft-peers ConfigMap listed this router as removed but the ring held no valid removal certificate for it (allocations held, nothing stepped aside)",
+            m.kube_unconfirmed_removals.clone(),
         );
         registry.register(
             "kube_errors",
