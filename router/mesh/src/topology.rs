@@ -665,6 +665,27 @@ mod tests {
         assert_eq!(t.me().verify(), Ok(()), "the bumped entry is signed");
     }
 
+    /// A restart: copies of the old process' entries at several versions
+    /// are still in flight. Only the first beats the new entry; the margin
+    /// puts it past the rest, so they never look like a live clone.
+    #[test]
+    fn stale_copies_of_an_earlier_incarnation_win_only_once() {
+        let now = Instant::now();
+        let mut t = topo(1, 7);
+        let out = t.merge(vec![entry(1, 3, 40, &[2])], now, FAR);
+        assert_eq!(out.own_beaten_by, vec![3]);
+        for v in [41, 45, 40 + 1000, 40 + OWN_BUMP_MARGIN - 1] {
+            let out = t.merge(vec![entry(1, 3, v, &[2])], now, FAR);
+            assert!(
+                !out.own_bumped && out.own_beaten_by.is_empty(),
+                "version {v}"
+            );
+        }
+        // A live clone (uid 3) signing past us beats us again.
+        let out = t.merge(vec![entry(1, 3, t.me().version + 1, &[2])], now, FAR);
+        assert_eq!(out.own_beaten_by, vec![3]);
+    }
+
     /// Anyone could once send an entry for another router at u64::MAX and
     /// freeze it: now only the router signs its entry, and no version it
     /// signs is out of its own reach.

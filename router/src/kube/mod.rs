@@ -675,3 +675,17 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The peer list's word alone never makes a router step aside.
+    #[test]
+    fn only_the_ring_confirms_our_removal() {
+        assert_eq!(own_removal(true, false), OwnRemoval::Unconfirmed);
+        assert_eq!(own_removal(true, true), OwnRemoval::Confirmed);
+        assert_eq!(own_removal(false, true), OwnRemoval::Confirmed);
+        assert_eq!(own_removal(false, false), OwnRemoval::No);
+    }
+}
