@@ -58,6 +58,10 @@ pub enum Command {
     Expose(oneshot::Sender<Result<Cidr, NotReady>>),
     /// How pods are wired here, and whether meshd can take them now.
     Network(oneshot::Sender<NetworkStatus>),
+    /// Refuse allocations with this reason (None: serve them again). The
+    /// Kubernetes task holds them while the peer list says this router was
+    /// removed and the ring does not confirm it.
+    HoldAllocations(Option<String>, oneshot::Sender<()>),
 }
 
 /// A handle to the running loop, for the API servers.

@@ -53,6 +53,9 @@ pub struct Metrics {
     mesh_dropped: Family<ReasonLabel, Counter>,
     forged: Family<KindLabel, Counter>,
     equivocations: Counter,
+    duplicate_reports: Counter,
+    /// Identities seen used by two routers at once now (ours included).
+    pub duplicate_identities: Gauge,
     topology_evicted: Counter,
     pub rejected: Family<ReasonLabel, Counter>,
     pub ipam_addresses: Family<StateLabel, Gauge>,
@@ -63,6 +66,9 @@ pub struct Metrics {
     pub kube_reclaims: Counter,
     pub kube_conflicts: Counter,
     pub kube_errors: Counter,
+    /// Passes in which the peer list said this router was removed and the
+    /// ring did not confirm it.
+    pub kube_unconfirmed_removals: Counter,
     /// Mesh secrets whose CA admits peers now (0 without a password).
     pub secrets_accepted: Gauge,
     /// Reads of a changed password file, by result (`applied`, `error`).
@@ -94,6 +100,8 @@ impl Metrics {
             mesh_dropped: Family::default(),
             forged: Family::default(),
             equivocations: Counter::default(),
+            duplicate_reports: Counter::default(),
+            duplicate_identities: Gauge::default(),
             topology_evicted: Counter::default(),
             rejected: Family::default(),
             ipam_addresses: Family::default(),
@@ -104,6 +112,7 @@ impl Metrics {
             kube_reclaims: Counter::default(),
             kube_conflicts: Counter::default(),
             kube_errors: Counter::default(),
+            kube_unconfirmed_removals: Counter::default(),
             secrets_accepted: Gauge::default(),
             secret_reloads: Family::default(),
             registry: Registry::default(),
@@ -165,6 +174,16 @@ impl Metrics {
             m.equivocations.clone(),
         );
         registry.register(
+            "duplicate_identity",
+            "Reports of two routers running with one identity (a cloned data directory), at most one per identity per minute (docs/trust.md)",
+            m.duplicate_reports.clone(),
+        );
+        registry.register(
+            "duplicate_identities",
+            "Identities (ours included) seen used by two routers at once in the last 10 minutes",
+            m.duplicate_identities.clone(),
+        );
+        registry.register(
             "topology_evicted",
             "Topology entries evicted (the farthest first) to make room for nearer newcomers",
             m.topology_evicted.clone(),
@@ -220,6 +239,11 @@ impl Metrics {
             m.secret_reloads.clone(),
         );
         registry.register(
+            "kube_unconfirmed_removals",
+            "Reconcile passes in which the weft-peers ConfigMap listed this router as removed but the ring held no valid removal certificate for it (allocations held, nothing stepped aside)",
+            m.kube_unconfirmed_removals.clone(),
+        );
+        registry.register(
             "kube_errors",
             "Failed Kubernetes API calls and reconcile passes (each logged)",
             m.kube_errors.clone(),
@@ -255,6 +279,7 @@ impl Metrics {
         catch_up(&self.topology_news, c.topology_news);
         catch_up(&self.channel_errors, c.channel_errors);
         catch_up(&self.equivocations, c.equivocations);
+        catch_up(&self.duplicate_reports, c.duplicate_identities);
         catch_up(&self.topology_evicted, c.evicted);
         for (kind, n) in c.forged.by_kind() {
             catch_up(

@@ -229,6 +229,36 @@ impl ApiServer {
         PeerList::parse(cm["data"][peers::KEY].as_str()).map_err(anyhow::Error::msg)
     }
 
+    /// Rewrites the peer list in ConfigMap kube-system/weft-peers with
+    /// `edit` (as the admin: what any writer of the ConfigMap could do),
+    /// retrying when a router's write came between the read and ours.
+    pub fn edit_peer_list(&self, mut edit: impl FnMut(&mut PeerList)) -> Result<()> {
+        let mut last = String::new();
+        for _ in 0..20 {
+            let out = self.kubectl(&[
+                "-n",
+                "kube-system",
+                "get",
+                "configmap",
+                "weft-peers",
+                "-o",
+                "json",
+            ])?;
+            let mut cm: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            let mut list =
+                PeerList::parse(cm["data"][peers::KEY].as_str()).map_err(anyhow::Error::msg)?;
+            edit(&mut list);
+            cm["data"][peers::KEY] = serde_json::Value::String(list.to_json());
+            // resourceVersion stays: a concurrent write makes this fail.
+            match self.kubectl_in(&["replace", "-f", "-"], &cm.to_string()) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = format!("{e:#}"),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        bail!("could not rewrite the peer list: {last}")
+    }
+
     /// What the Secret kube-system/weft-password holds under `password`
     /// ("" when it holds nothing).
     pub fn mesh_password(&self) -> Result<String> {

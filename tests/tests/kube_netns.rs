@@ -435,6 +435,124 @@ fn wait_full_mesh(lab: &Lab, nodes: &[usize], what: &str) -> Result<()> {
     })
 }
 
+/// The weft-peers ConfigMap is writable by every router's ServiceAccount,
+/// so by one compromised meshd: what it says about a live router must not
+/// take that router's space. Forged here with the admin's rights: the
+/// victim's record moved to a Node that does not exist (rewritten every
+/// second, since the victim corrects its own record), then retired, then
+/// the victim listed as removed. The victim keeps its ranges and its
+/// allocations, nobody reclaims, it still allocates while its record is
+/// forged, and a forged removal holds its allocations (counted) instead of
+/// making it step aside.
+#[test]
+fn a_forged_peer_list_entry_cannot_evict_a_live_router() -> Result<()> {
+    let mut lab = Lab::builder("kf", 3).password(PW).no_peers().build()?;
+    let api = ApiServer::start(&std::env::temp_dir().join("weft-kube-kf"))?;
+    apply_manifests(&api)?;
+    let sa_config = lab.dir().join("sa.kubeconfig");
+    api.service_account_kubeconfig("kube-system", "weft", &sa_config)?;
+    for i in 0..3 {
+        api.forward_into(&lab.nodes[i].ns)?;
+        api.create_node(&format!("kr-n{i}"), &lab.nodes[i].ip.to_string())?;
+    }
+    for i in 0..3 {
+        start(&mut lab, i, &sa_config)?;
+        lab.gateway(i)?;
+    }
+    wait_full_mesh(&lab, &[0, 1, 2], "a full mesh from the Node list")?;
+    allocate_many(&lab, &[0, 1, 2], 10, "pod")?;
+    lab.wait_for("rings to agree", Duration::from_secs(20), |l| {
+        rings_agree(l, &[0, 1, 2])
+    })?;
+    let victim = lab.name_of(1)?;
+    let key = victim.to_string();
+    let owned = owners(&ipam(&lab, 0)?)[&victim];
+    ensure!(owned > 0, "the victim owns nothing to lose");
+    let mut before = BTreeMap::new();
+    for i in 0..3 {
+        before.insert(i, held(&lab, i)?);
+    }
+    // The victim keeps what it owns in every ring, nobody reclaimed, and
+    // it runs with its identity.
+    let unharmed = |lab: &Lab, what: &str| -> Result<()> {
+        for i in 0..3 {
+            let own = owners(&ipam(lab, i)?);
+            ensure!(
+                own.get(&victim) == Some(&owned),
+                "{what}: node {i} sees the victim own {:?}, not {owned}",
+                own.get(&victim)
+            );
+        }
+        ensure!(
+            reclaims(lab, &[0, 1, 2])? == 0,
+            "{what}: a router reclaimed"
+        );
+        ensure!(
+            lab.name_of(1)? == victim,
+            "{what}: the victim is not running"
+        );
+        ensure!(
+            lab.nodes[1].dir.join("data/identity.key").exists(),
+            "{what}: the victim's identity was moved aside"
+        );
+        Ok(())
+    };
+
+    // 1. Its record says it runs on a Node that does not exist, for 20 s
+    //    (reclaim-after is 1 s, co-signing waits 10 s).
+    for round in 0..20 {
+        api.edit_peer_list(|l| {
+            if let Some(r) = l.peers.get_mut(&key) {
+                r.node = "kr-gone".into();
+                r.retired = round % 2 == 1;
+            }
+        })?;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    unharmed(&lab, "record on a missing Node")?;
+    allocate_many(&lab, &[1], 3, "during")?;
+
+    // 2. Listed as removed (as a finished reclaim leaves it), for 20 s.
+    api.edit_peer_list(|l| {
+        l.peers.remove(&key);
+        l.removed.push(key.clone());
+    })?;
+    let unconfirmed = |l: &Lab| -> Result<u64> {
+        Ok(l.metrics(1)?
+            .lines()
+            .find_map(|m| m.strip_prefix("weft_kube_unconfirmed_removals_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64)
+    };
+    lab.wait_for(
+        "the victim to count the unconfirmed removal",
+        Duration::from_secs(30),
+        |l| Ok(unconfirmed(l)? > 0),
+    )?;
+    std::thread::sleep(Duration::from_secs(20));
+    unharmed(&lab, "listed as removed")?;
+    ensure!(
+        allocate_many(&lab, &[1], 1, "held").is_err(),
+        "the victim allocated while the list alone says it was removed"
+    );
+    // Taken off the list again: it allocates.
+    api.edit_peer_list(|l| l.removed.retain(|r| *r != key))?;
+    lab.wait_for(
+        "the victim to allocate again",
+        Duration::from_secs(30),
+        |l| Ok(allocate_many(l, &[1], 1, "after").is_ok()),
+    )?;
+    unharmed(&lab, "after the forgery")?;
+    for (i, alloc) in &before {
+        let now = held(&lab, *i)?;
+        ensure!(
+            alloc.iter().all(|a| now.contains(a)),
+            "node {i} lost allocations"
+        );
+    }
+    assert_no_duplicates(&all_holdings(&lab, &[0, 1, 2])?)
+}
+
 #[test]
 fn the_first_router_fills_the_empty_password_secret_and_a_users_password_is_kept() -> Result<()> {
     // No WEFT_PASSWORD: every password below comes from the Secret, except

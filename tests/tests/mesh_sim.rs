@@ -490,3 +490,81 @@ fn byzantine_routers_cannot_forge_stuff_or_storm() {
         println!("seed {seed}: {lies:?}, {rounds} rounds, {relayed} channel frames");
     }
 }
+
+/// Node 5 is started with node 4's identity key (a cloned data directory).
+fn clone_of_four(i: usize) -> weft_peer_proto::sign::KeyPair {
+    let seed = if i == 5 { 4 } else { i as u8 };
+    weft_peer_proto::sign::KeyPair::from_seed([seed + 1; 32])
+}
+
+/// Names each node reports as duplicated: (node, name, own).
+fn reported(sim: &mut Sim) -> Vec<(usize, PeerName, bool)> {
+    let mut v = vec![];
+    for i in 0..sim.nodes.len() {
+        if !sim.nodes[i].alive {
+            continue;
+        }
+        for d in sim.with_node(i, |m, now| m.snapshot(now).duplicates) {
+            v.push((i, d.peer, d.own));
+        }
+    }
+    v
+}
+
+/// Honest restarts (after a crash, and at once, while peers still hold the
+/// old session) are never reported; a clone of a router's identity is, by
+/// both clones and by the honest routers.
+#[test]
+fn a_cloned_identity_is_reported_and_honest_restarts_are_not() {
+    for seed in seeds(&[61, 62, 63]) {
+        let mut cfg = SimConfig::new(seed);
+        cfg.key_of = Some(clone_of_four);
+        let mut sim = Sim::new(cfg, base());
+        star_start(&mut sim, 5);
+        sim.run_until_converged(Duration::from_millis(500), Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("no initial convergence; seed {seed}"));
+        for round in 0..3 {
+            sim.crash(4);
+            let until = sim.now + Duration::from_secs(if round == 0 { 10 } else { 1 });
+            sim.run_until(until);
+            sim.restart(4);
+            // At once: the peers still hold a session from the old process.
+            sim.crash(2);
+            sim.restart(2);
+            sim.run_until_converged(Duration::from_millis(500), Duration::from_secs(60))
+                .unwrap_or_else(|| panic!("no convergence after restarts; seed {seed}"));
+        }
+        let until = sim.now + Duration::from_secs(60);
+        sim.run_until(until);
+        assert_eq!(
+            reported(&mut sim),
+            vec![],
+            "honest restarts reported; seed {seed}"
+        );
+        for i in 0..5 {
+            let n = sim.with_node(i, |m, _| m.counters.duplicate_identities);
+            assert_eq!(n, 0, "node {i} counted a duplicate; seed {seed}");
+        }
+
+        let clone = sim.add_node(vec![addr_of(0)]);
+        let name = sim.nodes[4].name;
+        assert_eq!(sim.nodes[clone].name, name);
+        let until = sim.now + Duration::from_secs(180);
+        sim.run_until(until);
+        let seen = reported(&mut sim);
+        println!("seed {seed}: reported {seen:?}");
+        for i in 0..=5 {
+            let own = i == 4 || i == 5;
+            assert!(
+                seen.contains(&(i, name, own)),
+                "node {i} does not report the clone; seed {seed}"
+            );
+            let n = sim.with_node(i, |m, _| m.counters.duplicate_identities);
+            assert!(n > 0, "node {i} counted no report; seed {seed}");
+        }
+        assert!(
+            seen.iter().all(|(_, n, _)| *n == name),
+            "an honest router reported; seed {seed}"
+        );
+    }
+}

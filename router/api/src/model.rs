@@ -97,6 +97,27 @@ pub struct MeshStatus {
     pub routes: Vec<RouteStatus>,
     /// Hash of the topology entries (ours included), to compare peers.
     pub topology_hash: String,
+    /// Identities seen used by two routers at once (ours, maybe): a
+    /// cloned data directory (docs/troubleshooting.md).
+    #[serde(default)]
+    pub duplicates: Vec<DuplicateStatus>,
+}
+
+/// Two routers seen running with one identity.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DuplicateStatus {
+    #[serde(with = "text")]
+    pub name: PeerName,
+    pub nickname: String,
+    /// The uids seen taking turns, the current one first.
+    pub uids: Vec<u64>,
+    /// It is this router's own identity.
+    pub own: bool,
+    /// Times a uid came back after another replaced it.
+    pub returns: u64,
+    /// Since it was first reported, and since the last return.
+    pub since_secs: u64,
+    pub last_secs: u64,
 }
 
 impl MeshStatus {

@@ -58,6 +58,8 @@ impl<C: Channels> Mesh<C> {
         self.now = now;
         let peer = hello.name;
         if peer == self.cfg.name {
+            let r = self.dups.own_hello(now, hello.uid);
+            self.duplicate(r);
             if outbound {
                 self.connector.ourself(addr);
             }

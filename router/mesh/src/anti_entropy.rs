@@ -120,6 +120,14 @@ impl<C: Channels> Mesh<C> {
         self.counters.forged.topology_form += out.forged_form as u64;
         self.counters.equivocations += out.equivocations as u64;
         self.counters.evicted += out.evicted as u64;
+        for (name, old, new) in &out.uid_changes {
+            let r = self.dups.held_changed(now, *name, *old, *new);
+            self.duplicate(r);
+        }
+        for uid in &out.own_beaten_by {
+            let r = self.dups.own_beaten(now, *uid);
+            self.duplicate(r);
+        }
         if out.news.is_empty() && !out.own_bumped {
             return;
         }

@@ -30,6 +30,7 @@ mod channel;
 mod config;
 mod connector;
 mod dial;
+pub mod duplicates;
 mod gossip;
 mod mesh;
 mod outbox;
@@ -42,6 +43,7 @@ pub use admission::Admit;
 pub use anti_entropy::ProtocolError;
 pub use channel::{ChannelError, ChannelSend, Channels, GossipChannel, GossipSender, NoChannels};
 pub use config::Config;
+pub use duplicates::{DuplicateReport, DuplicateView};
 pub use mesh::{Forged, Mesh, MeshCounters};
 pub use outbox::{Action, MeshEvent, SessionId, Transmit};
 pub use snapshot::{

@@ -19,6 +19,7 @@ use weft_peer_proto::sign::Signer as _;
 use crate::channel::Channels;
 use crate::config::{Config, gc_period};
 use crate::connector::Connector;
+use crate::duplicates::{DuplicateReport, Duplicates};
 use crate::gossip::Seen;
 use crate::outbox::{Action, MeshEvent, Outbox, SessionId, Transmit};
 use crate::routes::Routes;
@@ -55,6 +56,9 @@ pub struct MeshCounters {
     pub hop_limit: u64,
     /// Channel messages seen before (by source and sequence), dropped.
     pub duplicates: u64,
+    /// Reports of two routers running with one identity (at most one per
+    /// name per [`crate::duplicates::REPORT_INTERVAL`]).
+    pub duplicate_identities: u64,
 }
 
 /// Forged statements, by kind.
@@ -135,6 +139,8 @@ pub struct Mesh<C> {
     pub(crate) next_seq: u64,
     /// Channel messages seen, by (source, seq).
     pub(crate) seen: Seen,
+    /// Uids seen taking turns under one name.
+    pub(crate) dups: Duplicates,
     pub counters: MeshCounters,
 }
 
@@ -157,6 +163,7 @@ impl<C: Channels> Mesh<C> {
         let seen = Seen::new(cfg.dedup_window);
         let first_tick = now + cfg.gossip_interval.mul_f64(rng.random_range(0.5..1.0));
         let next_gc = now + gc_period(&cfg);
+        let (cfg_name, cfg_uid) = (cfg.name, cfg.uid);
         Mesh {
             connector: Connector::new(cfg.backoff_base, cfg.backoff_max),
             cfg,
@@ -180,6 +187,7 @@ impl<C: Channels> Mesh<C> {
             out: Outbox::default(),
             next_seq,
             seen,
+            dups: Duplicates::new(cfg_name, cfg_uid),
             counters: MeshCounters::default(),
         }
     }
@@ -285,6 +293,24 @@ impl<C: Channels> Mesh<C> {
 
     pub fn poll_action(&mut self) -> Option<Action> {
         self.out.actions.pop_front()
+    }
+
+    /// Counts and queues a report of a duplicate identity.
+    pub(crate) fn duplicate(&mut self, r: Option<DuplicateReport>) {
+        let Some(r) = r else { return };
+        self.counters.duplicate_identities += 1;
+        let nickname = self
+            .topology
+            .get(&r.peer)
+            .map(|e| e.nickname.clone())
+            .unwrap_or_default();
+        self.out.event(MeshEvent::DuplicateIdentity {
+            peer: r.peer,
+            nickname,
+            uids: r.uids,
+            own: r.own,
+            returns: r.returns,
+        });
     }
 
     pub fn poll_event(&mut self) -> Option<MeshEvent> {

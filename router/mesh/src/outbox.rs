@@ -58,6 +58,16 @@ pub enum MeshEvent {
         src: PeerName,
         error: String,
     },
+    /// Two routers are running with one identity (`own`: ours). Queued
+    /// at most once per name per [`crate::duplicates::REPORT_INTERVAL`].
+    DuplicateIdentity {
+        peer: PeerName,
+        nickname: String,
+        /// The uids seen taking turns, the current one first.
+        uids: Vec<u64>,
+        own: bool,
+        returns: u64,
+    },
 }
 /// The three queues the driver drains after every input.
 #[derive(Debug, Default)]

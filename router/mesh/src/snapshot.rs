@@ -9,6 +9,7 @@ use weft_peer_proto::PeerName;
 
 use crate::channel::Channels;
 use crate::connector::DialState;
+use crate::duplicates::DuplicateView;
 use crate::mesh::Mesh;
 use crate::topology::Topology;
 
@@ -23,6 +24,8 @@ pub struct MeshSnapshot {
     pub routes: Vec<RouteView>,
     /// Hash of the topology, to compare routers.
     pub topology_hash: u64,
+    /// Names seen used by two routers at once (ours among them, maybe).
+    pub duplicates: Vec<DuplicateView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,7 +193,17 @@ impl<C: Channels> Mesh<C> {
                 hops,
             })
             .collect();
+        let duplicates = self
+            .dups
+            .active(now)
+            .into_iter()
+            .map(|mut d| {
+                d.nickname = nickname(topology, &d.peer);
+                d
+            })
+            .collect();
         MeshSnapshot {
+            duplicates,
             peers,
             connections,
             targets,

@@ -11,7 +11,9 @@
 //! across restarts, departures and liars:
 //! - an entry about ourselves that beats ours (a previous incarnation's:
 //!   only our key signs one) makes us bump our version past it, so our
-//!   current entry wins everywhere; no accepted version is beyond reach;
+//!   current entry wins everywhere (by [`OWN_BUMP_MARGIN`], so that only a
+//!   live clone beats it again: [`crate::duplicates`]); no accepted version
+//!   is beyond reach;
 //! - entries removed by garbage collection leave a tombstone, so that a stale
 //!   copy gossiped back by a slower peer does not resurrect them. A new
 //!   incarnation (different uid) or a newer version passes the tombstone;
@@ -30,6 +32,7 @@ use weft_peer_proto::limits::{MAX_ADDRS_PER_PEER, MAX_ENTRIES_PER_UPDATE, MAX_EN
 use weft_peer_proto::sign::KeyPair;
 use weft_peer_proto::topology::{DigestEntry, EntryError, PeerEntry, hash_of_digest};
 
+use crate::duplicates::OWN_BUMP_MARGIN;
 use crate::verify::SigCache;
 
 /// Bytes of payload per update frame we aim for: well under the 4 MiB frame
@@ -132,6 +135,12 @@ pub struct MergeOutcome {
     pub equivocations: usize,
     /// Entries evicted to make room for nearer newcomers.
     pub evicted: usize,
+    /// Held entries of other routers replaced by one with another uid:
+    /// `(name, old uid, new uid)`; old is `None` for a newcomer.
+    pub uid_changes: Vec<(PeerName, Option<u64>, u64)>,
+    /// Uids of entries under our own name that beat ours (signed by our
+    /// key: an earlier incarnation, or a clone).
+    pub own_beaten_by: Vec<u64>,
 }
 
 impl MergeOutcome {
@@ -333,12 +342,23 @@ impl Topology {
             }
             if e.name == self.me {
                 let mine = self.me();
+                let mine_uid = mine.uid;
                 if e.order_key() > mine.order_key() {
                     match self.check(&e) {
                         Ok(_) => {
                             let (conns, addrs) = (mine.conns.clone(), mine.addrs.clone());
-                            self.set_own_entry(e.version.saturating_add(1), conns, addrs);
+                            // Far past it: an honest earlier incarnation
+                            // has nothing this far ahead in flight, so only
+                            // a live clone beats us again (duplicates.rs).
+                            self.set_own_entry(
+                                e.version.saturating_add(OWN_BUMP_MARGIN),
+                                conns,
+                                addrs,
+                            );
                             out.own_bumped = true;
+                            if e.uid != mine_uid {
+                                out.own_beaten_by.push(e.uid);
+                            }
                         }
                         Err(err) => out.forged(err),
                     }
@@ -425,6 +445,10 @@ impl Topology {
                 }
             }
             self.tombstones.remove(&e.name);
+            let old_uid = self.peers.get(&e.name).map(|h| h.entry.uid);
+            if old_uid != Some(e.uid) {
+                out.uid_changes.push((e.name, old_uid, e.uid));
+            }
             out.news.push(e.clone());
             self.insert(Held::with_digest(e, &digest));
         }
@@ -635,9 +659,31 @@ mod tests {
         let mut t = topo(1, 7);
         let out = t.merge(vec![entry(1, 3, 40, &[2])], now, FAR);
         assert!(out.own_bumped && out.news.is_empty());
-        assert_eq!(t.me().version, 41);
+        assert_eq!(out.own_beaten_by, vec![3]);
+        assert_eq!(t.me().version, 40 + OWN_BUMP_MARGIN);
         assert_eq!(t.me().uid, 7);
         assert_eq!(t.me().verify(), Ok(()), "the bumped entry is signed");
+    }
+
+    /// A restart: copies of the old process' entries at several versions
+    /// are still in flight. Only the first beats the new entry; the margin
+    /// puts it past the rest, so they never look like a live clone.
+    #[test]
+    fn stale_copies_of_an_earlier_incarnation_win_only_once() {
+        let now = Instant::now();
+        let mut t = topo(1, 7);
+        let out = t.merge(vec![entry(1, 3, 40, &[2])], now, FAR);
+        assert_eq!(out.own_beaten_by, vec![3]);
+        for v in [41, 45, 40 + 1000, 40 + OWN_BUMP_MARGIN - 1] {
+            let out = t.merge(vec![entry(1, 3, v, &[2])], now, FAR);
+            assert!(
+                !out.own_bumped && out.own_beaten_by.is_empty(),
+                "version {v}"
+            );
+        }
+        // A live clone (uid 3) signing past us beats us again.
+        let out = t.merge(vec![entry(1, 3, t.me().version + 1, &[2])], now, FAR);
+        assert_eq!(out.own_beaten_by, vec![3]);
     }
 
     /// Anyone could once send an entry for another router at u64::MAX and

@@ -182,6 +182,21 @@ fn summary(s: &Status) -> String {
             m.peers.len()
         ),
     );
+    for d in &m.duplicates {
+        let uids: Vec<String> = d.uids.iter().map(|u| format!("{u:016x}")).collect();
+        let whose = if d.own { ", THIS ROUTER" } else { "" };
+        line(
+            "DUPLICATE",
+            format!(
+                "two routers are running with identity {}({}){whose} (uids {}; {} returns, last {} s ago): see docs/troubleshooting.md",
+                d.name,
+                d.nickname,
+                uids.join(", "),
+                d.returns,
+                d.last_secs
+            ),
+        );
+    }
     if let Some(d) = &s.dataplane {
         let up = d.links.iter().filter(|l| l.up).count();
         line(

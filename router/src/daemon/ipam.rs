@@ -16,6 +16,9 @@ impl Router {
     /// One try at allocating `key` (or claiming `addr` for it), saved
     /// before it counts as done.
     fn try_allocate(&mut self, key: &str, addr: Option<u32>, now: Instant) -> Attempt {
+        if let Some(why) = &self.alloc_hold {
+            return Attempt::Failed(IpamFailure::new(503, why.clone()));
+        }
         match self.mesh.channels_mut().allocate(key, addr) {
             Ok(a) => match self.save_ipam(now) {
                 Ok(()) => Attempt::Done(a),

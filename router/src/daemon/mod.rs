@@ -72,6 +72,8 @@ struct Router {
     gateway_rx: Option<oneshot::Receiver<Result<u32, IpamFailure>>>,
     cni_state_dir: Option<PathBuf>,
     range: Cidr,
+    /// Why allocations are refused now ([`Command::HoldAllocations`]).
+    alloc_hold: Option<String>,
 }
 
 /// Builds the endpoint and the router, then runs until `shutdown` flips,
@@ -95,6 +97,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         kube,
         init: ipalloc_init,
         admission,
+        held,
     } = connect_kube(&cfg, &identity, &metrics, &shutdown).await?;
     let TlsSetup {
         identity,
@@ -207,6 +210,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         gateway_rx: None,
         cni_state_dir: cfg.cni_state_dir.clone(),
         range: crate::ipam::cidr(cfg.ipalloc_range),
+        alloc_hold: held.then(|| crate::kube::UNCONFIRMED_REMOVAL.to_owned()),
     };
     router.save_targets();
 
@@ -253,6 +257,9 @@ struct KubeStart {
     kube: Option<crate::kube::Kube>,
     init: weft_ipam_crdt::Init,
     admission: Admission,
+    /// The peer list says this router was removed: allocations are held
+    /// until the ring confirms it (step aside) or the list stops saying so.
+    held: bool,
 }
 
 /// With `--kube`, connects to the API, takes the mesh password from the
@@ -270,6 +277,7 @@ async fn connect_kube(
             bail!("the mesh password can come from a Secret only with --kube");
         };
         return Ok(KubeStart {
+            held: false,
             kube: None,
             init: cfg.ipalloc_init.clone(),
             admission: admission.clone(),
@@ -301,13 +309,22 @@ async fn connect_kube(
         }
     };
     let mut init = cfg.ipalloc_init.clone();
+    let mut held = false;
     if k.decide_bootstrap && !crate::ipam::has_state(&cfg.data_dir) {
         init = kube.bootstrap(shutdown, metrics).await?;
     } else if kube.reclaimed().await == Some(true) {
-        // Before IPAM opens: not one address from the old ranges.
-        return Err(crate::kube::removed(identity.name, &cfg.data_dir));
+        // Not one address from the old ranges, but no stepping aside on
+        // the list's word either (anyone who may write the ConfigMap could
+        // evict a live router): held until the ring confirms it with a
+        // valid removal certificate, or the list stops saying so.
+        warn!(
+            "the peer list says this router ({}) was removed; allocations are held until the ring confirms it",
+            identity.name
+        );
+        held = true;
     }
     Ok(KubeStart {
+        held,
         kube: Some(kube),
         init,
         admission,
@@ -442,6 +459,10 @@ impl Router {
             }
             Command::Network(reply) => {
                 let _ = reply.send(self.network_status(now));
+            }
+            Command::HoldAllocations(hold, reply) => {
+                self.alloc_hold = hold;
+                let _ = reply.send(());
             }
         }
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use weft_mesh::{Action, Admit, MeshEvent};
 use weft_peer_proto::{Frame, GoodbyeReason};
 
@@ -221,5 +221,20 @@ fn log_event(e: MeshEvent) {
             src,
             error,
         } => warn!(%channel, %src, %error, "channel rejected a message"),
+        MeshEvent::DuplicateIdentity {
+            peer,
+            nickname,
+            uids,
+            own,
+            returns,
+        } => {
+            let uids: Vec<String> = uids.iter().map(|u| format!("{u:016x}")).collect();
+            let uids = uids.join(", ");
+            let whose = if own { " (ours)" } else { "" };
+            error!(
+                %peer, %nickname, own, returns,
+                "two routers are running with identity {peer}{whose} (uids {uids}): a cloned data directory? see docs/troubleshooting.md"
+            )
+        }
     }
 }

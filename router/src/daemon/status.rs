@@ -8,8 +8,9 @@ use std::time::Instant;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use weft_api::{
-    ConnectionState, ConnectionStatus, Direction, IpamPeer, IpamStatus, MeshStatus, NetworkStatus,
-    NotReady, PeerRef, PeerStatus, PodNetwork, RouteStatus, Status, TargetState, TargetStatus,
+    ConnectionState, ConnectionStatus, Direction, DuplicateStatus, IpamPeer, IpamStatus,
+    MeshStatus, NetworkStatus, NotReady, PeerRef, PeerStatus, PodNetwork, RouteStatus, Status,
+    TargetState, TargetStatus,
 };
 use weft_ipam_crdt::Waiting;
 use weft_mesh::MeshSnapshot;
@@ -92,6 +93,19 @@ fn mesh_status(s: MeshSnapshot) -> MeshStatus {
             })
             .collect(),
         topology_hash: format!("{:016x}", s.topology_hash),
+        duplicates: s
+            .duplicates
+            .into_iter()
+            .map(|d| DuplicateStatus {
+                name: d.peer,
+                nickname: d.nickname,
+                uids: d.uids,
+                own: d.own,
+                returns: d.returns,
+                since_secs: d.since.as_secs(),
+                last_secs: d.last.as_secs(),
+            })
+            .collect(),
     }
 }
 
@@ -130,6 +144,7 @@ impl Router {
         let stranded = ip.peers.iter().filter(|p| !p.reachable).map(|p| p.owned);
         m.ipam_unreachable.set(stranded.sum::<u64>() as i64);
         m.ipam_pending.set(ip.pending as i64);
+        m.duplicate_identities.set(s.mesh.duplicates.len() as i64);
         m.export_mesh(&self.mesh.counters);
         m.export_refused(&self.mesh.channels().refused());
     }

@@ -356,8 +356,27 @@ impl Kube {
                 !reclaimed(l) && !removed_here && l.register(me, node, nick)
             })
             .await?;
-        if reclaimed(&list) || removed_here {
-            return Err(MustStepAside(self.me_name).into());
+        // Only the ring (a removal certificate valid in our own view) makes
+        // us step aside. The list's word alone holds allocations (so that a
+        // router cut off from the mesh hands out nothing its heir may own)
+        // and is counted: anyone who may write the ConfigMap could forge it.
+        match own_removal(reclaimed(&list), removed_here) {
+            OwnRemoval::Confirmed => return Err(MustStepAside(self.me_name).into()),
+            OwnRemoval::Unconfirmed => {
+                handle.metrics.kube_unconfirmed_removals.inc();
+                if st.hold.is_none() {
+                    warn!(
+                        "the peer list says this router was removed, but the ring holds no valid removal for it: allocations held, nothing stepped aside"
+                    );
+                }
+            }
+            OwnRemoval::No => {}
+        }
+        let hold = (reclaimed(&list) && !removed_here).then(|| UNCONFIRMED_REMOVAL.to_owned());
+        if st.hold != hold || !st.hold_sent {
+            ask(handle, |r| Command::HoldAllocations(hold.clone(), r)).await?;
+            st.hold = hold;
+            st.hold_sent = true;
         }
         let candidates = list.candidates(me, &names);
         st.missing_since.retain(|p, _| candidates.contains(p));
@@ -500,6 +519,34 @@ struct ReconcileState {
     managed: BTreeSet<SocketAddr>,
     /// Reclaim candidates, since when we have seen their Node gone.
     missing_since: BTreeMap<String, std::time::Instant>,
+    /// Allocations held: the list says we were removed, the ring does not.
+    hold: Option<String>,
+    /// Whether the router was told `hold` (it may start held).
+    hold_sent: bool,
+}
+
+/// Why allocations are refused while the peer list alone says this router
+/// was removed.
+pub const UNCONFIRMED_REMOVAL: &str = "the weft-peers ConfigMap lists this router as removed, but the ring holds no valid removal certificate for it: allocations are held until the ring confirms it (meshd then steps aside) or the entry is taken off the list";
+
+/// What this router does about its own removal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnRemoval {
+    No,
+    /// The ring holds a valid certificate: step aside.
+    Confirmed,
+    /// Only the peer list says so: hold allocations, count it, stay.
+    Unconfirmed,
+}
+
+/// `listed`: the peer list names us as removed; `in_ring`: our ring
+/// applied a removal certificate for us (valid in our own view).
+pub fn own_removal(listed: bool, in_ring: bool) -> OwnRemoval {
+    match (listed, in_ring) {
+        (_, true) => OwnRemoval::Confirmed,
+        (true, false) => OwnRemoval::Unconfirmed,
+        (false, false) => OwnRemoval::No,
+    }
 }
 
 /// What the Kubernetes task ends with when this router was removed from the
@@ -626,5 +673,19 @@ where
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             _ = stopped(&mut shutdown) => bail!("stopped while waiting for the Kubernetes API to {what}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The peer list's word alone never makes a router step aside.
+    #[test]
+    fn only_the_ring_confirms_our_removal() {
+        assert_eq!(own_removal(true, false), OwnRemoval::Unconfirmed);
+        assert_eq!(own_removal(true, true), OwnRemoval::Confirmed);
+        assert_eq!(own_removal(false, true), OwnRemoval::Confirmed);
+        assert_eq!(own_removal(false, false), OwnRemoval::No);
     }
 }
