@@ -18,11 +18,12 @@
 #    machine with Weft installed by `kubectl apply -f deploy/kubernetes/`:
 #    the upstream e2e tests of tests/cluster/ci-tests.txt (e2e.sh), then the
 #    harness's own tests (harness.sh).
-# 7. Fuzzes every decoder of peer bytes, the data-plane opener and the CNI
-#    inputs for 20 s each.
+# 7. Fuzzes every decoder of peer bytes, the data-plane opener, the mesh
+#    core and the IPAM channel as state machines, and the CNI inputs for 20 s
+#    each.
 #
 # On two cores the nextest run takes about five minutes and the fuzzing about
-# two, plus the first build; docs/testing.md says what each part needs and
+# three, plus the first build; docs/testing.md says what each part needs and
 # how to run one test alone.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -105,8 +106,8 @@ tests/cluster/e2e.sh --focus-file tests/cluster/ci-tests.txt
 step "cluster: the harness's own tests (tests/cluster/harness.sh)"
 tests/cluster/harness.sh
 
-step "fuzz every peer-bytes decoder, the data-plane opener and the CNI inputs briefly (cargo-fuzz; nightly flags via RUSTC_BOOTSTRAP)"
-(cd peer-proto && for t in decode_frame len_prefix data_header ipam_msg opener; do
+step "fuzz every peer-bytes decoder, the data-plane opener, the mesh core and IPAM channel as state machines, and the CNI inputs briefly (cargo-fuzz; nightly flags via RUSTC_BOOTSTRAP)"
+(cd peer-proto && for t in decode_frame len_prefix data_header ipam_msg opener mesh_core ipam_channel; do
   RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" -- -max_total_time=20 -print_final_stats=0 2>&1 | tail -n 3
 done)
 (cd cni && RUSTC_BOOTSTRAP=1 cargo fuzz run cni_input -- -max_total_time=20 -print_final_stats=0 2>&1 | tail -n 3)

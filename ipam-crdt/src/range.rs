@@ -58,6 +58,10 @@ impl FromStr for AddrRange {
 
 impl fmt::Display for AddrRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A peer's ring may name any range, empty ones too.
+        if self.is_empty() {
+            return write!(f, "{} (empty)", Ipv4Addr::from(self.start));
+        }
         let last = (self.end - 1) as u32;
         write!(f, "{}-{}", Ipv4Addr::from(self.start), Ipv4Addr::from(last))
     }
@@ -66,6 +70,23 @@ impl fmt::Display for AddrRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `ipam_channel` fuzz target: a peer's ring over an
+    /// empty range was refused with a message that printed the range, and
+    /// printing an empty range ending at 0 overflowed (a panic in debug
+    /// builds, a wrong range in release ones).
+    #[test]
+    fn an_empty_range_prints() {
+        assert_eq!(AddrRange::new(0, 0).to_string(), "0.0.0.0 (empty)");
+        let e = crate::RingError::RangeMismatch {
+            ours: "10.32.0.0/12".parse().expect("valid"),
+            theirs: AddrRange::new(0, 0),
+        };
+        assert_eq!(
+            e.to_string(),
+            "ring covers 0.0.0.0 (empty), ours covers 10.32.0.0-10.47.255.255"
+        );
+    }
 
     #[test]
     fn cidr() {
@@ -78,6 +99,7 @@ mod tests {
             "0.0.0.0/0".parse::<AddrRange>().map(|r| r.len()),
             Ok(1 << 32)
         );
+        assert_eq!(AddrRange::new(10, 0).to_string(), "0.0.0.10 (empty)");
         for bad in [
             "10.32.0.1/12",
             "10.32.0.0/33",

@@ -526,6 +526,7 @@ impl Topology {
         }
         if let Some(old) = self.peers.remove(&name) {
             self.hash ^= entry_hash(&old.digest());
+            self.bytes -= entry_size(&old.entry);
             self.tombstones.insert(name, (old.digest(), now));
         }
     }
@@ -812,6 +813,27 @@ mod tests {
         assert_eq!(out.news.len(), 1);
         assert!(t.get(&name(3)).is_some() && t.get(&name(2)).is_some());
         assert!(t.bytes() <= budget);
+    }
+
+    /// Found by the `mesh_core` fuzz target: peers forgotten by garbage
+    /// collection kept their bytes counted, so after enough churn the byte
+    /// bound refused every newcomer (here the first one after a removal).
+    #[test]
+    fn a_removed_entry_gives_its_bytes_back() {
+        let now = Instant::now();
+        let mut t = with_max(1, 1000);
+        let one = entry(2, 0, 1, &[]);
+        t.set_max_bytes(t.bytes() + entry_size(&one));
+        assert_eq!(t.merge(vec![one], now, FAR).news.len(), 1);
+        t.remove(name(2), now);
+        assert_eq!(t.bytes(), entry_size(t.me()));
+        let out = t.merge(vec![entry(3, 0, 1, &[])], now, FAR);
+        assert_eq!(
+            (out.news.len(), out.refused),
+            (1, 0),
+            "room after a removal"
+        );
+        assert_eq!(t.bytes(), t.entries().map(entry_size).sum::<usize>());
     }
 
     #[test]
