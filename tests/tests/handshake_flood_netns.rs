@@ -1,8 +1,10 @@
 //! A flood of QUIC Initials from spoofed source addresses against real
-//! meshd routers (issue #14, docs/trust.md "Handshake flood"): the sessions
-//! between them stay up (same session ids throughout), gossip still flows
-//! (a router that joins during the flood reaches the other router's view),
-//! and CNI ADDs are answered. Needs root (network namespaces, a raw socket).
+//! meshd routers (issue #14, docs/trust.md "Handshake flood"): no spoofed
+//! source gets a handshake (none is begun that fails; each Initial is
+//! answered with a Retry), the sessions between the routers stay up (same
+//! session ids throughout), gossip still flows (a router that joins during
+//! the flood reaches the other router's view), and CNI ADDs are answered.
+//! Needs root (network namespaces, a raw socket).
 //!
 //! The Initials are real: one ClientHello Initial is captured from a
 //! certified quinn client on loopback, decrypted, and sent again sealed
@@ -240,6 +242,27 @@ fn session_with(status: &Status, peer: PeerName) -> Option<u64> {
         .and_then(|c| c.session)
 }
 
+/// The sum of a counter over all its labels in a /metrics text.
+fn total(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// meshd's peak resident memory (`VmHWM`), in MiB.
+fn peak_mib(lab: &Lab, i: usize) -> Result<u64> {
+    let pid = lab.nodes[i].meshd.as_ref().context("meshd child")?.id();
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmHWM")?;
+    Ok(kb >> 10)
+}
+
 /// `weft_incoming_total` of one outcome in a /metrics text.
 fn incoming(metrics: &str, outcome: &str) -> u64 {
     let prefix = format!("weft_incoming_total{{outcome=\"{outcome}\"}} ");
@@ -356,11 +379,17 @@ fn a_spoofed_source_initial_flood_leaves_sessions_up_and_gossip_and_cni_answered
     let seen = |i: usize, outcome: &str| {
         incoming(&after[i], outcome).saturating_sub(incoming(&before[i], outcome))
     };
+    let failed = |i: usize| {
+        let name = "weft_handshake_failures_total";
+        total(&after[i], name).saturating_sub(total(&before[i], name))
+    };
+    let peaks = (peak_mib(&lab, 0)?, peak_mib(&lab, 1)?);
     let sent = sent.load(Ordering::Relaxed);
     eprintln!(
         "flood: {sent} Initials sent in {elapsed:.1?} ({:.0}/s), {} send errors; \
          n0 saw retried {} accepted {} ignored {}; n1 saw retried {} accepted {} ignored {}; \
-         {adds} rounds of CNI ADDs on both, {checks} session checks; n2 reached n1's view at {joined:.1?}",
+         {adds} rounds of CNI ADDs on both, {checks} session checks; n2 reached n1's view at {joined:.1?}; \
+         handshakes failed: n0 {}, n1 {}; meshd VmHWM n0 {} MiB, n1 {} MiB",
         sent as f64 / elapsed.as_secs_f64(),
         send_errors.load(Ordering::Relaxed),
         seen(0, "retried"),
@@ -369,6 +398,10 @@ fn a_spoofed_source_initial_flood_leaves_sessions_up_and_gossip_and_cni_answered
         seen(1, "retried"),
         seen(1, "accepted"),
         seen(1, "ignored"),
+        failed(0),
+        failed(1),
+        peaks.0,
+        peaks.1,
     );
     if let Err(e) = result.and(flood_result) {
         let logs: String = (0..3)
@@ -384,6 +417,15 @@ fn a_spoofed_source_initial_flood_leaves_sessions_up_and_gossip_and_cni_answered
         bail!("{e:#}{logs}");
     }
     ensure!(sent > 0, "the flood sent nothing");
+    // No spoofed source got a handshake: none was begun that then failed
+    // or timed out (without the Retry, every one does).
+    for i in 0..2 {
+        ensure!(
+            failed(i) == 0,
+            "n{i} began handshakes with spoofed sources: {} failed",
+            failed(i)
+        );
+    }
     for i in 0..2 {
         ensure!(
             seen(i, "retried") > 0,
