@@ -5,7 +5,8 @@
 //! local API's types in `weft-api`. This crate is the shell around them:
 //!
 //! - [`identity`], [`tls`], [`session`]: who a router is, how sessions are
-//!   admitted, and one task per QUIC session.
+//!   admitted, and one task per QUIC session; [`incoming`]: which
+//!   connection attempts get handshake state (Retry, half-open caps).
 //! - [`daemon`]: the loop that drives the cores over those sessions and
 //!   saves before it sends; [`handle`]: how others ask it things.
 //! - [`ipam`]: IPAM state on disk, and how the API shows it.
@@ -21,6 +22,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod handle;
 pub mod identity;
+pub mod incoming;
 pub mod ipam;
 pub mod kube;
 pub mod metrics;

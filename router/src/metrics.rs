@@ -23,6 +23,11 @@ pub struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BytesLabel {
     pub channel: String,
     pub direction: String,
@@ -58,6 +63,10 @@ pub struct Metrics {
     pub duplicate_identities: Gauge,
     topology_evicted: Counter,
     pub rejected: Family<ReasonLabel, Counter>,
+    /// Incoming QUIC connection attempts, by what was done with them.
+    incoming: Family<OutcomeLabel, Counter>,
+    /// Handshakes begun and not yet through the hello exchange.
+    pub half_open: Gauge,
     pub ipam_addresses: Family<StateLabel, Gauge>,
     pub ipam_unreachable: Gauge,
     pub ipam_pending: Gauge,
@@ -104,6 +113,8 @@ impl Metrics {
             duplicate_identities: Gauge::default(),
             topology_evicted: Counter::default(),
             rejected: Family::default(),
+            incoming: Family::default(),
+            half_open: Gauge::default(),
             ipam_addresses: Family::default(),
             ipam_unreachable: Gauge::default(),
             ipam_pending: Gauge::default(),
@@ -192,6 +203,16 @@ impl Metrics {
             "sessions_rejected",
             "Sessions closed after the hello, by reason",
             m.rejected.clone(),
+        );
+        registry.register(
+            "incoming",
+            "Incoming QUIC connection attempts, by outcome: retried (an address not yet validated, answered with a stateless Retry), accepted (a validated address, handshake begun), ignored (validated, but the half-open cap was reached)",
+            m.incoming.clone(),
+        );
+        registry.register(
+            "handshakes_half_open",
+            "Inbound handshakes begun and not yet through the hello exchange",
+            m.half_open.clone(),
         );
         registry.register(
             "ipam_addresses",
@@ -317,6 +338,15 @@ impl Metrics {
         self.handshake_failures
             .get_or_create(&ReasonLabel {
                 reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// One incoming QUIC connection attempt, by what was done with it.
+    pub fn incoming(&self, outcome: &str) {
+        self.incoming
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
             })
             .inc();
     }

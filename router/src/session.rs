@@ -26,6 +26,7 @@ use weft_peer_proto::limits::MAX_FRAME_LEN;
 use weft_peer_proto::{CodecError, Frame, Goodbye, GoodbyeReason, Hello, PeerName};
 
 use crate::identity::name_of_cert;
+use crate::incoming::Permit;
 use crate::metrics::Metrics;
 use crate::tls::SERVER_NAME;
 use weft_mesh::SessionId;
@@ -416,8 +417,9 @@ pub async fn dial(ctx: Arc<SessionCtx>, endpoint: Endpoint, addr: SocketAddr) {
     }
 }
 
-/// Completes an inbound session and runs it.
-pub async fn accept(ctx: Arc<SessionCtx>, incoming: quinn::Incoming) {
+/// Completes an inbound session and runs it; `half_open` is held until the
+/// hello exchange is over.
+pub async fn accept(ctx: Arc<SessionCtx>, incoming: quinn::Incoming, half_open: Permit) {
     let remote = incoming.remote_address();
     let remote_ip = remote.ip().to_canonical();
     let hs = async {
@@ -437,10 +439,11 @@ pub async fn accept(ctx: Arc<SessionCtx>, incoming: quinn::Incoming) {
             .map_err(|e| HandshakeError::Connection(e.to_string()))?;
         Ok((conn, send, recv, theirs, addr))
     };
-    match tokio::time::timeout(ctx.handshake_timeout, hs)
+    let done = tokio::time::timeout(ctx.handshake_timeout, hs)
         .await
-        .unwrap_or(Err(HandshakeError::Timeout))
-    {
+        .unwrap_or(Err(HandshakeError::Timeout));
+    drop(half_open);
+    match done {
         Ok((conn, send, recv, hello, addr)) => run(ctx, conn, send, recv, hello, addr, false).await,
         Err(e) => {
             ctx.metrics.handshake_failure(e.label());

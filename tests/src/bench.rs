@@ -56,3 +56,71 @@ pub fn loopback_router(
         ipalloc_init: init,
     }
 }
+
+/// A dialing client of a mesh, as a router would dial: its own identity,
+/// a certificate from the mesh secret, a QUIC endpoint and the session
+/// context `weft_router::session::dial` runs on ([`certified_client`]).
+pub struct CertifiedClient {
+    pub ctx: std::sync::Arc<weft_router::session::SessionCtx>,
+    pub endpoint: quinn::Endpoint,
+    /// What the client's sessions report.
+    pub events: tokio::sync::mpsc::Receiver<weft_router::session::SessionEvent>,
+    /// Its identity and TLS configurations (`tls.identity.signer()` signs
+    /// as it).
+    pub tls: weft_router::tls::TlsSetup,
+}
+
+/// A [`CertifiedClient`] with its identity under `dir` (made if new), a
+/// certificate issued by `secret`'s CA, its endpoint bound to `bind`, and
+/// `nickname`, `uid` in its hello. Call it inside a tokio runtime: the
+/// endpoint's socket is made on the calling thread.
+pub fn certified_client(
+    dir: &std::path::Path,
+    secret: &str,
+    bind: std::net::SocketAddr,
+    nickname: &str,
+    uid: u64,
+) -> anyhow::Result<CertifiedClient> {
+    use std::sync::Arc;
+    use weft_router::tls::{Admission, setup};
+    std::fs::create_dir_all(dir)?;
+    let admission = Admission::Password {
+        secrets: vec![secret.into()],
+        mesh_id: String::new(),
+    };
+    let tls = setup(
+        &admission,
+        weft_router::identity::Identity::load_or_create(dir)?,
+        std::time::SystemTime::now(),
+    )?;
+    let mut endpoint = quinn::Endpoint::client(bind)?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls.client.clone())?,
+    )));
+    let hello = weft_peer_proto::Hello {
+        versions: weft_peer_proto::VersionRange {
+            min: weft_peer_proto::PROTOCOL_MIN,
+            max: weft_peer_proto::PROTOCOL_MAX,
+        },
+        name: tls.identity.name,
+        nickname: nickname.into(),
+        uid,
+        listen_port: 1,
+        features: Default::default(),
+        your_addr: None,
+        nonce: 0,
+    };
+    let (tx, events) = tokio::sync::mpsc::channel(64);
+    let ctx = Arc::new(weft_router::session::SessionCtx::new(
+        tx,
+        Arc::new(weft_router::metrics::Metrics::new()),
+        hello,
+        std::time::Duration::from_secs(10),
+    ));
+    Ok(CertifiedClient {
+        ctx,
+        endpoint,
+        events,
+        tls,
+    })
+}

@@ -633,6 +633,16 @@ impl Lab {
         Ok(ns)
     }
 
+    /// A CNI ADD as the plugin makes it: `POST /ip/<id>` on node `i`'s API
+    /// socket (10 s at most), the address meshd answered.
+    pub fn post_ip(&self, i: usize, id: &str) -> Result<IpReply> {
+        let out = run(Command::new("curl")
+            .args(["-sf", "-m", "10", "-X", "POST", "--unix-socket"])
+            .arg(self.nodes[i].socket())
+            .arg(format!("http://meshd/ip/{id}")))?;
+        serde_json::from_slice(&out.stdout).with_context(|| format!("POST /ip/{id} reply"))
+    }
+
     /// Node `i`'s allocation keys that start with `prefix`.
     pub fn keys_with_prefix(&self, i: usize, prefix: &str) -> Result<Vec<String>> {
         Ok(self

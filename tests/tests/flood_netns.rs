@@ -5,20 +5,16 @@
 
 use std::fs::File;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use nix::sched::{CloneFlags, setns};
-use tokio::sync::mpsc;
 use weft_peer_proto::limits::MAX_GOSSIP_PAYLOAD;
 use weft_peer_proto::{ChannelName, Frame, GossipMsg, Verb};
-use weft_router::identity::Identity;
-use weft_router::metrics::Metrics;
-use weft_router::session::{self, QueueError, SessionCtx, SessionEvent};
-use weft_router::tls::{Admission, setup};
+use weft_router::session::{self, QueueError, SessionEvent};
+use weft_tests::bench::{CertifiedClient, certified_client};
 use weft_tests::netns::{Lab, SECRET};
 
 /// How long the flood lasts.
@@ -66,42 +62,20 @@ fn flood_from(
             .enable_all()
             .build()?;
         rt.block_on(async move {
-            std::fs::create_dir_all(&dir)?;
-            let admission = Admission::Password {
-                secrets: vec![SECRET.into()],
-                mesh_id: String::new(),
-            };
-            let tls = setup(
-                &admission,
-                Identity::load_or_create(&dir)?,
-                std::time::SystemTime::now(),
+            let CertifiedClient {
+                ctx,
+                endpoint,
+                events: mut rx,
+                tls,
+            } = certified_client(
+                &dir,
+                SECRET,
+                SocketAddr::from(([0, 0, 0, 0], 0)),
+                "flooder",
+                7,
             )?;
             let signer = tls.identity.signer()?;
-            let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
-            endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-                quinn::crypto::rustls::QuicClientConfig::try_from(tls.client)?,
-            )));
             let me = tls.identity.name;
-            let hello = weft_peer_proto::Hello {
-                versions: weft_peer_proto::VersionRange {
-                    min: weft_peer_proto::PROTOCOL_MIN,
-                    max: weft_peer_proto::PROTOCOL_MAX,
-                },
-                name: me,
-                nickname: "flooder".into(),
-                uid: 7,
-                listen_port: 1,
-                features: Default::default(),
-                your_addr: None,
-                nonce: 0,
-            };
-            let (tx, mut rx) = mpsc::channel(64);
-            let ctx = Arc::new(SessionCtx::new(
-                tx,
-                Arc::new(Metrics::new()),
-                hello,
-                Duration::from_secs(10),
-            ));
             tokio::spawn(session::dial(ctx, endpoint.clone(), server));
             let out = loop {
                 match rx.recv().await.context("client events closed")? {
@@ -151,19 +125,7 @@ fn flood_from(
 }
 
 fn cni_add(lab: &Lab, i: usize, id: &str) -> Result<()> {
-    let out = Command::new("curl")
-        .args(["-sf", "-m", "10", "-X", "POST", "--unix-socket"])
-        .arg(lab.nodes[i].socket())
-        .arg(format!("http://meshd/ip/{id}"))
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "POST /ip/{id}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("POST /ip reply")?;
-    ensure!(v.get("ip").is_some(), "POST /ip/{id} gave {v}");
-    Ok(())
+    lab.post_ip(i, id).map(|_| ())
 }
 
 #[test]

@@ -191,6 +191,10 @@ pub struct ConnectionStatus {
     #[serde(with = "text_opt", default)]
     pub peer: Option<PeerName>,
     pub nickname: Option<String>,
+    /// For `established`: the session's id on this router, new for every
+    /// session (a reconnection shows as a new id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<u64>,
     /// Seconds in this state.
     pub age_secs: u64,
     /// For `retrying`: seconds until the next attempt.
@@ -572,6 +576,7 @@ mod tests {
             state: ConnectionState::Retrying,
             peer: Some(PeerName(0x0102030405060708)),
             nickname: None,
+            session: None,
             age_secs: 0,
             retry_in_secs: Some(3),
             last_error: None,

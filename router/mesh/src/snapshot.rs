@@ -11,6 +11,7 @@ use crate::channel::Channels;
 use crate::connector::DialState;
 use crate::duplicates::DuplicateView;
 use crate::mesh::Mesh;
+use crate::outbox::SessionId;
 use crate::topology::Topology;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +58,8 @@ pub struct ConnectionView {
     pub state: ConnectionState,
     pub peer: Option<PeerName>,
     pub nickname: Option<String>,
+    /// For `Established`: the session's id, new for every session.
+    pub session: Option<SessionId>,
     /// Time in this state.
     pub age: Duration,
     /// For `Retrying`: time until the next attempt.
@@ -124,13 +127,14 @@ impl<C: Channels> Mesh<C> {
             .collect();
         let mut connections: Vec<ConnectionView> = self
             .sessions
-            .values()
-            .map(|c| ConnectionView {
+            .iter()
+            .map(|(id, c)| ConnectionView {
                 addr: c.addr,
                 outbound: c.outbound,
                 state: ConnectionState::Established,
                 peer: Some(c.peer),
                 nickname: Some(c.nickname.clone()),
+                session: Some(*id),
                 age: now.saturating_duration_since(c.since),
                 retry_in: None,
                 last_error: None,
@@ -159,6 +163,7 @@ impl<C: Channels> Mesh<C> {
                 state,
                 peer: t.peer,
                 nickname: t.peer.map(|p| nickname(topology, &p)),
+                session: None,
                 age,
                 retry_in,
                 last_error: t.last_error.clone(),

@@ -219,8 +219,11 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         let endpoint = endpoint.clone();
         let ctx = ctx.clone();
         tokio::spawn(async move {
+            let gate = crate::incoming::Gate::new(ctx.metrics.half_open.clone());
             while let Some(incoming) = endpoint.accept().await {
-                tokio::spawn(session::accept(ctx.clone(), incoming));
+                if let Some((incoming, permit)) = gate.triage(incoming, &ctx.metrics) {
+                    tokio::spawn(session::accept(ctx.clone(), incoming, permit));
+                }
             }
         })
     };

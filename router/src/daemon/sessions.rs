@@ -12,6 +12,7 @@ use weft_peer_proto::{Frame, GoodbyeReason};
 
 use super::Router;
 use crate::config::DaemonConfig;
+use crate::incoming;
 use crate::metrics::ReasonLabel;
 use crate::session::{self, SessionEvent, SessionOut};
 
@@ -44,6 +45,17 @@ fn transport_config(peer_timeout: Duration) -> Result<Arc<quinn::TransportConfig
     Ok(Arc::new(t))
 }
 
+/// The key that seals Retry tokens: one per process, so a token issued just
+/// before the server configuration changes (a secret reload) still admits.
+fn token_key() -> Arc<dyn quinn::crypto::HandshakeTokenKey> {
+    static KEY: std::sync::OnceLock<Arc<ring::hkdf::Prk>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let master: [u8; 32] = rand::random();
+        Arc::new(ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&master))
+    })
+    .clone()
+}
+
 /// The QUIC configurations of new sessions: ours to accept with, and to dial with.
 pub(super) fn quic_configs(
     peer_timeout: Duration,
@@ -51,10 +63,21 @@ pub(super) fn quic_configs(
     client: Arc<rustls::ClientConfig>,
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig)> {
     let transport = transport_config(peer_timeout)?;
-    let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(
-        quinn::crypto::rustls::QuicServerConfig::try_from(server).context("QUIC server config")?,
-    ));
-    server_cfg.transport_config(transport.clone());
+    let mut server_cfg = quinn::ServerConfig::new(
+        Arc::new(
+            quinn::crypto::rustls::QuicServerConfig::try_from(server)
+                .context("QUIC server config")?,
+        ),
+        token_key(),
+    );
+    server_cfg
+        .transport_config(transport.clone())
+        .retry_token_lifetime(incoming::RETRY_TOKEN_LIFETIME)
+        .max_incoming(incoming::MAX_INCOMING)
+        // What quinn buffers for attempts not yet handled (beyond each
+        // one's first datagram): a few packets each, not quinn's 100 MiB.
+        .incoming_buffer_size(64 << 10)
+        .incoming_buffer_size_total(4 << 20);
     let mut client_cfg = quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(client).context("QUIC client config")?,
     ));

@@ -66,6 +66,7 @@ fn mesh_status(s: MeshSnapshot) -> MeshStatus {
                 state: state(c.state),
                 peer: c.peer,
                 nickname: c.nickname,
+                session: c.session,
                 age_secs: c.age.as_secs(),
                 retry_in_secs: c.retry_in.map(|d| d.as_secs()),
                 last_error: c.last_error,

@@ -12,17 +12,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weft_tests::bench::*;
 
 use anyhow::{Context, Result};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use weft_router::daemon::DaemonConfig;
-use weft_router::identity::Identity;
-use weft_router::metrics::Metrics;
-use weft_router::session::{self, SessionCtx, SessionEvent};
-use weft_router::tls::{Admission, setup};
+use weft_router::session::{self, SessionEvent};
 
 const PW: &str = "bench password";
 
@@ -54,55 +50,20 @@ async fn status(sock: &std::path::Path) -> Result<weft_api::Status> {
     Ok(serde_json::from_slice(&body)?)
 }
 
-/// A dialing client with its own identity.
-async fn client(
-    k: usize,
-) -> Result<(
-    Arc<SessionCtx>,
-    quinn::Endpoint,
-    mpsc::Receiver<SessionEvent>,
-)> {
-    let dir = scratch().join(format!("client{k}"));
-    std::fs::create_dir_all(&dir)?;
-    let admission = Admission::Password {
-        secrets: vec![PW.into()],
-        mesh_id: String::new(),
-    };
-    let tls = setup(
-        &admission,
-        Identity::load_or_create(&dir)?,
-        std::time::SystemTime::now(),
-    )?;
-    let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls.client)?,
-    )));
-    let hello = weft_peer_proto::Hello {
-        versions: weft_peer_proto::VersionRange { min: 1, max: 1 },
-        name: tls.identity.name,
-        nickname: format!("client{k}"),
-        uid: k as u64,
-        listen_port: 1,
-        features: Default::default(),
-        your_addr: None,
-        nonce: 0,
-    };
-    let (tx, rx) = mpsc::channel(64);
-    Ok((
-        Arc::new(SessionCtx::new(
-            tx,
-            Arc::new(Metrics::new()),
-            hello,
-            Duration::from_secs(10),
-        )),
-        endpoint,
-        rx,
-    ))
-}
-
 /// Sets up and tears down `n` sessions one after another; returns handshakes/s.
 async fn handshakes(k: usize, server: SocketAddr, n: usize) -> Result<f64> {
-    let (ctx, endpoint, mut rx) = client(k).await?;
+    let CertifiedClient {
+        ctx,
+        endpoint,
+        events: mut rx,
+        ..
+    } = certified_client(
+        &scratch().join(format!("client{k}")),
+        PW,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        &format!("client{k}"),
+        k as u64,
+    )?;
     let start = Instant::now();
     for _ in 0..n {
         tokio::spawn(session::dial(ctx.clone(), endpoint.clone(), server));
