@@ -513,14 +513,14 @@ fn spread(live: &mut [Router], range: AddrRange, at: &str) {
     }
 }
 
-/// Passes (seed 1, 50 routers), but takes about five minutes in the test
-/// profile, not the minute CI can give it: each round's merges cost in
+/// Passes (seed 1, 50 routers), but takes 5 to 12 minutes in the test
+/// profile on two busy cores (BENCHMARKS.md), not the minute CI can give it: each round's merges cost in
 /// proportion to the tokens (never compacted yet: 5 000 by day 30) and to
 /// the removal signatures kept (50 per removed router, for the horizon).
 /// Run it with `cargo nextest run -p weft-ipam-crdt --run-ignored only
 /// thirty_days`; not in CI until token compaction lands.
 #[test]
-#[ignore = "about five minutes: run with --run-ignored (see the doc comment)"]
+#[ignore = "5 to 12 minutes: run with --run-ignored (see the doc comment)"]
 fn thirty_days_of_churn_stay_bounded() {
     let routers: usize = std::env::var("WEFT_SOAK_ROUTERS")
         .ok()
