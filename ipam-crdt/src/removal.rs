@@ -16,16 +16,37 @@
 //!
 //! When an honest router may sign is the caller's decision (the router
 //! passes "asked by the operator or Kubernetes, and unreachable for T").
+//!
+//! Each signature is checked once per process, not once per ring that
+//! receives it: what passed is remembered in [`CHECKED`], the mesh's
+//! `SigCache`, by the hash of the signed bytes, key and signature.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
 
 use serde::Serialize;
+use weft_mesh::SigCache;
 use weft_peer_proto::PeerName;
 use weft_peer_proto::ipam::RemovalWire;
-use weft_peer_proto::sign::{Sig, Signer};
+use weft_peer_proto::sign::{Sig, Signer, signing_bytes};
 
 /// The domain of removal signatures.
 pub const DOMAIN: &str = "weft/remove/1";
+
+/// Removal signatures that passed, for every ring of the process: a router
+/// meets each signature in the ring of every neighbour that gossips it, and
+/// a simulation holds many routers' rings. A check is a function of the
+/// bytes, the key and the signature alone, so remembering it changes no
+/// outcome; a bad signature is never remembered. 65 536 entries (about
+/// 4 MiB) hold every certificate of a ring within `MAX_IPAM_PEERS`'s reach
+/// many times over; the oldest is forgotten first.
+static CHECKED: LazyLock<SigCache> = LazyLock::new(|| SigCache::new(1 << 16));
+
+/// Whether `sig` signs the removal of `peer` in `cluster`.
+fn verifies(sig: &Sig, cluster: u64, peer: PeerName) -> bool {
+    signing_bytes(DOMAIN, &Statement { cluster, peer })
+        .is_ok_and(|msg| CHECKED.check(sig.signer(), &msg, sig).is_ok())
+}
 
 /// What a removal signature covers: the cluster keeps a certificate of one
 /// ring from being replayed into another.
@@ -96,7 +117,7 @@ impl Removal {
             if self.sigs.get(&signer) == Some(sig) {
                 continue;
             }
-            if sig.verify(DOMAIN, &Statement { cluster, peer }).is_err() {
+            if !verifies(sig, cluster, peer) {
                 out.forged += 1;
             } else if signer != peer && !may_sign(signer) {
                 out.refused += 1;

@@ -1,29 +1,46 @@
-//! Soak: 30 virtual days of node replacement, 200 a day. Every
-//! replacement, a new router joins and gets space by donation, and an old
-//! one leaves: most sign their own removal, a few a day die and are removed
-//! by a certificate of more than half of the other owners. Rings spread in
-//! gossip rounds every four virtual hours.
+//! Soak: 30 virtual days of Node replacement, 200 a day, as real routers
+//! handle it. A replacement is a new Node (its router asks the router with
+//! the most free space, gets half of its largest free range, and becomes
+//! ready) and a deleted one (its router vanishes and signs nothing). The
+//! deleted router is removed the way meshd removes it: after
+//! `--kube-reclaim-after` one live router, the ConfigMap claim's holder,
+//! signs its removal (`rmpeer`), and every other router co-signs the
+//! pending certificate once the peer has been unreachable there for
+//! `COSIGN_AFTER` (`router/src/daemon/ipam.rs::cosign_removals`). The
+//! removal applies where more than half of the other owners signed; the
+//! heirs then take the space. Rings spread in gossip rounds every four
+//! virtual hours; both waits are far shorter than a round, so a round is:
+//! replacements, a spread, claims, a spread, co-signatures, two spreads
+//! (the removals apply and the heirs take the space; the heirs' entries
+//! reach everyone), compaction.
 //!
-//! Printed per virtual day: the largest removed set, the token count and
-//! the largest persisted state (`ipam.json`: the ring and allocations, as
-//! JSON). Asserted: the removed set stays bounded by what the horizon keeps,
-//! every router's gossip passes the receivers' limits, and every new router
-//! gets space. `WEFT_SOAK_ROUTERS` sets the router count (default 50; the
-//! brief's upper end is 200), `WEFT_SIM_SEED` the seed.
+//! Printed per virtual day: routers in the ring, the largest removed set,
+//! tokens, pending certificates, and the largest `ipam.json` (serialized
+//! as meshd writes it, `serde_json::to_vec_pretty(&Persisted)`). Asserted
+//! every round, with the bounds derived in `Bounds`: every merge is
+//! accepted and every ring is within `IpamMsg::validate`'s limits (each
+//! router's state message itself is validated once a day); every new router
+//! allocates within the round it joins; every deleted router's space is
+//! with live routers by the end of the round after its Node went; no live
+//! router is ever in a pending certificate; the removed set, the routers in
+//! the ring and `ipam.json` stay within their bounds. Tokens are never
+//! compacted yet: their bound is the loose one marked below.
+//!
+//! `WEFT_SOAK_ROUTERS` sets the router count (default 50; the brief's upper
+//! end, 200, takes minutes), `WEFT_SIM_SEED` the seed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 mod common;
 use common::Rng;
 use weft_ipam_crdt::allocator::REMOVED_HORIZON_MS;
 use weft_ipam_crdt::{AddrRange, Allocator, PeerName, Persisted, Ring};
-use weft_peer_proto::ipam::IpamMsg;
+use weft_peer_proto::ipam::{FreeHint, IpamMsg, MAX_IPAM_PEERS, MAX_RING_ENTRIES};
 use weft_peer_proto::sign::{KeyPair, Signer};
 
 const DAY_MS: u64 = 24 * 3600 * 1000;
 const ROUNDS_PER_DAY: u64 = 6;
 const REPLACEMENTS_PER_DAY: u64 = 200;
-const CRASHES_PER_DAY: u64 = 2;
 const DAYS: u64 = 30;
 
 fn key_of(i: usize) -> KeyPair {
@@ -38,188 +55,472 @@ struct Router {
     alloc: Allocator,
 }
 
-fn persisted_bytes(a: &Allocator) -> usize {
+/// What meshd writes to `ipam.json` (`router/src/ipam.rs::save`): the
+/// channel's `Persisted`, consensus claims left out once seeded.
+fn ipam_json_bytes(a: &Allocator) -> usize {
     let snap = a.snapshot();
     let p = Persisted {
         ring: snap.ring.to_wire(),
         allocs: snap.allocs,
         consensus: Vec::new(),
     };
-    serde_json::to_vec(&p).map_or(0, |b| b.len())
+    let mut n = Counted(0);
+    serde_json::to_writer_pretty(&mut n, &p).map_or(usize::MAX, |()| n.0)
+}
+
+/// Counts what is written (the file is megabytes: not kept).
+struct Counted(usize);
+
+impl std::io::Write for Counted {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0 += b.len();
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The state message a router gossips (`IpamChannel::state_msg`): its ring
+/// and a free-space hint per owner.
+fn state_msg(a: &Allocator) -> IpamMsg {
+    let ring = a.ring();
+    IpamMsg::State {
+        ring: ring.to_wire(),
+        consensus: Vec::new(),
+        free: ring
+            .ownership()
+            .keys()
+            .map(|p| FreeHint {
+                peer: *p,
+                seq: u64::MAX,
+                free: u64::MAX,
+            })
+            .collect(),
+    }
+}
+
+/// The bounds asserted, derived from the rates of the soak.
+struct Bounds {
+    /// Removed routers are kept while they own space (one round here: the
+    /// heirs take it in the round of the removal) and for the horizon after
+    /// (first seen owning nothing up to a round later): a day's removals
+    /// per day of horizon, plus two rounds' worth.
+    removed: usize,
+    /// Routers in the ring: the live ones, and those deleted this round
+    /// whose space their heirs have not taken yet.
+    owners: usize,
+    /// LEAD: loose, to be tightened once tokens are compacted (target:
+    /// O(routers in the ring)). Today each donation adds at most two
+    /// tokens and nothing removes one: seed tokens + 2 per donation.
+    tokens_per_donation: usize,
+    /// Removal certificates held: one per removed router kept.
+    certificates: usize,
+}
+
+impl Bounds {
+    fn new(routers: usize) -> Self {
+        let per_round = REPLACEMENTS_PER_DAY.div_ceil(ROUNDS_PER_DAY) as usize;
+        let horizon_days = REMOVED_HORIZON_MS.div_ceil(DAY_MS) as usize;
+        let removed = REPLACEMENTS_PER_DAY as usize * horizon_days + 2 * per_round;
+        Bounds {
+            removed,
+            owners: routers + per_round,
+            tokens_per_donation: 2,
+            certificates: removed,
+        }
+    }
+
+    /// `ipam.json` for a ring of `tokens` tokens, `removed` removed routers
+    /// with their certificates of `sigs` signatures in all, and `allocs`
+    /// allocations: each item at most as long as its largest JSON form
+    /// (measured on a worst case in `item_sizes`).
+    fn json(
+        sizes: &ItemSizes,
+        tokens: usize,
+        removed: usize,
+        certs: usize,
+        sigs: usize,
+        allocs: usize,
+    ) -> usize {
+        sizes.base
+            + tokens * sizes.entry
+            + removed * sizes.name
+            + certs * sizes.cert
+            + sigs * sizes.sig
+            + allocs * sizes.alloc
+    }
+}
+
+/// The largest pretty-printed JSON of each kind of item in `ipam.json`.
+struct ItemSizes {
+    base: usize,
+    entry: usize,
+    name: usize,
+    cert: usize,
+    sig: usize,
+    alloc: usize,
+}
+
+/// Measures `ItemSizes` on the longest forms of each item: the difference
+/// a worst-case item makes to a serialized `Persisted` (pretty printing
+/// indents deeper items more, so each is measured where it sits).
+fn item_sizes(range: AddrRange) -> ItemSizes {
+    let big = PeerName(u64::MAX);
+    let key = key_of(usize::MAX - 1);
+    let len = |p: &Persisted| serde_json::to_vec_pretty(p).map_or(0, |b| b.len());
+    let empty = Ring::new(range).to_wire();
+    let base_p = Persisted {
+        ring: empty.clone(),
+        allocs: Vec::new(),
+        consensus: Vec::new(),
+    };
+    let base = len(&base_p) + 64;
+    let mut w = empty.clone();
+    w.cluster = Some(u64::MAX);
+    w.entries.push(weft_peer_proto::ipam::EntryWire {
+        token: u32::MAX,
+        owner: big,
+        version: u32::MAX,
+    });
+    let entry = len(&Persisted {
+        ring: w.clone(),
+        ..base_p.clone()
+    }) + 2
+        - len(&Persisted {
+            ring: {
+                let mut v = w.clone();
+                v.entries.clear();
+                v
+            },
+            ..base_p.clone()
+        });
+    let mut r = empty.clone();
+    r.removed.push(big);
+    let name = len(&Persisted {
+        ring: r,
+        ..base_p.clone()
+    }) + 2
+        - len(&base_p);
+    let sig = key.sign("weft/remove/1", &(u64::MAX, big));
+    let mut c = empty.clone();
+    c.removals.push(weft_peer_proto::ipam::RemovalWire {
+        peer: big,
+        sigs: Vec::new(),
+    });
+    let cert = len(&Persisted {
+        ring: c.clone(),
+        ..base_p.clone()
+    }) + 2
+        - len(&base_p);
+    let mut s = c.clone();
+    s.removals[0].sigs.push(sig);
+    let sig = len(&Persisted {
+        ring: s,
+        ..base_p.clone()
+    }) + 2
+        - len(&Persisted {
+            ring: c,
+            ..base_p.clone()
+        });
+    let alloc = len(&Persisted {
+        allocs: vec![(format!("pod{}", u64::MAX), u32::MAX)],
+        ..base_p.clone()
+    }) + 2
+        - len(&base_p);
+    ItemSizes {
+        base,
+        entry,
+        name,
+        cert,
+        sig,
+        alloc,
+    }
+}
+
+/// One virtual day's figures, the largest over all routers.
+#[derive(Default)]
+struct Figures {
+    owners: usize,
+    removed: usize,
+    tokens: usize,
+    pending: usize,
+    json: usize,
 }
 
 fn run(seed: u64, routers: usize) {
     let range: AddrRange = "10.32.0.0/12".parse().expect("range");
+    let bounds = Bounds::new(routers);
+    let sizes = item_sizes(range);
+    println!(
+        "soak: seed {seed}, {routers} routers, {REPLACEMENTS_PER_DAY} replacements a day for \
+         {DAYS} days; bounds: removed {}, routers in the ring {}, tokens {} + {} per donation",
+        bounds.removed, bounds.owners, routers, bounds.tokens_per_donation
+    );
     let mut rng = Rng::new(seed);
     let mut next_key = 0;
-    let mut live: Vec<Router> = Vec::new();
     let names: Vec<PeerName> = (0..routers).map(|i| key_of(i).name()).collect();
     let ring = Ring::seeded(range, &names, 7);
-    for _ in 0..routers {
-        let key = key_of(next_key);
-        next_key += 1;
-        let alloc = Allocator::new(key.name(), ring.clone());
-        live.push(Router { key, alloc });
-    }
+    let mut live: Vec<Router> = (0..routers)
+        .map(|_| {
+            let key = key_of(next_key);
+            next_key += 1;
+            let alloc = Allocator::new(key.name(), ring.clone());
+            Router { key, alloc }
+        })
+        .collect();
     let mut now = 0u64;
     let mut pods = 0u64;
-    let mut dead_ones: Vec<PeerName> = Vec::new();
-    // What the horizon keeps: a day's removals per day of horizon, and the
-    // rounds it takes to learn them.
-    let bound = (REPLACEMENTS_PER_DAY + CRASHES_PER_DAY) * (REMOVED_HORIZON_MS / DAY_MS + 2);
+    let mut donations = 0usize;
+    // Routers whose Node was deleted, by the round it went in.
+    let mut deleted: BTreeMap<PeerName, u64> = BTreeMap::new();
+    let ctx = |day: u64, round: u64| format!("day {}, round {round}; seed {seed}", day + 1);
     for day in 0..DAYS {
+        let mut fig = Figures::default();
         for round in 0..ROUNDS_PER_DAY {
+            let at = ctx(day, round);
+            let round_no = day * ROUNDS_PER_DAY + round;
             now += DAY_MS / ROUNDS_PER_DAY;
             let per_round = REPLACEMENTS_PER_DAY / ROUNDS_PER_DAY
                 + u64::from(round < REPLACEMENTS_PER_DAY % ROUNDS_PER_DAY);
+            let mut gone_now = Vec::new();
             for _ in 0..per_round {
-                // A new router joins and asks the router with most free space.
+                // A new Node: its router asks the one with the most free
+                // space, takes the donor's ring and allocates a pod.
                 let key = key_of(next_key);
                 next_key += 1;
+                let me = key.name();
                 let donor = (0..live.len())
                     .max_by_key(|i| live[*i].alloc.free_count())
                     .expect("routers");
-                let me = key.name();
-                let given = live[donor].alloc.donate(me);
-                if given.is_none() {
+                if live[donor].alloc.donate(me).is_none() {
                     let free: u64 = live.iter().map(|r| r.alloc.free_count()).sum();
-                    let own = live[donor].alloc.ring().ownership();
-                    let alive: HashMap<PeerName, ()> =
-                        live.iter().map(|r| (r.key.name(), ())).collect();
-                    let stranded: u64 = own
-                        .iter()
-                        .filter(|(p, _)| !alive.contains_key(p))
-                        .map(|(_, n)| *n)
-                        .sum();
-                    panic!(
-                        "day {day}: no donor had space: free {free} in all, {stranded} owned by \
-                         routers that left, removed set {}; seed {seed}",
-                        live[donor].alloc.ring().removed().len()
-                    );
+                    panic!("no donor had space (free {free} in all); {at}");
                 }
+                donations += 1;
                 let mut alloc = Allocator::new(me, Ring::new(range));
-                alloc.merge(live[donor].alloc.ring()).unwrap_or_else(|e| {
-                    panic!("day {day}: the new router refused its donor's ring: {e}; seed {seed}")
-                });
+                alloc
+                    .merge(live[donor].alloc.ring())
+                    .unwrap_or_else(|e| panic!("a new router refused its donor's ring: {e}; {at}"));
                 let pod = alloc.allocate(&format!("pod{pods}"));
                 pods += 1;
-                assert!(
-                    pod.is_ok(),
-                    "day {day}: a new router is not ready: {pod:?}; seed {seed}"
-                );
+                assert!(pod.is_ok(), "a new router is not ready: {pod:?}; {at}");
                 live.push(Router { key, alloc });
-                // An old router leaves, signing its own removal.
+                // An old Node is deleted: its router is gone, unannounced.
                 let old = rng.below(live.len() as u64 - 1) as usize;
-                let r = live.remove(old);
-                let mut gone = r.alloc;
-                let name = r.key.name();
-                gone.sign_removal(&r.key, name).expect("its own removal");
-                let heir_hint = rng.below(live.len() as u64) as usize;
-                live[heir_hint]
-                    .alloc
-                    .merge(gone.ring())
-                    .unwrap_or_else(|e| panic!("day {day}: {e}; seed {seed}"));
+                let gone = live.remove(old).key.name();
+                deleted.insert(gone, round_no);
+                gone_now.push(gone);
             }
-            if round == 0 {
-                // A few die instead of leaving: replaced too, and removed
-                // by more than half of the other owners.
-                for _ in 0..CRASHES_PER_DAY {
-                    let dead = rng.below(live.len() as u64) as usize;
-                    dead_ones.push(live.remove(dead).key.name());
-                    let key = key_of(next_key);
-                    next_key += 1;
-                    let donor = (0..live.len())
-                        .max_by_key(|i| live[*i].alloc.free_count())
-                        .expect("routers");
-                    live[donor].alloc.donate(key.name());
-                    let mut alloc = Allocator::new(key.name(), Ring::new(range));
-                    alloc
-                        .merge(live[donor].alloc.ring())
-                        .unwrap_or_else(|e| panic!("day {day}: {e}; seed {seed}"));
-                    live.push(Router { key, alloc });
+            // After --kube-reclaim-after (gossip has spread the joins by
+            // then), the claim's holder signs (rmpeer).
+            spread(&mut live, range, &at);
+            for gone in &gone_now {
+                let claimer = rng.below(live.len() as u64) as usize;
+                let r = &mut live[claimer];
+                // A router that joined and went in one round, with its donor,
+                // never owned anything anyone saw: nothing to remove (meshd
+                // answers "owns nothing to remove").
+                if !r.alloc.ring().ownership().contains_key(gone) {
+                    continue;
+                }
+                r.alloc
+                    .sign_removal(&r.key, *gone)
+                    .unwrap_or_else(|e| panic!("rmpeer of {gone} failed: {e}; {at}"));
+            }
+            spread(&mut live, range, &at);
+            // Every other router co-signs what is pending once the peer has
+            // been unreachable there for COSIGN_AFTER: all deleted ones are.
+            for r in &mut live {
+                let me = r.key.name();
+                let ring = r.alloc.ring();
+                let pending: Vec<PeerName> = ring
+                    .removals()
+                    .filter(|(p, c)| {
+                        *p != me && !ring.removed().contains(p) && !c.signers().any(|s| s == me)
+                    })
+                    .map(|(p, _)| p)
+                    .collect();
+                for p in pending {
+                    assert!(
+                        deleted.contains_key(&p),
+                        "a live router, {p}, is pending removal at {me}; {at}"
+                    );
+                    r.alloc
+                        .sign_removal(&r.key, p)
+                        .unwrap_or_else(|e| panic!("co-signing {p} failed: {e}; {at}"));
                 }
             }
-            // As Kubernetes does until the Node is gone: every router is
-            // asked again each round, and signs what it may.
-            dead_ones.retain(|d| !live[0].alloc.ring().removed().contains(d));
-            for d in &dead_ones {
-                for r in &mut live {
-                    let _ = r.alloc.sign_removal(&r.key, *d);
-                }
+            spread(&mut live, range, &at);
+            spread(&mut live, range, &at);
+            for r in &mut live {
+                r.alloc.compact(now, REMOVED_HORIZON_MS);
             }
-            gossip_round(&mut live, range, now, seed);
+            let json = check_round(&live, &deleted, round_no, &bounds, &sizes, donations, &at);
+            fig.json = fig.json.max(json);
+            let mut pending = 0;
+            for r in &live {
+                let ring = r.alloc.ring();
+                fig.owners = fig.owners.max(ring.ownership().len());
+                fig.removed = fig.removed.max(ring.removed().len());
+                fig.tokens = fig.tokens.max(ring.entries().count());
+                pending = pending.max(
+                    ring.removals()
+                        .filter(|(p, _)| !ring.removed().contains(p))
+                        .count(),
+                );
+            }
+            fig.pending = fig.pending.max(pending);
         }
-        let removed = live.iter().map(|r| r.alloc.ring().removed().len()).max();
-        let tokens = live.iter().map(|r| r.alloc.ring().entries().count()).max();
-        let bytes = live.iter().map(|r| persisted_bytes(&r.alloc)).max();
         println!(
-            "day {:2}: {} routers, removed set {}, tokens {}, ipam.json {} bytes",
+            "day {:2}: {} live routers, routers in the ring {}, removed set {}, tokens {}, \
+             pending removals {}, ipam.json {} bytes",
             day + 1,
             live.len(),
-            removed.unwrap_or(0),
-            tokens.unwrap_or(0),
-            bytes.unwrap_or(0)
+            fig.owners,
+            fig.removed,
+            fig.tokens,
+            fig.pending,
+            fig.json
         );
-        for r in &live {
-            let ring = r.alloc.ring();
+    }
+}
+
+/// After a round: what every router holds is within the bounds, would be
+/// accepted by every receiver, and gives no space to a router that is gone.
+/// Returns the largest `ipam.json` (measured in a day's last round only).
+fn check_round(
+    live: &[Router],
+    deleted: &BTreeMap<PeerName, u64>,
+    round_no: u64,
+    bounds: &Bounds,
+    sizes: &ItemSizes,
+    donations: usize,
+    at: &str,
+) -> usize {
+    let alive: BTreeSet<PeerName> = live.iter().map(|r| r.key.name()).collect();
+    let seed_tokens = live.len();
+    for r in live {
+        let me = r.key.name();
+        let ring = r.alloc.ring();
+        r.alloc
+            .check()
+            .unwrap_or_else(|e| panic!("{me}: {e}; {at}"));
+        // What `IpamMsg::validate` counts, every round; the message itself
+        // once a day (below: building it copies the whole ring).
+        let sigs_max = ring.removals().map(|(_, c)| c.len()).max().unwrap_or(0);
+        assert!(
+            ring.entries().count() <= MAX_RING_ENTRIES
+                && ring.removed().len() <= MAX_IPAM_PEERS
+                && ring.removals().count() <= MAX_IPAM_PEERS
+                && sigs_max <= MAX_IPAM_PEERS
+                && ring.ownership().len() <= MAX_IPAM_PEERS,
+            "a receiver would refuse {me}'s gossip; {at}"
+        );
+        let own = ring.ownership();
+        for (p, n) in &own {
+            if alive.contains(p) {
+                continue;
+            }
+            let went = deleted.get(p).copied();
             assert!(
-                ring.removed().len() as u64 <= bound,
-                "day {day}: {} removed peers kept (bound {bound}); seed {seed}",
-                ring.removed().len()
+                went.is_some_and(|w| w == round_no),
+                "{n} addresses are still with {p}, gone since round {went:?}, at {me}; {at}"
             );
-            let msg = IpamMsg::State {
-                ring: ring.to_wire(),
-                consensus: Vec::new(),
-                free: Vec::new(),
-            };
+        }
+        let removed = ring.removed().len();
+        assert!(
+            removed <= bounds.removed,
+            "{me} keeps {removed} removed routers (bound {}); {at}",
+            bounds.removed
+        );
+        assert!(
+            own.len() <= bounds.owners,
+            "{} routers in {me}'s ring (bound {}); {at}",
+            own.len(),
+            bounds.owners
+        );
+        let certs = ring.removals().count();
+        assert!(
+            certs <= bounds.certificates,
+            "{me} holds {certs} certificates (bound {}); {at}",
+            bounds.certificates
+        );
+        let tokens = ring.entries().count();
+        let token_bound = seed_tokens + bounds.tokens_per_donation * donations;
+        assert!(
+            tokens <= token_bound,
+            "LEAD bound: {me} has {tokens} tokens (bound {token_bound}); {at}"
+        );
+        // Signatures: at most one per router that owned space, per
+        // certificate.
+        let sigs: usize = ring.removals().map(|(_, c)| c.len()).sum();
+        assert!(
+            sigs <= certs * bounds.owners,
+            "{me} holds {sigs} removal signatures; {at}"
+        );
+    }
+    // Once a day: every router's state message as sent, and the largest
+    // ipam.json. Its size is monotone in what it holds, so the router whose
+    // items bound it highest is the one serialized.
+    let mut largest = 0;
+    if round_no % ROUNDS_PER_DAY == ROUNDS_PER_DAY - 1 {
+        let mut worst = (0, 0);
+        for (i, r) in live.iter().enumerate() {
+            let msg = state_msg(&r.alloc);
             assert!(
                 msg.validate().is_ok(),
-                "day {day}: a receiver would refuse {}'s gossip; seed {seed}",
+                "a receiver would refuse {}'s gossip; {at}",
                 r.key.name()
             );
-            r.alloc
-                .check()
-                .unwrap_or_else(|e| panic!("day {day}: {e}; seed {seed}"));
+            let ring = r.alloc.ring();
+            let sigs: usize = ring.removals().map(|(_, c)| c.len()).sum();
+            let bound = Bounds::json(
+                sizes,
+                ring.entries().count(),
+                ring.removed().len(),
+                ring.removals().count(),
+                sigs,
+                r.alloc.allocations().count(),
+            );
+            worst = worst.max((bound, i));
         }
+        let (bound, i) = worst;
+        let bytes = ipam_json_bytes(&live[i].alloc);
+        assert!(
+            bytes <= bound,
+            "{}'s ipam.json is {bytes} bytes (bound {bound}); {at}",
+            live[i].key.name()
+        );
+        largest = bytes;
     }
-    // The dead own nothing: everything is owned by live routers.
-    let owners = live[0].alloc.ring().ownership();
-    let names: HashMap<PeerName, ()> = live.iter().map(|r| (r.key.name(), ())).collect();
-    let stranded: u64 = owners
-        .iter()
-        .filter(|(p, _)| !names.contains_key(p))
-        .map(|(_, n)| *n)
-        .sum();
-    assert_eq!(
-        stranded, 0,
-        "space still owned by routers that left; seed {seed}"
-    );
+    largest
 }
 
-/// Everyone's ring merged into one, then merged by everyone (a gossip
-/// round without loss), and compaction.
-fn gossip_round(live: &mut [Router], range: AddrRange, now: u64, seed: u64) {
-    for _ in 0..2 {
-        let mut all = Ring::new(range);
-        for r in live.iter() {
-            let _ = all.merge(r.alloc.ring());
-        }
-        for r in live.iter_mut() {
-            r.alloc
-                .merge(&all)
-                .unwrap_or_else(|e| panic!("{} refused the round: {e}; seed {seed}", r.key.name()));
-            r.alloc.compact(now, REMOVED_HORIZON_MS);
-        }
+/// One round of gossip without loss: everyone's ring merged into one, then
+/// merged by everyone. Every merge must be accepted.
+fn spread(live: &mut [Router], range: AddrRange, at: &str) {
+    let mut all = Ring::new(range);
+    for r in live.iter() {
+        all.merge(r.alloc.ring())
+            .unwrap_or_else(|e| panic!("{}'s ring refused: {e}; {at}", r.key.name()));
+    }
+    for r in live.iter_mut() {
+        r.alloc
+            .merge(&all)
+            .unwrap_or_else(|e| panic!("{} refused the round: {e}; {at}", r.key.name()));
     }
 }
 
-/// Known failure, being worked on: the removed set and the gossip limits
-/// hold, and new routers keep getting space, but by day 30 nearly all of the
-/// range is still owned by routers that left (their heirs did not inherit),
-/// so `cargo test -- --ignored` fails on the last assertion. Not in CI until
-/// it passes.
+/// Passes (seed 1, 50 routers), but takes 5 to 12 minutes in the test
+/// profile on two busy cores (BENCHMARKS.md), not the minute CI can give it: each round's merges cost in
+/// proportion to the tokens (never compacted yet: 5 000 by day 30) and to
+/// the removal signatures kept (50 per removed router, for the horizon).
+/// Run it with `cargo nextest run -p weft-ipam-crdt --run-ignored only
+/// thirty_days`; not in CI until token compaction lands.
 #[test]
-#[ignore = "known failure: space stays with routers that left (see the doc comment)"]
+#[ignore = "5 to 12 minutes: run with --run-ignored (see the doc comment)"]
 fn thirty_days_of_churn_stay_bounded() {
     let routers: usize = std::env::var("WEFT_SOAK_ROUTERS")
         .ok()
