@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use weft_api::NotReady;
 use weft_ipam_crdt::{AddrRange, Init, IpamChannel, Persisted, Unready};
 use weft_peer_proto::PeerName;
-use weft_peer_proto::sign::{KeyPair, Signer};
+use weft_peer_proto::sign::KeyPair;
 
 const FILE: &str = "ipam.json";
 
@@ -50,20 +50,6 @@ pub fn parse_init(s: &str) -> Result<Init> {
 /// longer matters: the persisted ring is restored).
 pub fn has_state(data_dir: &Path) -> bool {
     data_dir.join(FILE).exists()
-}
-
-/// The identity key as the IPAM channel's signer; its name must be the
-/// router's (both are the hash of the same public key).
-pub fn signer(key: &rcgen::KeyPair, me: PeerName) -> Result<KeyPair> {
-    let k = KeyPair::from_pkcs8(&key.serialize_der())
-        .map_err(|e| anyhow::anyhow!("the identity key cannot sign IPAM statements: {e}"))?;
-    if k.name() != me {
-        bail!(
-            "the identity key signs as {}, but the router is {me}",
-            k.name()
-        );
-    }
-    Ok(k)
 }
 
 /// Opens the IPAM channel from the state in `data_dir`, or a new one, and
@@ -181,6 +167,7 @@ pub fn prefix_len(r: AddrRange) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_peer_proto::sign::Signer;
 
     #[test]
     fn init_parsing() {

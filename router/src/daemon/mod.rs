@@ -111,7 +111,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
 
     let now = Instant::now();
     let ipam = crate::ipam::open(
-        crate::ipam::signer(&identity.key, identity.name)?,
+        identity.signer()?,
         cfg.ipalloc_range,
         ipalloc_init,
         &cfg.data_dir,
