@@ -147,6 +147,7 @@ mod tests {
                     3,
                     vec![addr],
                     vec![PeerName(4)],
+                    [8; 32],
                 )],
             }),
             Frame::Gossip(GossipMsg::signed(

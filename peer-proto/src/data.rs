@@ -5,18 +5,26 @@
 //!  +---------+---------+---------+-------------------+----------------------------------+
 //!  | version |  kind   | 0 0     | receiver index BE |   counter (BE u64, the nonce)    |
 //!  +---------+---------+---------+-------------------+----------------------------------+
-//!  | origin peer name (BE u64), only when kind = Relayed |
-//!  +-----------------------------------------------------+
+//!  only when kind = Relayed:
+//!  16                  24                     32                                        48
+//!  +-------------------+----------------------+-----------------------------------------+
+//!  | origin name (BE)  | origin counter (BE)  | origin tag (16 bytes)                   |
+//!  +-------------------+----------------------+-----------------------------------------+
 //!  | AEAD ciphertext of the inner IP packet, then the 16-byte tag ...
 //! ```
 //! The receiver index names the receiving router's per-session state (chosen
 //! by the receiver and told to the sender over the session); the counter is the
 //! AEAD nonce and the replay-window position, and its top bits select the key
-//! epoch. The whole header is the AEAD's associated data, so a relay cannot
-//! change the origin without failing authentication on the next hop.
+//! epoch. The whole header is the AEAD's associated data of the hop.
+//!
+//! A relayed packet also carries proof of its origin for its final receiver:
+//! the origin's counter and tag under the key only origin and receiver hold
+//! ([`crate::origin`]). The origin writes them, relays copy them unchanged,
+//! and the receiver checks them, so a relay cannot name another router as
+//! the origin of a packet it made.
 
 /// Current data header version.
-pub const DATA_VERSION: u8 = 1;
+pub const DATA_VERSION: u8 = 2;
 
 mod field {
     use core::ops::Range;
@@ -26,14 +34,17 @@ mod field {
     pub const INDEX: Range<usize> = 4..8;
     pub const COUNTER: Range<usize> = 8..16;
     pub const ORIGIN: Range<usize> = 16..24;
+    pub const ORIGIN_COUNTER: Range<usize> = 24..32;
+    pub const ORIGIN_TAG: Range<usize> = 32..48;
 }
 
 /// Bytes the header takes for direct packets.
 pub const HEADER_LEN: usize = field::COUNTER.end;
-/// Bytes the header takes for relayed packets (with the origin).
-pub const RELAYED_HEADER_LEN: usize = field::ORIGIN.end;
+/// Bytes the header takes for relayed packets (with the origin and its proof).
+pub const RELAYED_HEADER_LEN: usize = field::ORIGIN_TAG.end;
 /// The AEAD tag after the ciphertext.
 pub const TAG_LEN: usize = 16;
+pub use crate::origin::ORIGIN_TAG_LEN;
 /// Worst-case bytes a data packet adds to the inner packet, besides IP and UDP.
 pub const MAX_OVERHEAD: usize = RELAYED_HEADER_LEN + TAG_LEN;
 
@@ -42,7 +53,8 @@ pub const MAX_OVERHEAD: usize = RELAYED_HEADER_LEN + TAG_LEN;
 pub enum DataKind {
     /// An IP packet that the sending router took from its own TUN.
     Ip,
-    /// An IP packet forwarded on behalf of `origin`.
+    /// An IP packet that goes through relays: `origin` took it from its
+    /// TUN and proved so to the final receiver ([`Relay`]).
     Relayed,
     /// A keep-alive with no payload: proves the path works both ways.
     KeepAlive,
@@ -128,12 +140,21 @@ impl<T: AsRef<[u8]>> DataPacket<T> {
         u64::from_be_bytes(c)
     }
 
-    /// The origin of a relayed packet.
-    pub fn origin(&self) -> Option<u64> {
+    /// The origin of a relayed packet and its proof.
+    pub fn relay(&self) -> Option<Relay> {
         (self.kind() == DataKind::Relayed).then(|| {
+            let b = self.buffer.as_ref();
+            let mut o = [0u8; 8];
+            o.copy_from_slice(&b[field::ORIGIN]);
             let mut c = [0u8; 8];
-            c.copy_from_slice(&self.buffer.as_ref()[field::ORIGIN]);
-            u64::from_be_bytes(c)
+            c.copy_from_slice(&b[field::ORIGIN_COUNTER]);
+            let mut tag = [0u8; ORIGIN_TAG_LEN];
+            tag.copy_from_slice(&b[field::ORIGIN_TAG]);
+            Relay {
+                origin: u64::from_be_bytes(o),
+                counter: u64::from_be_bytes(c),
+                tag,
+            }
         })
     }
 
@@ -155,6 +176,17 @@ pub const fn header_len(kind: DataKind) -> usize {
     }
 }
 
+/// What a relayed packet says about its origin, for its final receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relay {
+    /// The router that took the packet from its TUN.
+    pub origin: u64,
+    /// The origin's counter toward the final receiver (the tag's nonce).
+    pub counter: u64,
+    /// The origin's tag ([`crate::origin::OriginKeys::tag`]).
+    pub tag: [u8; ORIGIN_TAG_LEN],
+}
+
 /// The parsed header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DataRepr {
@@ -162,7 +194,7 @@ pub struct DataRepr {
     pub index: u32,
     pub counter: u64,
     /// Present exactly when `kind` is `Relayed`.
-    pub origin: Option<u64>,
+    pub relay: Option<Relay>,
 }
 
 impl DataRepr {
@@ -171,7 +203,7 @@ impl DataRepr {
             kind: p.kind(),
             index: p.index(),
             counter: p.counter(),
-            origin: p.origin(),
+            relay: p.relay(),
         }
     }
 
@@ -190,7 +222,14 @@ impl DataRepr {
         buf[field::INDEX].copy_from_slice(&self.index.to_be_bytes());
         buf[field::COUNTER].copy_from_slice(&self.counter.to_be_bytes());
         if self.kind == DataKind::Relayed {
-            buf[field::ORIGIN].copy_from_slice(&self.origin.unwrap_or(0).to_be_bytes());
+            let r = self.relay.unwrap_or(Relay {
+                origin: 0,
+                counter: 0,
+                tag: [0; ORIGIN_TAG_LEN],
+            });
+            buf[field::ORIGIN].copy_from_slice(&r.origin.to_be_bytes());
+            buf[field::ORIGIN_COUNTER].copy_from_slice(&r.counter.to_be_bytes());
+            buf[field::ORIGIN_TAG].copy_from_slice(&r.tag);
         }
         Ok(())
     }
@@ -202,16 +241,21 @@ mod tests {
 
     #[test]
     fn emit_parse_roundtrip() {
-        for (kind, origin) in [
+        let relay = Relay {
+            origin: 0x1122_3344_5566_7788,
+            counter: 0x99aa_bbcc_ddee_ff00,
+            tag: *b"sixteen byte tag",
+        };
+        for (kind, relay) in [
             (DataKind::Ip, None),
-            (DataKind::Relayed, Some(0x1122_3344_5566_7788)),
+            (DataKind::Relayed, Some(relay)),
             (DataKind::KeepAlive, None),
         ] {
             let r = DataRepr {
                 kind,
                 index: 0x0102_0304,
                 counter: 0x0a0b_0c0d_0e0f_1011,
-                origin,
+                relay,
             };
             let mut buf = vec![0u8; r.buffer_len() + TAG_LEN];
             r.emit(&mut buf).expect("fits");
@@ -247,7 +291,7 @@ mod tests {
         );
         buf[2] = 0;
         buf[1] = 2;
-        // A relayed packet needs room for its origin as well.
+        // A relayed packet needs room for its origin and proof as well.
         assert_eq!(
             DataPacket::new_checked(&buf[..]).err(),
             Some(DataError::Truncated)

@@ -9,7 +9,8 @@
 //! - [`ipam`]: the messages of the `ipam` channel.
 //! - [`sign`]: Ed25519-signed statements, checked against the signer's name.
 //! - [`data`]: the header of encrypted data packets (used by the data plane),
-//!   and [`seal`]: their per-session keys, AEAD and replay window.
+//!   [`seal`]: their per-session keys, AEAD and replay window, and
+//!   [`origin`]: the end-to-end keys that prove a relayed packet's origin.
 //!
 //! Contract: nothing decoded from a peer can panic or allocate without bound.
 //! Every decode goes through [`codec::decode_frame`], which enforces
@@ -22,6 +23,7 @@ mod frame;
 pub mod ipam;
 pub mod limits;
 mod name;
+pub mod origin;
 pub mod seal;
 pub mod sign;
 pub mod topology;

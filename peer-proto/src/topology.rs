@@ -33,6 +33,10 @@ pub struct PeerEntry {
     /// Peers this one holds an established session with, sorted and
     /// without duplicates.
     pub conns: Vec<PeerName>,
+    /// This peer's X25519 public key for end-to-end origin keys of relayed
+    /// data packets ([`crate::origin`]), drawn anew at each start. All
+    /// zeros: none (relayed packets to and from it are dropped).
+    pub dh: [u8; 32],
     /// By `name`'s own key, over everything above.
     pub sig: Sig,
 }
@@ -46,6 +50,7 @@ struct EntryBody<'a> {
     version: u64,
     addrs: &'a [SocketAddr],
     conns: &'a [PeerName],
+    dh: &'a [u8; 32],
 }
 
 /// Why an entry was refused on merge.
@@ -69,6 +74,7 @@ impl PeerEntry {
         version: u64,
         addrs: Vec<SocketAddr>,
         mut conns: Vec<PeerName>,
+        dh: [u8; 32],
     ) -> Self {
         conns.sort_unstable();
         conns.dedup();
@@ -80,6 +86,7 @@ impl PeerEntry {
             version,
             addrs: &addrs,
             conns: &conns,
+            dh: &dh,
         };
         let sig = signer.sign(TOPOLOGY_DOMAIN, &body);
         PeerEntry {
@@ -89,6 +96,7 @@ impl PeerEntry {
             version,
             addrs,
             conns,
+            dh,
             sig,
         }
     }
@@ -106,6 +114,7 @@ impl PeerEntry {
             version: self.version,
             addrs: &self.addrs,
             conns: &self.conns,
+            dh: &self.dh,
         }
     }
 
@@ -222,14 +231,28 @@ mod tests {
     #[test]
     fn entries_verify_only_as_their_own_router_signed_them() {
         let k = KeyPair::from_seed([3; 32]);
-        let e = PeerEntry::signed(&k, "a".into(), 1, 2, vec![], vec![PeerName(9), PeerName(4)]);
+        let e = PeerEntry::signed(
+            &k,
+            "a".into(),
+            1,
+            2,
+            vec![],
+            vec![PeerName(9), PeerName(4)],
+            [5; 32],
+        );
         assert_eq!(e.conns, vec![PeerName(4), PeerName(9)]);
         assert_eq!(e.verify(), Ok(()));
         let mut changed = e.clone();
         changed.version = 3;
         assert!(changed.verify().is_err(), "content changed after signing");
+        let mut rekeyed = e.clone();
+        rekeyed.dh = [6; 32];
+        assert!(
+            rekeyed.verify().is_err(),
+            "origin key changed after signing"
+        );
         let other = KeyPair::from_seed([4; 32]);
-        let mut renamed = PeerEntry::signed(&other, "a".into(), 1, 2, vec![], vec![]);
+        let mut renamed = PeerEntry::signed(&other, "a".into(), 1, 2, vec![], vec![], [5; 32]);
         renamed.name = e.name;
         assert!(
             matches!(
@@ -238,7 +261,7 @@ mod tests {
             ),
             "another router's key under our name"
         );
-        let top = PeerEntry::signed(&k, "a".into(), 1, u64::MAX, vec![], vec![]);
+        let top = PeerEntry::signed(&k, "a".into(), 1, u64::MAX, vec![], vec![], [5; 32]);
         assert_eq!(top.verify(), Err(EntryError::Version));
         assert_ne!(e.content_hash(), changed.content_hash());
     }

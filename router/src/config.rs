@@ -106,7 +106,7 @@ pub struct MeshdArgs {
     #[arg(long, env = "WEFT_DATA_PORT", default_value_t = 6784)]
     pub data_port: u16,
     /// Overlay MTU for the TUN, the bridge and pods [default: the underlay
-    /// interface's MTU minus 68 bytes of tunnel overhead].
+    /// interface's MTU minus 92 bytes of tunnel overhead].
     #[arg(long, env = "WEFT_MTU", value_parser = clap::value_parser!(u16).range(576..=65000))]
     pub mtu: Option<u16>,
     /// Name of the TUN device.
@@ -118,6 +118,13 @@ pub struct MeshdArgs {
     /// Do not masquerade pod traffic that leaves the overlay.
     #[arg(long, env = "WEFT_NO_MASQUERADE")]
     pub no_masquerade: bool,
+    /// Test only, and hidden: act as a dishonest relay. Packets from our
+    /// TUN whose source another router owns are sent as relayed packets
+    /// naming that router as their origin, tagged with the origin keys this
+    /// router holds. Receivers must drop them (`origin_auth`); the
+    /// real-kernel tests use it to show that they do.
+    #[arg(long, hide = true)]
+    pub test_forge_relay_origin: bool,
     /// Where the CNI plugin leaves releases it could not make while meshd
     /// was down (`stateDir` in the plugin's config); meshd makes them.
     #[arg(long, env = "WEFT_CNI_STATE_DIR", default_value = "/var/lib/cni/weft")]
@@ -320,6 +327,7 @@ impl MeshdArgs {
             mtu: self.mtu,
             range: ipalloc_range,
             masquerade: !self.no_masquerade,
+            forge_relay_origin: self.test_forge_relay_origin,
         });
         let kube = match (self.kube, &self.node_name) {
             (false, _) => None,

@@ -193,7 +193,7 @@ fn pods_nodes_and_the_outside_world() -> Result<()> {
         "no frag-needed with MTU 1300: {text}"
     );
     ensure!(link(&lab, 0, 2)?.mtu == 1300, "link MTU to node 2");
-    ensure!(link(&lab, 0, 1)?.mtu == 1432, "link MTU to node 1");
+    ensure!(link(&lab, 0, 1)?.mtu == 1408, "link MTU to node 1");
     ping_ok(&lab, &pods[0].ns, pods[4].ip)?;
 
     // Unowned destinations: nobody owns addresses outside the range.
@@ -355,6 +355,138 @@ fn a_pod_sending_as_its_neighbour_or_the_gateway_is_dropped_on_its_port() -> Res
     ensure!(honest == 0, "{honest} honest packets counted as spoofed");
     ping_ok(&lab, &a.ns, b.ip)?;
     ping_ok(&lab, &b.ns, gw)?;
+    Ok(())
+}
+
+/// Echo requests of `len` IP bytes from `from` that reached pod `ns`, by
+/// an nftables counter in the pod's own namespace.
+fn count_echoes(lab: &Lab, ns: &str, from: Ipv4Addr, len: u16) -> Result<u64> {
+    const TABLE: &str = "wtechoes";
+    let listed = lab.exec_in(ns, &["nft", "list", "tables"])?;
+    if !String::from_utf8_lossy(&listed.stdout).contains(TABLE) {
+        let rules = format!(
+            "table ip {TABLE} {{\n chain input {{\n type filter hook input priority 0;\n \
+             ip saddr {from} icmp type echo-request ip length {len} counter\n }}\n}}\n"
+        );
+        weft_tests::netns::run_input(
+            Command::new("ip").args(["netns", "exec", ns, "nft", "-f", "-"]),
+            &rules,
+        )?;
+    }
+    let out = lab.exec_in(ns, &["nft", "list", "chain", "ip", TABLE, "input"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("counter packets ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no counter in {text}"))
+}
+
+#[test]
+fn a_relay_that_forges_the_origin_is_dropped_at_the_receiver() -> Result<()> {
+    const FORGED: &str = "weft_data_drops_total{reason=\"origin_auth\"}";
+    const REPLAYED: &str = "weft_data_drops_total{reason=\"origin_replay\"}";
+    // 777 bytes of ping payload: 805-byte IP packets, told apart from others.
+    const SIZE: &str = "777";
+    const LEN: u16 = 805;
+    let mut lab = lab("dpf", 3).build()?;
+    // A line: node 0 reaches node 2 only through node 1, which lies.
+    lab.block(0, 2)?;
+    for i in 0..3 {
+        let peers = if i > 0 {
+            vec![lab.nodes[i - 1].addr()]
+        } else {
+            Vec::new()
+        };
+        let forge: &[&str] = if i == 1 {
+            &["--test-forge-relay-origin"]
+        } else {
+            &[]
+        };
+        lab.router(i).peers(&peers).args(forge).start()?;
+    }
+    lab.wait_for("data links via node 1", SETTLE, |l| {
+        links_up(l, &[(0, 1), (1, 0), (1, 2), (2, 1)])
+    })?;
+    let a = lab.add_pod(0, 0)?;
+    let c = lab.add_pod(2, 0)?;
+
+    // Honest relaying: node 1 carries pod a's packets to pod c, whose
+    // counter sees them (so it would see forged ones).
+    ping_ok(&lab, &a.ns, c.ip)?;
+    ensure!(
+        link(&lab, 0, 2).is_err(),
+        "node 0 must have no direct link to node 2"
+    );
+    let seen = count_echoes(&lab, &c.ns, a.ip, LEN)?;
+    lab.exec_in(
+        &a.ns,
+        &["ping", "-c", "3", "-W", "2", "-s", SIZE, &c.ip.to_string()],
+    )
+    .context("pod a's relayed pings answered")?;
+    ensure!(
+        count_echoes(&lab, &c.ns, a.ip, LEN)? >= seen + 3,
+        "pod c counted pod a's pings"
+    );
+    ensure!(
+        metric(&lab, 2, FORGED)? + metric(&lab, 2, REPLAYED)? == 0,
+        "honest relayed packets counted as forged"
+    );
+
+    // Node 1 sends as pod a: from its own host with pod a's address, as a
+    // relayed packet naming node 0 as the origin, tagged with the keys it
+    // holds (its own with node 2).
+    lab.exec(
+        1,
+        &["ip", "addr", "add", &format!("{}/32", a.ip), "dev", "lo"],
+    )?;
+    let seen = count_echoes(&lab, &c.ns, a.ip, LEN)?;
+    // Its answers go to pod a, so the ping itself fails: judged below.
+    let (from, to) = (a.ip.to_string(), c.ip.to_string());
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &lab.nodes[1].ns])
+        .args(["ping", "-c", "5", "-W", "1", "-s", SIZE, "-I", &from, &to])
+        .output()?;
+    // Dropped as `origin_auth`, or as `origin_replay` when the forger's
+    // counter is one pod a's own packets already used.
+    let counted = lab.wait_for("node 2 counts the forged packets", SETTLE, |l| {
+        Ok(metric(l, 2, FORGED)? + metric(l, 2, REPLAYED)? >= 5)
+    });
+    if let Err(e) = counted {
+        let drops = |i| -> Result<String> {
+            Ok(lab
+                .metrics(i)?
+                .lines()
+                .filter(|l| l.starts_with("weft_data_drops_total"))
+                .collect::<Vec<_>>()
+                .join("; "))
+        };
+        bail!(
+            "{e:#}\nping: {}{}\nnode 1 drops: {}\nnode 2 drops: {}",
+            String::from_utf8_lossy(&ping.stdout),
+            String::from_utf8_lossy(&ping.stderr),
+            drops(1)?,
+            drops(2)?
+        );
+    }
+    let delivered = count_echoes(&lab, &c.ns, a.ip, LEN)? - seen;
+    ensure!(delivered == 0, "{delivered} forged packets reached pod c");
+    lab.exec(
+        1,
+        &["ip", "addr", "del", &format!("{}/32", a.ip), "dev", "lo"],
+    )?;
+
+    // Honest traffic through the same relay still flows.
+    ping_ok(&lab, &a.ns, c.ip)?;
+    let seen = count_echoes(&lab, &c.ns, a.ip, LEN)?;
+    lab.exec_in(
+        &a.ns,
+        &["ping", "-c", "2", "-W", "2", "-s", SIZE, &c.ip.to_string()],
+    )?;
+    ensure!(
+        count_echoes(&lab, &c.ns, a.ip, LEN)? >= seen + 2,
+        "pod a's pings still reach pod c"
+    );
     Ok(())
 }
 

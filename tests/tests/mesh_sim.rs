@@ -236,6 +236,7 @@ fn lie(sim: &mut Sim, l: usize, honest: &[usize], fakes: &[PeerEntry], lies: &mu
             me.version + 1,
             me.addrs.clone(),
             me.conns.clone(),
+            me.dh,
         );
         sim.send_as(l, conn, update(vec![twin]));
         // Stuffing, a slice at a time, to a few neighbours a round.
@@ -382,7 +383,7 @@ fn byzantine_routers_cannot_forge_stuff_or_storm() {
             .map(|(k, key)| {
                 let mut conns = vec![fake_names[(k + 1) % 3000], fake_names[(k + 2999) % 3000]];
                 conns.push(sim.nodes[honest[k % honest.len()]].name);
-                PeerEntry::signed(key, format!("fake{k}"), 1, 1, vec![], conns)
+                PeerEntry::signed(key, format!("fake{k}"), 1, 1, vec![], conns, [0; 32])
             })
             .collect();
         let mut lies = Lies::default();

@@ -25,6 +25,11 @@ pub struct Config {
     pub nickname: String,
     /// Random per process start.
     pub uid: u64,
+    /// The public half of our origin key pair (drawn at each start; see
+    /// `weft_peer_proto::origin`), published in our topology entry. All
+    /// zeros ([`Config::new`]'s default): none, and relayed data packets to
+    /// and from us are dropped.
+    pub dh_public: [u8; 32],
     pub listen_port: u16,
     /// Dial discovered peers only while we hold fewer sessions than this;
     /// accept inbound sessions up to twice this. Explicit targets are always dialed.
@@ -75,6 +80,7 @@ impl Config {
             signer,
             nickname,
             uid,
+            dh_public: [0; 32],
             listen_port: weft_peer_proto::DEFAULT_PORT,
             conn_limit: 32,
             discovery: true,

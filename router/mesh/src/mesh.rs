@@ -152,6 +152,7 @@ impl<C: Channels> Mesh<C> {
             cfg.signer.clone(),
             cfg.nickname.clone(),
             cfg.uid,
+            cfg.dh_public,
             cfg.peer_gc_after,
             cfg.max_peers,
             cfg.sig_cache.clone(),

@@ -183,7 +183,7 @@ mod tests {
         t.set_own(conns.remove(&me).unwrap_or_default(), &[]);
         let entries = conns
             .into_iter()
-            .map(|(n, c)| PeerEntry::signed(&*key(n), String::new(), 1, 1, vec![], c))
+            .map(|(n, c)| PeerEntry::signed(&*key(n), String::new(), 1, 1, vec![], c, [0; 32]))
             .collect();
         t.merge(entries, Instant::now(), &|_| None);
         t
@@ -210,7 +210,7 @@ mod tests {
                 if i + 1 < n as usize {
                     c.push(names[i + 1]);
                 }
-                PeerEntry::signed(&*keys[i], String::new(), 1, 1, vec![], c)
+                PeerEntry::signed(&*keys[i], String::new(), 1, 1, vec![], c, [0; 32])
             })
             .collect();
         t.merge(entries, Instant::now(), &|_| None);

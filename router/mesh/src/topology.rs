@@ -41,14 +41,15 @@ const UPDATE_BUDGET: usize = 512 * 1024;
 
 /// The largest entry a peer may send, as [`entry_size`] counts it.
 pub const MAX_ENTRY_SIZE: usize = 32
-    + 96
+    + 128
     + weft_peer_proto::limits::MAX_NICKNAME_LEN
     + 10 * weft_peer_proto::limits::MAX_CONNS_PER_PEER
     + 24 * MAX_ADDRS_PER_PEER;
 
-/// Upper bound of one entry's encoded size (varints at their widest).
+/// Upper bound of one entry's encoded size (varints at their widest; the
+/// fixed part is the name, uid, version, origin key and signature).
 pub fn entry_size(e: &PeerEntry) -> usize {
-    32 + 96 + e.nickname.len() + 10 * e.conns.len() + 24 * e.addrs.len()
+    32 + 128 + e.nickname.len() + 10 * e.conns.len() + 24 * e.addrs.len()
 }
 
 /// Splits entries into update-sized chunks (by count and by bytes).
@@ -173,26 +174,30 @@ fn rank(hops: Option<u32>, name: PeerName) -> Rank {
 }
 
 impl Topology {
+    /// A topology whose own entry publishes no origin key (tests).
     pub fn new(signer: Arc<KeyPair>, nickname: String, uid: u64) -> Self {
         Self::with_limits(
             signer,
             nickname,
             uid,
+            [0; 32],
             Duration::from_secs(60),
             100_000,
             Arc::new(SigCache::new(1024)),
         )
     }
 
+    /// `dh`: our origin key's public half, published in our entry.
     pub fn with_limits(
         signer: Arc<KeyPair>,
         nickname: String,
         uid: u64,
+        dh: [u8; 32],
         tombstone_ttl: Duration,
         max_peers: usize,
         cache: Arc<SigCache>,
     ) -> Self {
-        let own = PeerEntry::signed(&*signer, nickname, uid, 1, vec![], vec![]);
+        let own = PeerEntry::signed(&*signer, nickname, uid, 1, vec![], vec![], dh);
         let mut t = Topology {
             me: own.name,
             signer,
@@ -291,6 +296,7 @@ impl Topology {
             version.min(MAX_ENTRY_VERSION),
             addrs,
             conns,
+            me.dh,
         );
         self.insert(Held::new(e));
     }
@@ -557,7 +563,15 @@ mod tests {
 
     fn entry(n: u8, uid: u64, version: u64, conns: &[u8]) -> PeerEntry {
         let conns = conns.iter().map(|c| name(*c)).collect();
-        PeerEntry::signed(&*key(n), format!("n{n}"), uid, version, vec![], conns)
+        PeerEntry::signed(
+            &*key(n),
+            format!("n{n}"),
+            uid,
+            version,
+            vec![],
+            conns,
+            [n; 32],
+        )
     }
 
     fn topo(n: u8, uid: u64) -> Topology {
@@ -570,6 +584,7 @@ mod tests {
             key(n),
             format!("n{n}"),
             0,
+            [n; 32],
             Duration::from_secs(60),
             max,
             cache,

@@ -29,6 +29,13 @@ impl Router {
         let Some(dp) = &mut self.dp else { return };
         dp.set_ring(tokens, local);
         dp.set_hops(hops);
+        dp.set_origin_keys(
+            self.mesh
+                .topology()
+                .entries()
+                .filter(|e| e.name != me)
+                .map(|e| (e.name, e.dh)),
+        );
         let now = Instant::now();
         dp.tick(now);
         if now.duration_since(self.offers_repeated) >= Duration::from_secs(1) {

@@ -126,6 +126,10 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let uid: u64 = rand::random();
     let signer = std::sync::Arc::new(identity.signer()?);
     let mut mc = weft_mesh::Config::new(signer, cfg.nickname.clone(), uid, rand::random());
+    // Drawn at each start: origin keys change with every restart, so their
+    // counters never repeat under one key.
+    let dh = weft_peer_proto::origin::DhSecret::from_bytes(rand::random());
+    mc.dh_public = dh.public();
     mc.listen_port = listen.port();
     mc.conn_limit = cfg.conn_limit;
     mc.discovery = cfg.discovery;
@@ -143,7 +147,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
 
     let dp = match &cfg.dataplane {
         Some(d) => Some(
-            crate::dataplane::DataPlane::start(identity.name, d.clone())
+            crate::dataplane::DataPlane::start(identity.name, dh, d.clone())
                 .await
                 .context("starting the data plane")?,
         ),

@@ -20,9 +20,9 @@ use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tracing::warn;
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 use weft_peer_proto::PeerName;
-use weft_peer_proto::data::{DataKind, DataPacket, DataRepr, TAG_LEN, header_len};
+use weft_peer_proto::data::{DataKind, DataPacket, DataRepr, Relay, TAG_LEN, header_len};
 
-use super::crypto::OpenError;
+use super::crypto::{OpenError, OriginError, OriginKeys};
 use super::packet::{IcmpError, Ipv4Info, decrement_ttl, icmp_error};
 use super::stats::{DropReason, Drops};
 use super::table::{Link, Route, Table};
@@ -47,12 +47,30 @@ pub struct Shared {
     pub udp: UdpSocket,
     pub udp_state: UdpSocketState,
     pub started: Instant,
+    /// Test only: forge the origin of relayed packets.
+    pub forge_relay_origin: bool,
 }
 
 impl Shared {
     pub fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
+}
+
+/// What goes in a data packet's header besides the hop's own fields.
+pub enum Hop<'a> {
+    /// No payload.
+    KeepAlive,
+    /// For the next hop itself.
+    Direct,
+    /// Through relays to the router `keys` are with, started by `origin`
+    /// (us, but for a forging test router): the packet is tagged here.
+    Originate {
+        origin: PeerName,
+        keys: &'a OriginKeys,
+    },
+    /// Relayed on, its origin's proof copied unchanged.
+    Forward(Relay),
 }
 
 /// Sealed packets for one destination, sent as one GSO batch.
@@ -84,14 +102,12 @@ impl TxBatch {
 
     /// Seals `inner` for `link` and queues it; flushes first when the packet
     /// cannot join the current batch.
-    pub fn push(
-        &mut self,
-        sh: &Shared,
-        link: &Link,
-        kind: DataKind,
-        origin: Option<PeerName>,
-        inner: &[u8],
-    ) {
+    pub fn push(&mut self, sh: &Shared, link: &Link, hop: Hop<'_>, inner: &[u8]) {
+        let kind = match hop {
+            Hop::KeepAlive => DataKind::KeepAlive,
+            Hop::Direct => DataKind::Ip,
+            Hop::Originate { .. } | Hop::Forward(_) => DataKind::Relayed,
+        };
         let hlen = header_len(kind);
         let size = hlen + inner.len() + TAG_LEN;
         if self.count > 0
@@ -108,6 +124,22 @@ impl TxBatch {
         let (hdr, rest) = self.buf[start..].split_at_mut(hlen);
         let (body, tag_out) = rest.split_at_mut(inner.len());
         body.copy_from_slice(inner);
+        let relay = match hop {
+            Hop::Originate { origin, keys } => match keys.tag(body) {
+                Some((counter, tag)) => Some(Relay {
+                    origin: origin.0,
+                    counter,
+                    tag,
+                }),
+                None => {
+                    self.buf.truncate(start);
+                    link.stats.drop(DropReason::CounterExhausted);
+                    return;
+                }
+            },
+            Hop::Forward(r) => Some(r),
+            Hop::KeepAlive | Hop::Direct => None,
+        };
         let sealed = {
             let mut sealer = match link.sealer.lock() {
                 Ok(s) => s,
@@ -118,7 +150,7 @@ impl TxBatch {
                     kind,
                     index: link.send_index,
                     counter,
-                    origin: origin.map(|o| o.0),
+                    relay,
                 };
                 repr.emit(hdr).ok()?;
                 sealer.seal_with(counter, hdr, body)
@@ -162,6 +194,37 @@ impl TxBatch {
         self.dst = None;
         self.count = 0;
         self.closed = false;
+    }
+}
+
+/// Sends a packet this router starts on `link`, toward the router that
+/// owns its destination: directly when that is the next hop, else tagged
+/// for the owner so that relays cannot claim to have it from us.
+fn originate(
+    sh: &Shared,
+    table: &Table,
+    tx: &mut TxBatch,
+    link: &Link,
+    owner: PeerName,
+    src: u32,
+    pkt: &[u8],
+) {
+    // A dishonest relay (test only): a packet whose source another router
+    // owns goes out as that router's, with the keys we hold for the owner.
+    let forged = if sh.forge_relay_origin {
+        table.owner(src).filter(|o| *o != table.me)
+    } else {
+        None
+    };
+    if link.peer == owner && forged.is_none() {
+        return tx.push(sh, link, Hop::Direct, pkt);
+    }
+    match table.origin_keys(owner) {
+        Some(keys) => {
+            let origin = forged.unwrap_or(table.me);
+            tx.push(sh, link, Hop::Originate { origin, keys }, pkt)
+        }
+        None => link.stats.drop(DropReason::OriginUnknown),
     }
 }
 
@@ -274,12 +337,13 @@ impl IcmpSender {
         what: IcmpError,
     ) {
         let Some(gw) = table.gateway else { return };
-        let back = match table.route(info.src) {
-            Route::Via(l) => l.clone(),
+        let (back, owner) = match (table.route(info.src), table.owner(info.src)) {
+            (Route::Via(l), Some(o)) => (l.clone(), o),
             _ => return,
         };
         if let Some(p) = self.build(gw, pkt, info, what) {
-            tx.push(sh, &back, DataKind::Ip, None, p);
+            // The error is ours (from our own address) to the source's router.
+            originate(sh, table, tx, &back, owner, u32::from(gw), p);
         }
     }
 }
@@ -336,7 +400,10 @@ pub fn tun_loop(sh: Arc<Shared>, mtu: usize) {
                         }
                         continue;
                     }
-                    tx.push(&sh, link, DataKind::Ip, None, pkt);
+                    let Some(owner) = table.owner(info.dst) else {
+                        continue;
+                    };
+                    originate(&sh, &table, &mut tx, link, owner, info.src, pkt);
                 }
                 Route::Local | Route::Unreachable => {
                     sh.drops.inc(DropReason::NoRoute);
@@ -427,16 +494,29 @@ fn receive(
         return link.stats.drop(DropReason::MalformedNet);
     };
     // The packet's source must belong to the router it started from: the
-    // sender itself, or the origin a relay names. Pods cannot forge the
-    // origin; a router relaying is trusted to name it honestly (routers are
-    // admitted members; the header is authenticated hop by hop).
-    let origin = repr.origin.map_or(link.peer, PeerName);
+    // sender itself, or the origin a relayed packet names. The router it is
+    // for checks that the origin tagged it (a relay cannot: the key is the
+    // origin's and ours); a relay on the way can only check the name.
+    let origin = repr.relay.map_or(link.peer, |r| PeerName(r.origin));
     if origin == table.me || table.owner(info.src) != Some(origin) {
         return link.stats.drop(DropReason::Spoofed);
     }
-    match table.route(info.dst) {
-        Route::Local => q.push(sh, inner),
-        Route::Via(next) if next.peer != link.peer => {
+    match (table.route(info.dst), repr.relay) {
+        (Route::Local, None) => q.push(sh, inner),
+        (Route::Local, Some(r)) => {
+            let Some(keys) = table.origin_keys(origin) else {
+                return link.stats.drop(DropReason::OriginUnknown);
+            };
+            match keys.verify(r.counter, &r.tag, inner) {
+                Ok(()) => q.push(sh, inner),
+                Err(OriginError::Auth) => link.stats.drop(DropReason::OriginAuth),
+                Err(OriginError::Replay) => link.stats.drop(DropReason::OriginReplay),
+            }
+        }
+        // Only packets their origin tagged are relayed: a direct packet
+        // for an address another router owns is the sender's mistake (its
+        // ring is behind ours).
+        (Route::Via(next), Some(r)) if next.peer != link.peer => {
             if !decrement_ttl(inner) {
                 link.stats.drop(DropReason::TtlExpired);
                 icmp.send_remote(sh, table, tx, inner, &info, IcmpError::TimeExceeded);
@@ -456,10 +536,10 @@ fn receive(
                 }
                 return;
             }
-            tx.push(sh, next, DataKind::Relayed, Some(origin), inner);
+            tx.push(sh, next, Hop::Forward(r), inner);
         }
-        // Back where it came from, or nowhere to go.
-        Route::Via(_) | Route::Unreachable => {
+        // Back where it came from, not tagged for relaying, or nowhere to go.
+        (Route::Via(_) | Route::Unreachable, _) => {
             link.stats.drop(DropReason::NoRoute);
             icmp.send_remote(sh, table, tx, inner, &info, IcmpError::HostUnreachable);
         }

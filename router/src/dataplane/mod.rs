@@ -25,11 +25,11 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tracing::{info, warn};
 use weft_ipam_crdt::AddrRange;
-use weft_peer_proto::data::{DataKind, MAX_OVERHEAD};
+use weft_peer_proto::data::MAX_OVERHEAD;
 use weft_peer_proto::{DataOffer, PeerName};
 
-use self::crypto::{DirectionKeys, Opener, Role, Sealer};
-use self::engine::{Shared, TxBatch};
+use self::crypto::{DhSecret, DirectionKeys, Opener, OriginKeys, Role, Sealer};
+use self::engine::{Hop, Shared, TxBatch};
 use self::host::{Host, WantRoute};
 use self::table::{Link, Table, cidrs};
 use weft_api::{DataPlaneStatus, LinkStatus};
@@ -58,6 +58,9 @@ pub struct DataPlaneConfig {
     pub mtu: Option<u16>,
     pub range: AddrRange,
     pub masquerade: bool,
+    /// Test only: forge the origin of relayed packets (see meshd's hidden
+    /// `--test-forge-relay-origin`).
+    pub forge_relay_origin: bool,
 }
 
 /// A session whose peer has not sent its offer yet.
@@ -86,6 +89,14 @@ pub struct DataPlane {
     links: HashMap<SessionId, Arc<Link>>,
     ring: Vec<(u32, PeerName)>,
     hops: Vec<(PeerName, PeerName)>,
+    /// Our origin key pair, drawn at this start.
+    dh: DhSecret,
+    /// Origin keys by peer. Kept while the peer's public key stays the
+    /// same, also when its entry leaves the topology for a while: made
+    /// again, a pair's counters would start over and the peer's replay
+    /// window refuse them.
+    /// None: the peer's public key gives no secret.
+    origins: HashMap<PeerName, ([u8; 32], Option<Arc<OriginKeys>>)>,
     gateway: Option<Ipv4Addr>,
     want: watch::Sender<HostWant>,
     keepalive: TxBatch,
@@ -110,7 +121,9 @@ struct Reported {
 impl DataPlane {
     /// Creates the TUN and the bridge, binds the data socket, starts the
     /// packet threads and the wiring task.
-    pub async fn start(me: PeerName, cfg: DataPlaneConfig) -> Result<Self> {
+    /// `dh`: our origin key pair, whose public half our topology entry
+    /// carries.
+    pub async fn start(me: PeerName, dh: DhSecret, cfg: DataPlaneConfig) -> Result<Self> {
         let host = Host::connect()?;
         let mtu = match cfg.mtu {
             Some(m) => m,
@@ -187,7 +200,11 @@ impl DataPlane {
             udp,
             udp_state,
             started: Instant::now(),
+            forge_relay_origin: cfg.forge_relay_origin,
         });
+        if cfg.forge_relay_origin {
+            warn!("--test-forge-relay-origin: this router forges the origin of relayed packets");
+        }
         {
             let sh = shared.clone();
             let mtu = usize::from(mtu);
@@ -219,6 +236,8 @@ impl DataPlane {
             links: HashMap::new(),
             ring: Vec::new(),
             hops: Vec::new(),
+            dh,
+            origins: HashMap::new(),
             gateway: None,
             want,
             keepalive: TxBatch::new(),
@@ -318,7 +337,7 @@ impl DataPlane {
         });
         info!(peer = %link.peer, remote = %link.remote, mtu = link.mtu, "data link ready");
         self.keepalive
-            .push(&self.shared, &link, DataKind::KeepAlive, None, &[]);
+            .push(&self.shared, &link, Hop::KeepAlive, &[]);
         self.keepalive.flush(&self.shared);
         self.links.insert(conn, link);
         self.publish();
@@ -354,6 +373,33 @@ impl DataPlane {
         }
     }
 
+    /// Every other router's origin public key, as its signed topology
+    /// entry gives it; republishes when a key came, changed or went.
+    pub fn set_origin_keys(&mut self, peers: impl Iterator<Item = (PeerName, [u8; 32])>) {
+        let mut changed = false;
+        let mut present = 0usize;
+        let mut seen = std::collections::HashSet::new();
+        for (peer, public) in peers {
+            present += 1;
+            seen.insert(peer);
+            if self.origins.get(&peer).is_some_and(|(p, _)| *p == public) {
+                continue;
+            }
+            changed = true;
+            let keys = OriginKeys::derive(self.me, &self.dh, peer, public).map(Arc::new);
+            self.origins.insert(peer, (public, keys));
+        }
+        // Keys of routers gone from the topology are kept (see `origins`),
+        // within a bound.
+        if self.origins.len() > 2 * present + 64 {
+            self.origins.retain(|p, _| seen.contains(p));
+            changed = true;
+        }
+        if changed {
+            self.publish();
+        }
+    }
+
     pub fn set_gateway(&mut self, gw: Ipv4Addr) {
         if self.gateway != Some(gw) {
             self.gateway = Some(gw);
@@ -376,7 +422,12 @@ impl DataPlane {
         let mut t = Table::new(self.me)
             .with_ring(self.cfg.range, self.ring.iter().copied())
             .with_hops(self.hops.iter().copied())
-            .with_links(by_peer.into_values().cloned());
+            .with_links(by_peer.into_values().cloned())
+            .with_origins(
+                self.origins
+                    .iter()
+                    .filter_map(|(p, (_, k))| Some((*p, k.clone()?))),
+            );
         // Old sessions' links still receive until they close.
         t.add_receivers(self.links.values().cloned());
         t.gateway = self.gateway;
@@ -414,8 +465,7 @@ impl DataPlane {
             self.last_probe = now;
             for l in self.links.values() {
                 if l.stats.last_rx_ms.load(Relaxed) == 0 {
-                    self.keepalive
-                        .push(&self.shared, l, DataKind::KeepAlive, None, &[]);
+                    self.keepalive.push(&self.shared, l, Hop::KeepAlive, &[]);
                     self.keepalive.flush(&self.shared);
                 }
             }
@@ -425,8 +475,7 @@ impl DataPlane {
         }
         self.last_keepalive = now;
         for l in self.links.values() {
-            self.keepalive
-                .push(&self.shared, l, DataKind::KeepAlive, None, &[]);
+            self.keepalive.push(&self.shared, l, Hop::KeepAlive, &[]);
             self.keepalive.flush(&self.shared);
         }
     }

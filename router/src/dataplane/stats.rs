@@ -30,10 +30,20 @@ pub enum DropReason {
     IoError,
     /// A link's counter ran out (the session must be re-established).
     CounterExhausted,
+    /// A relayed packet for us whose origin tag does not verify: a relay
+    /// named another router as its origin, or changed it.
+    OriginAuth,
+    /// A relayed packet for us whose origin counter was seen before (a
+    /// relay replayed it) or is too old.
+    OriginReplay,
+    /// No origin key with the router at the other end of a relayed packet
+    /// (its topology entry, which carries the key, has not arrived yet, or
+    /// publishes none).
+    OriginUnknown,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::MalformedTun,
         DropReason::Ipv6,
         DropReason::MalformedNet,
@@ -46,6 +56,9 @@ impl DropReason {
         DropReason::TtlExpired,
         DropReason::IoError,
         DropReason::CounterExhausted,
+        DropReason::OriginAuth,
+        DropReason::OriginReplay,
+        DropReason::OriginUnknown,
     ];
 
     pub fn label(self) -> &'static str {
@@ -62,6 +75,9 @@ impl DropReason {
             DropReason::TtlExpired => "ttl_expired",
             DropReason::IoError => "io_error",
             DropReason::CounterExhausted => "counter_exhausted",
+            DropReason::OriginAuth => "origin_auth",
+            DropReason::OriginReplay => "origin_replay",
+            DropReason::OriginUnknown => "origin_unknown",
         }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use weft_ipam_crdt::AddrRange;
 use weft_peer_proto::PeerName;
 
-use super::crypto::{Opener, Sealer};
+use super::crypto::{Opener, OriginKeys, Sealer};
 use super::stats::{DropReason, Drops};
 
 /// One data link: the data plane's half of a peer session.
@@ -82,6 +82,8 @@ pub struct Table {
     hops: HashMap<PeerName, PeerName>,
     links: HashMap<PeerName, Arc<Link>>,
     by_index: HashMap<u32, Arc<Link>>,
+    /// End-to-end origin keys with every router whose entry has one.
+    origins: HashMap<PeerName, Arc<OriginKeys>>,
     /// The router's own overlay address: the source of its ICMP errors.
     pub gateway: Option<Ipv4Addr>,
 }
@@ -95,6 +97,7 @@ impl Table {
             hops: HashMap::new(),
             links: HashMap::new(),
             by_index: HashMap::new(),
+            origins: HashMap::new(),
             gateway: None,
         }
     }
@@ -124,6 +127,19 @@ impl Table {
 
     pub fn link_by_index(&self, index: u32) -> Option<&Arc<Link>> {
         self.by_index.get(&index)
+    }
+
+    /// The origin keys between us and `peer`.
+    pub fn origin_keys(&self, peer: PeerName) -> Option<&OriginKeys> {
+        self.origins.get(&peer).map(|k| &**k)
+    }
+
+    pub fn with_origins(
+        mut self,
+        origins: impl Iterator<Item = (PeerName, Arc<OriginKeys>)>,
+    ) -> Self {
+        self.origins = origins.collect();
+        self
     }
 
     pub fn with_ring(
