@@ -477,7 +477,7 @@ impl World {
             .map(|i| addr(usize::from(i) + 10))
             .collect();
         let nick = "x".repeat(usize::from(u.int_in_range(0..=8u8)?));
-        let mut e = PeerEntry::signed(&*keys()[signer], nick, uid, version, addrs, conns);
+        let mut e = PeerEntry::signed(&*keys()[signer], nick, uid, version, addrs, conns, [0; 32]);
         match u.int_in_range(0..=7u8)? {
             // Another router's entry under this key.
             0 => e.name = name(u.choose_index(ROUTERS)?),
