@@ -22,12 +22,12 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-use ring::hkdf::{HKDF_SHA256, KeyType, Salt};
+use ring::aead::{Aad, LessSafeKey};
+use ring::hkdf::{HKDF_SHA256, Salt};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::PeerName;
-use crate::seal::ReplayWindow;
+use crate::seal::{ReplayWindow, aes_key, nonce};
 
 /// Bytes of an origin tag.
 pub const ORIGIN_TAG_LEN: usize = 16;
@@ -67,13 +67,6 @@ pub enum OriginError {
     Auth,
 }
 
-struct Len(usize);
-impl KeyType for Len {
-    fn len(&self) -> usize {
-        self.0
-    }
-}
-
 /// The origin keys between us and one other router: tags for what we send
 /// it through relays, checks of what it sends us through relays.
 pub struct OriginKeys {
@@ -91,22 +84,7 @@ fn direction_key(
     to: (PeerName, &[u8; 32]),
 ) -> LessSafeKey {
     let (f, t) = (from.0.0.to_be_bytes(), to.0.0.to_be_bytes());
-    let info: [&[u8]; 5] = [b"weft origin: from, to", &f, from.1, &t, to.1];
-    let mut k = [0u8; 32];
-    // Both calls only fail for output lengths over 255 * 32 bytes.
-    if let Ok(okm) = prk.expand(&info, Len(32)) {
-        let _ = okm.fill(&mut k);
-    }
-    match UnboundKey::new(&AES_256_GCM, &k) {
-        Ok(u) => LessSafeKey::new(u),
-        Err(_) => unreachable!("32 bytes is the AES-256 key length"),
-    }
-}
-
-fn nonce(counter: u64) -> Nonce {
-    let mut n = [0u8; 12];
-    n[4..].copy_from_slice(&counter.to_be_bytes());
-    Nonce::assume_unique_for_key(n)
+    aes_key(prk, &[b"weft origin: from, to", &f, from.1, &t, to.1])
 }
 
 /// Runs `f` over `pkt` with the fields relays change (the IPv4 TTL and

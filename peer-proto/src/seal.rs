@@ -66,20 +66,25 @@ impl DirectionKeys {
 
     pub fn key(&self, epoch: u64) -> LessSafeKey {
         let e = epoch.to_be_bytes();
-        let info = [self.label, &e[..]];
-        let mut k = [0u8; 32];
-        // Both calls only fail for output lengths over 255 * 32 bytes.
-        if let Ok(okm) = self.prk.expand(&info, Len(32)) {
-            let _ = okm.fill(&mut k);
-        }
-        match UnboundKey::new(&AES_256_GCM, &k) {
-            Ok(u) => LessSafeKey::new(u),
-            Err(_) => unreachable!("32 bytes is the AES-256 key length"),
-        }
+        aes_key(&self.prk, &[self.label, &e[..]])
     }
 }
 
-fn nonce(counter: u64) -> Nonce {
+/// The AES-256-GCM key HKDF-expanded from `prk` with `info`.
+pub(crate) fn aes_key(prk: &ring::hkdf::Prk, info: &[&[u8]]) -> LessSafeKey {
+    let mut k = [0u8; 32];
+    // Both calls only fail for output lengths over 255 * 32 bytes.
+    if let Ok(okm) = prk.expand(info, Len(32)) {
+        let _ = okm.fill(&mut k);
+    }
+    match UnboundKey::new(&AES_256_GCM, &k) {
+        Ok(u) => LessSafeKey::new(u),
+        Err(_) => unreachable!("32 bytes is the AES-256 key length"),
+    }
+}
+
+/// The AEAD nonce of `counter`.
+pub(crate) fn nonce(counter: u64) -> Nonce {
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&counter.to_be_bytes());
     Nonce::assume_unique_for_key(n)
