@@ -439,7 +439,11 @@ impl IpamChannel {
         }
         let ms = self.ms(now);
         let mut changed = self.ipam.tick(ms, jitter);
-        changed |= self.ipam.alloc_mut().compact(ms, self.removed_horizon_ms);
+        let wall = self.wall(now);
+        changed |= self
+            .ipam
+            .alloc_mut()
+            .compact(ms, wall, self.removed_horizon_ms);
         if changed {
             self.changed();
         }
@@ -1003,6 +1007,7 @@ mod tests {
                 entries,
                 removed: Vec::new(),
                 removals: Vec::new(),
+                tombs: Vec::new(),
             },
             allocs: Vec::new(),
             consensus: Vec::new(),

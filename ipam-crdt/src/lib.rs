@@ -46,6 +46,6 @@ pub use channel::{IpamChannel, IpamError, Persisted, Unready};
 pub use counters::Refused;
 pub use range::AddrRange;
 pub use removal::Removal;
-pub use ring::{Entry, MergeOutcome, Ring, RingError};
+pub use ring::{Entry, MergeOutcome, Ring, RingError, Tomb};
 pub use space::FreeSet;
 pub use weft_peer_proto::PeerName;

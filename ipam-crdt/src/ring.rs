@@ -3,7 +3,17 @@
 //! A ring is a map from tokens (addresses) to entries `{owner, version}`; the
 //! entry at token `t` owns every address from `t` up to the next token (the
 //! last one up to the end of the range). Once seeded there is always a token
-//! at the start of the range. Tokens are never removed.
+//! at the start of the range.
+//!
+//! Tokens are compacted: an owner whose two neighbouring entries are both
+//! its own (an heir's, after it inherits; a donor's, after a gift comes
+//! back) replaces the second with a tombstone, a new version of that entry
+//! that owns nothing and says when it was made. Tombstones merge like
+//! entries (the higher `(version, owner)` wins, a tombstone over an entry of
+//! the same version), so a stale copy of the entry cannot bring the token
+//! back, and each router drops them after a horizon by that time
+//! ([`Ring::forget_tombs`]): the ring stays in proportion to its owners
+//! plus the horizon's churn, not to all history.
 //!
 //! Only an entry's owner changes it (to give the range away, or to split it
 //! by adding tokens inside it), and every change bumps the version, so there
@@ -35,9 +45,34 @@ pub struct Entry {
     pub version: u32,
 }
 
-impl Entry {
-    fn key(&self) -> (u32, PeerName) {
-        (self.version, self.owner)
+/// A compacted token: `owner`'s entry there, at `version`, merged into the
+/// entry before it at `at_ms` (the owner's wall clock, ms since the Unix
+/// epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tomb {
+    pub owner: PeerName,
+    pub version: u32,
+    pub at_ms: u64,
+}
+
+/// What one token holds, ordered so that merge takes the greatest: by
+/// version, then owner, a tombstone over an entry, then the later tombstone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Live(Entry),
+    Tomb(Tomb),
+}
+
+impl Slot {
+    fn key(&self) -> (u32, PeerName, bool, u64) {
+        match self {
+            Slot::Live(e) => (e.version, e.owner, false, 0),
+            Slot::Tomb(t) => (t.version, t.owner, true, t.at_ms),
+        }
+    }
+
+    fn version(&self) -> u32 {
+        self.key().0
     }
 }
 
@@ -62,6 +97,8 @@ pub struct Ring {
     range: AddrRange,
     cluster: Option<u64>,
     entries: BTreeMap<u32, Entry>,
+    /// Compacted tokens, never at a token of `entries`.
+    tombs: BTreeMap<u32, Tomb>,
     /// Peers removed by a certificate that was valid here.
     removed: BTreeSet<PeerName>,
     /// Removal certificates, complete or gathering signatures; only for
@@ -88,6 +125,7 @@ impl Ring {
             range,
             cluster: None,
             entries: BTreeMap::new(),
+            tombs: BTreeMap::new(),
             removed: BTreeSet::new(),
             removals: BTreeMap::new(),
         }
@@ -120,6 +158,7 @@ impl Ring {
         range: AddrRange,
         cluster: Option<u64>,
         entries: BTreeMap<u32, Entry>,
+        tombs: BTreeMap<u32, Tomb>,
         removed: BTreeSet<PeerName>,
         removals: BTreeMap<PeerName, Removal>,
     ) -> Self {
@@ -127,6 +166,7 @@ impl Ring {
             range,
             cluster,
             entries,
+            tombs,
             removed,
             removals,
         }
@@ -146,6 +186,16 @@ impl Ring {
 
     pub fn entries(&self) -> impl Iterator<Item = (u32, Entry)> + '_ {
         self.entries.iter().map(|(t, e)| (*t, *e))
+    }
+
+    /// The compacted tokens.
+    pub fn tombs(&self) -> impl Iterator<Item = (u32, Tomb)> + '_ {
+        self.tombs.iter().map(|(t, e)| (*t, *e))
+    }
+
+    /// Tokens held: entries and tombstones (what a message carries).
+    pub fn tokens(&self) -> usize {
+        self.entries.len() + self.tombs.len()
     }
 
     /// The entries whose tokens lie in `r`.
@@ -279,6 +329,24 @@ impl Ring {
         }
     }
 
+    /// Keeps one signature of each applied certificate whose peer owns
+    /// nothing here: a receiver that still sees it owning space learns of
+    /// its heir's entries in the same ring, and then applies a certificate
+    /// for a peer that owns nothing on any one signature (it takes nothing
+    /// from anyone); the rest is what made `ipam.json` tens of megabytes.
+    /// Returns whether anything went.
+    pub(crate) fn trim_removals(&mut self) -> bool {
+        let owners: BTreeSet<PeerName> = self.entries.values().map(|e| e.owner).collect();
+        let mut changed = false;
+        for (p, c) in &mut self.removals {
+            if self.removed.contains(p) && !owners.contains(p) && c.len() > 1 {
+                c.keep_one(*p);
+                changed = true;
+            }
+        }
+        changed
+    }
+
     /// Drops certificates that cannot apply any more (their peer owns
     /// nothing, and is not removed) and signatures of former owners.
     fn prune_removals(&mut self) {
@@ -339,6 +407,60 @@ impl Ring {
         m
     }
 
+    fn slot(&self, token: u32) -> Option<Slot> {
+        self.entries
+            .get(&token)
+            .map(|e| Slot::Live(*e))
+            .or_else(|| self.tombs.get(&token).map(|t| Slot::Tomb(*t)))
+    }
+
+    fn set_slot(&mut self, token: u32, slot: Slot) {
+        match slot {
+            Slot::Live(e) => {
+                self.tombs.remove(&token);
+                self.entries.insert(token, e);
+            }
+            Slot::Tomb(t) => {
+                self.entries.remove(&token);
+                self.tombs.insert(token, t);
+            }
+        }
+    }
+
+    /// `me` compacts its tokens: every entry of ours that directly follows
+    /// another of ours becomes a tombstone made at `at_ms`, and the entry
+    /// before it owns its addresses. Returns how many tokens went.
+    pub fn compact_tokens(&mut self, me: PeerName, at_ms: u64) -> usize {
+        let mut prev: Option<PeerName> = None;
+        let mut gone = Vec::new();
+        for (t, e) in &self.entries {
+            if e.owner == me && prev == Some(me) {
+                gone.push((*t, e.version));
+            }
+            prev = Some(e.owner);
+        }
+        for (t, version) in &gone {
+            self.set_slot(
+                *t,
+                Slot::Tomb(Tomb {
+                    owner: me,
+                    version: version.saturating_add(1),
+                    at_ms,
+                }),
+            );
+        }
+        gone.len()
+    }
+
+    /// Drops tombstones made `horizon_ms` or more before `now_ms` (wall
+    /// clock): by then every router has merged them. Returns how many.
+    pub fn forget_tombs(&mut self, now_ms: u64, horizon_ms: u64) -> usize {
+        let before = self.tombs.len();
+        self.tombs
+            .retain(|_, t| t.at_ms.saturating_add(horizon_ms) > now_ms);
+        before - self.tombs.len()
+    }
+
     /// Merges `other` in.
     pub fn merge(&mut self, other: &Ring) -> Result<MergeOutcome, RingError> {
         if other.range != self.range {
@@ -360,23 +482,23 @@ impl Ring {
             _ => {}
         }
         let before = self.signers();
-        for (t, theirs) in &other.entries {
-            match self.entries.get_mut(t) {
-                None => {
-                    self.entries.insert(*t, *theirs);
-                    out.changed = true;
+        let theirs = (other.entries.iter().map(|(t, e)| (*t, Slot::Live(*e))))
+            .chain(other.tombs.iter().map(|(t, e)| (*t, Slot::Tomb(*e))));
+        for (t, theirs) in theirs {
+            let ours = self.slot(t);
+            if ours == Some(theirs) {
+                continue;
+            }
+            if let Some(ours) = ours {
+                if ours.version() == theirs.version() {
+                    out.conflicts += 1;
                 }
-                Some(ours) if ours == theirs => {}
-                Some(ours) => {
-                    if ours.version == theirs.version {
-                        out.conflicts += 1;
-                    }
-                    if theirs.key() > ours.key() {
-                        *ours = *theirs;
-                        out.changed = true;
-                    }
+                if theirs.key() <= ours.key() {
+                    continue;
                 }
             }
+            self.set_slot(t, theirs);
+            out.changed = true;
         }
         // Their removed set is their opinion: we go by the certificates.
         if !other.removals.is_empty() {
@@ -420,7 +542,12 @@ impl Ring {
         }
         if let Some((_, e)) = self.entries.range(..at).next_back() {
             let owner = e.owner;
-            self.entries.insert(at, Entry { owner, version: 1 });
+            // A token compacted before comes back above its tombstone.
+            let version = self
+                .tombs
+                .remove(&at)
+                .map_or(1, |t| t.version.saturating_add(1));
+            self.entries.insert(at, Entry { owner, version });
         }
     }
 
@@ -515,8 +642,10 @@ impl Ring {
         if self.entries.is_empty() {
             // A cluster id with nothing in it would make a fresh router
             // refuse the real ring later.
-            if self.cluster.is_some() {
-                return Err(RingError::Invariant("a cluster id but no entries".into()));
+            if self.cluster.is_some() || !self.tombs.is_empty() {
+                return Err(RingError::Invariant(
+                    "a cluster id or tombstones but no entries".into(),
+                ));
             }
             return Ok(());
         }
@@ -532,6 +661,13 @@ impl Ring {
             && !self.range.contains(*t)
         {
             return Err(RingError::Invariant(format!("token {t} outside the range")));
+        }
+        if let Some(t) = self.tombs.keys().find(|t| {
+            self.entries.contains_key(t) || !self.range.contains(**t) || **t == self.range.start
+        }) {
+            return Err(RingError::Invariant(format!(
+                "tombstone at {t}: on an entry, outside the range or at its start"
+            )));
         }
         let total: u64 = self.ownership().values().sum();
         if total != self.range.len() {
@@ -663,6 +799,63 @@ mod tests {
         assert_eq!(r.ownership().len(), 2);
     }
 
+    #[test]
+    fn an_heir_compacts_what_it_inherits_and_stale_rings_cannot_undo_it() {
+        let base = Ring::seeded(R, &[p(1), p(2), p(3)], 7);
+        let mut r = base.clone();
+        r.remove_unchecked(p(2));
+        assert_eq!(r.inherit_removed(p(1)), 341);
+        assert_eq!(r.entries().count(), 3);
+        assert_eq!(
+            r.compact_tokens(p(3), 50),
+            0,
+            "p3 has no neighbouring entries"
+        );
+        assert_eq!(r.compact_tokens(p(1), 50), 1);
+        r.check().expect("valid");
+        assert_eq!((r.entries().count(), r.tombs().count()), (2, 1));
+        assert_eq!(r.ranges_of(p(1)), vec![AddrRange::new(1000, 1682)]);
+        // The stale entries (p2's, and p1's inherited one) lose to the
+        // tombstone, in either order of merge.
+        let mut inherited = base.clone();
+        inherited.remove_unchecked(p(2));
+        inherited.inherit_removed(p(1));
+        for stale in [&base, &inherited] {
+            let mut a = r.clone();
+            a.merge(stale).expect("merge");
+            let mut b = stale.clone();
+            b.merge(&r).expect("merge");
+            assert_eq!(
+                a.entries().collect::<Vec<_>>(),
+                r.entries().collect::<Vec<_>>()
+            );
+            assert_eq!(
+                b.entries().collect::<Vec<_>>(),
+                r.entries().collect::<Vec<_>>()
+            );
+        }
+        // p1 gives away the address where the token was: it comes back
+        // above its tombstone, and the gift wins over the tombstone anywhere.
+        let mut gave = r.clone();
+        gave.transfer(p(1), AddrRange::new(1341, 1400), p(4))
+            .expect("p1 owns it");
+        assert_eq!(
+            gave.entry(1341).map(|e| e.version),
+            Some(5),
+            "above the tombstone (3), then given"
+        );
+        assert_eq!(gave.tombs().count(), 0);
+        let mut other = r.clone();
+        other.merge(&gave).expect("merge");
+        assert_eq!(other.owner_of(1341), Some(p(4)));
+        other.check().expect("valid");
+        // Tombstones go after the horizon, by the time they were made.
+        assert_eq!(r.forget_tombs(1_049, 1_000), 0);
+        assert_eq!(r.forget_tombs(1_050, 1_000), 1);
+        assert_eq!(r.tombs().count(), 0);
+        r.check().expect("valid");
+    }
+
     fn random_ring(seed: u64) -> Ring {
         // A history of transfers by owners, so the ring is one that can occur.
         let mut s = seed | 1;
@@ -679,6 +872,9 @@ mod tests {
             let to = p(1 + next(4));
             if let Some(owner) = r.owner_of(a) {
                 let _ = r.transfer(owner, AddrRange::new(a, (u64::from(a) + len).min(2024)), to);
+            }
+            if next(3) == 0 {
+                r.compact_tokens(p(1 + next(4)), next(100));
             }
         }
         r

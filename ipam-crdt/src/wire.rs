@@ -4,13 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use weft_peer_proto::PeerName;
-use weft_peer_proto::ipam::{BallotWire, ClaimsWire, EntryWire, RingWire};
+use weft_peer_proto::ipam::{BallotWire, ClaimsWire, EntryWire, RingWire, TombWire};
 use weft_peer_proto::sign::Signer;
 
 use crate::paxos::{Ballot, Claims, Knowledge};
 use crate::range::AddrRange;
 use crate::removal::Removal;
-use crate::ring::{Entry, Ring, RingError};
+use crate::ring::{Entry, Ring, RingError, Tomb};
 
 /// Versions grow by one per change of one range; no real ring comes near
 /// this, and refusing larger ones keeps `u32` far from overflowing.
@@ -32,6 +32,15 @@ impl Ring {
                 .collect(),
             removed: self.removed().iter().copied().collect(),
             removals: self.removals().map(|(p, r)| r.to_wire(p)).collect(),
+            tombs: self
+                .tombs()
+                .map(|(token, t)| TombWire {
+                    token,
+                    owner: t.owner,
+                    version: t.version,
+                    at_ms: t.at_ms,
+                })
+                .collect(),
         }
     }
 
@@ -85,6 +94,23 @@ impl Ring {
                 return Err(RingError::Invariant(format!("token {} twice", e.token)));
             }
         }
+        let mut tombs = BTreeMap::new();
+        for t in &w.tombs {
+            if t.version > MAX_VERSION {
+                return Err(RingError::Invariant(format!(
+                    "version {} of tombstone {} is implausible",
+                    t.version, t.token
+                )));
+            }
+            let tomb = Tomb {
+                owner: t.owner,
+                version: t.version,
+                at_ms: t.at_ms,
+            };
+            if tombs.insert(t.token, tomb).is_some() {
+                return Err(RingError::Invariant(format!("tombstone {} twice", t.token)));
+            }
+        }
         let removed: BTreeSet<_> = if ours {
             w.removed.iter().copied().collect()
         } else {
@@ -97,7 +123,7 @@ impl Ring {
                 .or_default()
                 .add_unchecked(r.sigs.iter().copied());
         }
-        let ring = Ring::from_parts(range, w.cluster, entries, removed, removals);
+        let ring = Ring::from_parts(range, w.cluster, entries, tombs, removed, removals);
         ring.check()?;
         Ok(ring)
     }

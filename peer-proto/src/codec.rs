@@ -210,6 +210,12 @@ mod tests {
                     peer: PeerName(9),
                     sigs: vec![key.sign("weft-test", &9u64)],
                 }],
+                tombs: vec![TombWire {
+                    token: 20,
+                    owner: PeerName(1),
+                    version: 3,
+                    at_ms: 1_764_000_000_000,
+                }],
             },
             consensus: vec![ClaimsWire {
                 voter: PeerName(1),

@@ -31,6 +31,20 @@ pub struct RingWire {
     /// Removal certificates, complete or still gathering signatures.
     #[serde(default)]
     pub removals: Vec<RemovalWire>,
+    /// Compacted tokens (`ipam-crdt` `ring`): never at a token of
+    /// `entries`; together with them at most [`MAX_RING_ENTRIES`].
+    #[serde(default)]
+    pub tombs: Vec<TombWire>,
+}
+
+/// A compacted token: `owner`'s entry at `token` merged into the one
+/// before it, as version `version`, at `at_ms` (ms since the Unix epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TombWire {
+    pub token: u32,
+    pub owner: PeerName,
+    pub version: u32,
+    pub at_ms: u64,
 }
 
 /// "`peer` is gone for good", with the signatures gathered so far: by
@@ -92,7 +106,7 @@ pub enum IpamMsg {
     SpaceRequest(SpaceRequestWire),
 }
 
-/// Most ring entries accepted in one message.
+/// Most ring tokens (entries and tombstones) accepted in one message.
 pub const MAX_RING_ENTRIES: usize = 1 << 16;
 /// Most removed peers, voters, or peers in a consensus value.
 pub const MAX_IPAM_PEERS: usize = 1 << 14;
@@ -106,7 +120,7 @@ impl IpamMsg {
             free,
         } = self
         {
-            let too_many = ring.entries.len() > MAX_RING_ENTRIES
+            let too_many = ring.entries.len() + ring.tombs.len() > MAX_RING_ENTRIES
                 || free.len() > MAX_IPAM_PEERS
                 || ring.removed.len() > MAX_IPAM_PEERS
                 || ring.removals.len() > MAX_IPAM_PEERS

@@ -268,6 +268,11 @@ impl Topology {
         self.peers.len()
     }
 
+    /// Tombstones of removed entries not yet expired.
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.peers.is_empty()
     }
