@@ -23,6 +23,10 @@ fn key_of(i: usize) -> KeyPair {
     KeyPair::from_seed(seed)
 }
 
+/// The compaction horizon, in steps: long against a partition (about 100
+/// steps) or a message's delay (30), short against a run.
+const HORIZON: u64 = 2_000;
+
 #[derive(Clone)]
 enum Msg {
     Ring(Ring),
@@ -270,6 +274,13 @@ impl World {
                 let crashed: Vec<usize> = (0..self.nodes.len())
                     .filter(|i| self.nodes[*i].alloc.is_none() && !self.nodes[*i].removed)
                     .collect();
+                // A router down for longer than the compaction horizon
+                // does not come back with its old ring (docs/trust.md, "The
+                // horizon's one assumption"): it stays down, for rmpeer.
+                let crashed: Vec<usize> = crashed
+                    .into_iter()
+                    .filter(|i| self.now - self.nodes[*i].crashed_at < HORIZON)
+                    .collect();
                 if !crashed.is_empty() {
                     let i = pick(&mut self.rng, &crashed);
                     let n = &mut self.nodes[i];
@@ -296,6 +307,18 @@ impl World {
                         .collect();
                     self.group = Some(g);
                     self.bump("partitions");
+                }
+            }
+            990..=999 if !live.is_empty() => {
+                // Compaction, as the channel runs it on every tick: our
+                // tokens, tombstones past the horizon, certificates.
+                let i = pick(&mut self.rng, &live);
+                let now = self.now;
+                if let Some(a) = self.nodes[i].alloc.as_mut()
+                    && a.compact(now, now, HORIZON)
+                {
+                    self.bump("compactions");
+                    self.persist(i);
                 }
             }
             _ => {}
