@@ -384,13 +384,15 @@ impl IpamChannel {
             return;
         }
         self.asked_ms = self.wall(now).max(self.asked_ms + 1);
-        let mut req = SpaceRequestWire {
-            requester: self.key.name(),
+        let requester = self.key.name();
+        let at_ms = self.asked_ms;
+        let req = SpaceRequestWire {
+            requester,
             cluster,
-            at_ms: self.asked_ms,
-            sig: self.key.sign(SPACE_DOMAIN, &()),
+            at_ms,
+            // The statement `space_statement` makes of this request.
+            sig: self.key.sign(SPACE_DOMAIN, &(requester, cluster, at_ms)),
         };
-        req.sig = self.key.sign(SPACE_DOMAIN, &space_statement(&req));
         if let Ok(msg) = encode_ipam(&IpamMsg::SpaceRequest(req)) {
             self.sender.unicast(donor, msg);
         }

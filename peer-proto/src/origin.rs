@@ -148,7 +148,9 @@ impl OriginKeys {
     }
 
     /// Checks that the peer tagged `inner` with `counter`, and that the
-    /// counter is new; records it when so.
+    /// counter is new; records it when so. The tag is checked first, so a
+    /// forgery under a counter already seen counts as a forgery (`Auth`),
+    /// and only a genuine packet seen before as a replay.
     pub fn verify(
         &self,
         counter: u64,
@@ -159,9 +161,7 @@ impl OriginKeys {
             Ok(w) => w,
             Err(p) => p.into_inner(),
         };
-        if counter >= ORIGIN_COUNTER_LIMIT || !window.check(counter) {
-            return Err(OriginError::Replay);
-        }
+        let fresh = counter < ORIGIN_COUNTER_LIMIT && window.check(counter);
         let mut t = *tag;
         masked(inner, |p| {
             self.recv
@@ -169,6 +169,9 @@ impl OriginKeys {
                 .map(|_| ())
                 .map_err(|_| OriginError::Auth)
         })?;
+        if !fresh {
+            return Err(OriginError::Replay);
+        }
         window.update(counter);
         Ok(())
     }
@@ -205,6 +208,10 @@ mod tests {
         p[10] ^= 0x01;
         assert_eq!(at_c.verify(n, &tag, &mut p), Ok(()));
         assert_eq!(at_c.verify(n, &tag, &mut p), Err(OriginError::Replay));
+        // A forgery under that used counter is a forgery, not a replay.
+        let mut forged = tag;
+        forged[0] ^= 1;
+        assert_eq!(at_c.verify(n, &forged, &mut p), Err(OriginError::Auth));
         // The other direction has its own key.
         let (n, tag) = at_c.tag(&mut p).expect("tag");
         assert_eq!(at_a.verify(n, &tag, &mut p), Ok(()));

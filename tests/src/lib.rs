@@ -4,6 +4,7 @@
 //! ([`kube`]).
 
 pub mod bench;
+pub mod byzantine;
 pub mod cni;
 pub mod ipam;
 pub mod kube;

@@ -627,6 +627,11 @@ impl<C: Channels> Sim<C> {
         v
     }
 
+    /// The node at the other end of node `i`'s session `conn`, if it is up.
+    pub fn peer_of(&self, i: usize, conn: SessionId) -> Option<usize> {
+        self.links.get(&(i, conn)).map(|(n, _)| *n)
+    }
+
     /// Sends `frame` from node `i` on its session `conn`, past its core:
     /// what a lying router puts on the wire. Returns how many copies will
     /// arrive (0 when lost or cut off, 2 when duplicated).
