@@ -155,17 +155,6 @@ impl Removal {
         self.sigs.retain(|s, _| *s == peer || may_sign(*s));
     }
 
-    /// Keeps one signature: `peer`'s own if there is one, else the one of
-    /// the lowest signer (the same everywhere).
-    pub fn keep_one(&mut self, peer: PeerName) {
-        let keep = if self.sigs.contains_key(&peer) {
-            Some(peer)
-        } else {
-            self.sigs.keys().next().copied()
-        };
-        self.sigs.retain(|s, _| Some(*s) == keep);
-    }
-
     pub fn to_wire(&self, peer: PeerName) -> RemovalWire {
         RemovalWire {
             peer,

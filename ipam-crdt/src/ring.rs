@@ -329,24 +329,6 @@ impl Ring {
         }
     }
 
-    /// Keeps one signature of each applied certificate whose peer owns
-    /// nothing here: a receiver that still sees it owning space learns of
-    /// its heir's entries in the same ring, and then applies a certificate
-    /// for a peer that owns nothing on any one signature (it takes nothing
-    /// from anyone); the rest is what made `ipam.json` tens of megabytes.
-    /// Returns whether anything went.
-    pub(crate) fn trim_removals(&mut self) -> bool {
-        let owners: BTreeSet<PeerName> = self.entries.values().map(|e| e.owner).collect();
-        let mut changed = false;
-        for (p, c) in &mut self.removals {
-            if self.removed.contains(p) && !owners.contains(p) && c.len() > 1 {
-                c.keep_one(*p);
-                changed = true;
-            }
-        }
-        changed
-    }
-
     /// Drops certificates that cannot apply any more (their peer owns
     /// nothing, and is not removed) and signatures of former owners.
     fn prune_removals(&mut self) {

@@ -6,7 +6,8 @@
 //! `--kube-reclaim-after` one live router, the ConfigMap claim's holder,
 //! signs its removal (`rmpeer`), and every other router co-signs the
 //! pending certificate once the peer has been unreachable there for
-//! `COSIGN_AFTER` (`router/src/daemon/ipam.rs::cosign_removals`). The
+//! `COSIGN_AFTER` (`router/src/daemon/ipam.rs::cosign_removals`; under
+//! `--kube` each router has its own evidence: it sees the Node gone). The
 //! removal applies where more than half of the other owners signed; the
 //! heirs then take the space. Rings spread in gossip rounds every four
 //! virtual hours; both waits are far shorter than a round, so a round is:

@@ -153,6 +153,15 @@ pub struct MeshdArgs {
     /// before its address space is reclaimed: its pods must be gone first.
     #[arg(long, env = "WEFT_KUBE_RECLAIM_AFTER", default_value = "2m", value_parser = humantime::parse_duration)]
     pub kube_reclaim_after: Duration,
+    /// Without --kube: how long a peer must stay unreachable here before
+    /// this router co-signs a removal another router started, when nobody
+    /// asked this router (`meshctl rmpeer` here). A removal started
+    /// elsewhere is one router's word, which may be a lie; this wait is
+    /// what a partition must outlast for that word to be taken (see
+    /// docs/trust.md, "Who may remove a router"). With --kube it does not
+    /// apply: a router co-signs only for peers whose Node it sees deleted.
+    #[arg(long, env = "WEFT_COSIGN_UNASKED_AFTER", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub cosign_unasked_after: Duration,
     /// Full reconcile period against the API (Node events also trigger one).
     #[arg(long, env = "WEFT_KUBE_RESYNC", default_value = "30s", value_parser = humantime::parse_duration)]
     pub kube_resync: Duration,
@@ -363,6 +372,7 @@ impl MeshdArgs {
             _ => None,
         };
         Ok(DaemonConfig {
+            cosign_unasked_after: kube.is_none().then_some(self.cosign_unasked_after),
             kube,
             dataplane,
             cni_state_dir: Some(self.cni_state_dir.clone()),
@@ -448,6 +458,10 @@ pub struct DaemonConfig {
     pub cni_state_dir: Option<PathBuf>,
     /// Kubernetes integration (`--kube`).
     pub kube: Option<crate::kube::KubeConfig>,
+    /// How long a peer must be unreachable before this router co-signs a
+    /// removal nobody asked it for (`--cosign-unasked-after`); `None`
+    /// (with `--kube`): never, only with the evidence of a deleted Node.
+    pub cosign_unasked_after: Option<Duration>,
 }
 
 #[cfg(test)]

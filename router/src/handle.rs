@@ -54,6 +54,13 @@ pub enum Command {
         peer: String,
         reply: oneshot::Sender<Result<PeerName, String>>,
     },
+    /// The Kubernetes API, as this router sees it, says `peer`'s Node has
+    /// been gone for `--kube-reclaim-after`: this router's own evidence,
+    /// without which it co-signs no removal under `--kube`.
+    RemovalEvidence {
+        peer: PeerName,
+        reply: oneshot::Sender<()>,
+    },
     /// The host's overlay address, once it has one.
     Expose(oneshot::Sender<Result<Cidr, NotReady>>),
     /// How pods are wired here, and whether meshd can take them now.

@@ -34,6 +34,7 @@ pub fn loopback_router(
         dataplane: None,
         cni_state_dir: None,
         kube: None,
+        cosign_unasked_after: Some(Duration::from_secs(1800)),
         listen: SocketAddr::from(([127, 0, 0, 1], port)),
         data_dir: dir.join("data"),
         api_socket: dir.join("api.sock"),

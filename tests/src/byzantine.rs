@@ -28,7 +28,13 @@ pub struct Lies {
 /// One round of lies from liar `l` on each of its sessions. `fakes` are
 /// entries signed by keys the liar made up (valid, but nobody real links to
 /// them): topology stuffing.
-pub fn lie<C: Channels>(sim: &mut Sim<C>, l: usize, honest: &[usize], fakes: &[PeerEntry], lies: &mut Lies) {
+pub fn lie<C: Channels>(
+    sim: &mut Sim<C>,
+    l: usize,
+    honest: &[usize],
+    fakes: &[PeerEntry],
+    lies: &mut Lies,
+) {
     use weft_peer_proto::topology::TopologyMsg;
     use weft_peer_proto::{ChannelName, Frame, GossipMsg, Verb};
 
@@ -155,4 +161,3 @@ pub fn check_honest_state<C: Channels>(sim: &Sim<C>, honest: &[usize], max: usiz
         }
     }
 }
-

@@ -113,8 +113,8 @@ fn a_partitioned_router_keeps_allocating_and_no_address_is_doubled_after_healing
 }
 
 #[test]
-fn a_late_router_gets_space_and_rmpeer_gives_a_dead_routers_space_to_one_live_router() -> Result<()>
-{
+fn a_late_router_gets_space_and_rmpeer_by_a_majority_gives_a_dead_routers_space_to_one_live_router()
+-> Result<()> {
     let mut lab = start_three("ipamrm", 4)?;
     // A fourth router, joining later as an observer: no share at first, space on demand.
     lab.router(3).ipalloc_init("observer").start()?;
@@ -141,7 +141,21 @@ fn a_late_router_gets_space_and_rmpeer_gives_a_dead_routers_space_to_one_live_ro
     let before: BTreeMap<PeerName, u64> = owners(&ipam(&lab, 0)?);
     let dead_owned = before.get(&dead).copied().unwrap_or(0);
     ensure!(dead_owned > 0);
+    // One router's word is not enough: node 0's rmpeer starts a
+    // certificate, but the others have no evidence of their own (nobody
+    // asked them), so they do not co-sign within COSIGN_AFTER (10 s), nor
+    // until --cosign-unasked-after (30 min by default).
     lab.meshctl(0, &["rmpeer", &dead.to_string()])?;
+    std::thread::sleep(Duration::from_secs(15));
+    for i in [0, 1, 3] {
+        let own = owners(&ipam(&lab, i)?);
+        ensure!(
+            own.get(&dead) == Some(&dead_owned),
+            "node {i}: one router's rmpeer took the dead router's space: {own:?}"
+        );
+    }
+    // The operator asks a second router: two of the three other owners.
+    lab.meshctl(1, &["rmpeer", &dead.to_string()])?;
     lab.wait_for(
         "the dead router's space to move",
         Duration::from_secs(30),

@@ -138,6 +138,7 @@ impl Router {
             .channels_mut()
             .sign_removal(peer)
             .map_err(|e| e.to_string())?;
+        self.removal_asked.entry(peer).or_insert(now);
         self.save_ipam(now)?;
         if self.mesh.channels().is_removed_peer(peer) {
             info!(%peer, "removed peer from the IPAM ring");
@@ -147,12 +148,18 @@ impl Router {
         Ok(peer)
     }
 
-    /// Co-signs the removals others asked for (docs/trust.md, "Who may
+    /// Co-signs the removals others started (docs/trust.md, "Who may
     /// remove a router"): an operator's `rmpeer` or a Kubernetes reclaim on
-    /// one router starts a certificate; every other router adds its
-    /// signature once the peer has been unreachable here, with no session,
-    /// for [`COSIGN_AFTER`]. A live, reachable router is never co-signed
-    /// away, so no single router's word removes it.
+    /// one router starts a certificate, but that is one router's word,
+    /// which may be a lie. Every other router adds its signature only with
+    /// its own evidence, and only once the peer has been unreachable here,
+    /// with no session, for [`COSIGN_AFTER`]: evidence is the operator's
+    /// `rmpeer` on this router, or (`--kube`) the peer's Node gone from
+    /// this router's view of the API for `--kube-reclaim-after`. Without
+    /// evidence, only without `--kube`, and only once the peer has been
+    /// unreachable for `--cosign-unasked-after`. So a liar's certificate
+    /// needs a partition that outlasts that wait, or (`--kube`) a Node
+    /// really deleted; a live, reachable router is never co-signed away.
     pub(super) fn cosign_removals(&mut self, now: Instant) {
         let me = self.mesh.name();
         let ring = self.mesh.channels().ipam().alloc().ring();
@@ -163,19 +170,32 @@ impl Router {
             })
             .map(|(p, _)| p)
             .collect();
+        let removed = ring.removed().clone();
         self.unreachable_since.retain(|p, _| pending.contains(p));
+        self.removal_asked.retain(|p, _| !removed.contains(p));
         for peer in pending {
             if self.mesh.is_reachable(peer) {
+                // It is back: whoever asked was wrong, or it was restarted.
                 self.unreachable_since.remove(&peer);
+                self.removal_asked.remove(&peer);
                 continue;
             }
             let since = *self.unreachable_since.entry(peer).or_insert(now);
-            if now.saturating_duration_since(since) < COSIGN_AFTER {
+            let asked = self.removal_asked.contains_key(&peer);
+            let wait = if asked {
+                Some(COSIGN_AFTER)
+            } else {
+                self.cosign_unasked_after
+            };
+            let Some(wait) = wait else {
+                continue;
+            };
+            if now.saturating_duration_since(since) < wait {
                 continue;
             }
             match self.mesh.channels_mut().sign_removal(peer) {
                 Ok(_) => {
-                    info!(%peer, "co-signed the removal of a peer unreachable here for {COSIGN_AFTER:?}")
+                    info!(%peer, asked_here = asked, "co-signed the removal of a peer unreachable here for {wait:?}")
                 }
                 Err(e) => debug!(%peer, "not co-signing a removal: {e}"),
             }

@@ -427,6 +427,15 @@ impl Kube {
                 pending = true;
                 continue;
             }
+            // Our own evidence, whoever reclaims: without it this router
+            // co-signs no removal another router started.
+            if let Ok(name) = peer.parse::<PeerName>() {
+                ask(handle, |r| Command::RemovalEvidence {
+                    peer: name,
+                    reply: r,
+                })
+                .await?;
+            }
             let now = now_secs();
             let mut outcome = ClaimOutcome::Gone;
             let (_, wrote) = self
@@ -451,15 +460,24 @@ impl Kube {
             })
             .await?
             {
-                Ok(_) => {
-                    handle.metrics.kube_reclaims.inc();
-                }
+                Ok(_) => {}
                 Err(e) => {
                     warn!(%peer, "reclaim postponed: {e}");
                     pending = true;
                     continue;
                 }
             }
+            // Our signature alone is not the removal: the other routers
+            // co-sign with their own evidence (they see the Node gone too).
+            // Keep the claim, and the peer on the list where they find it,
+            // until the certificate is valid here.
+            let ipam = ask(handle, Command::IpamStatus).await?;
+            if !ipam.removed.iter().any(|p| p.to_string() == peer) {
+                debug!(%peer, "signed; the removal applies once more than half of the owners signed");
+                pending = true;
+                continue;
+            }
+            handle.metrics.kube_reclaims.inc();
             let (_, done) = self
                 .update(Some(&handle.metrics), |l| l.finish(&peer, me))
                 .await?;
