@@ -193,11 +193,6 @@ impl Ring {
         self.tombs.iter().map(|(t, e)| (*t, *e))
     }
 
-    /// Tokens held: entries and tombstones (what a message carries).
-    pub fn tokens(&self) -> usize {
-        self.entries.len() + self.tombs.len()
-    }
-
     /// The entries whose tokens lie in `r`.
     pub fn entries_in(&self, r: AddrRange) -> Vec<(u32, Entry)> {
         self.entries

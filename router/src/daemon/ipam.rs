@@ -138,7 +138,7 @@ impl Router {
             .channels_mut()
             .sign_removal(peer)
             .map_err(|e| e.to_string())?;
-        self.removal_asked.entry(peer).or_insert(now);
+        self.removal_asked.insert(peer);
         self.save_ipam(now)?;
         if self.mesh.channels().is_removed_peer(peer) {
             info!(%peer, "removed peer from the IPAM ring");
@@ -170,9 +170,8 @@ impl Router {
             })
             .map(|(p, _)| p)
             .collect();
-        let removed = ring.removed().clone();
+        self.removal_asked.retain(|p| !ring.removed().contains(p));
         self.unreachable_since.retain(|p, _| pending.contains(p));
-        self.removal_asked.retain(|p, _| !removed.contains(p));
         for peer in pending {
             if self.mesh.is_reachable(peer) {
                 // It is back: whoever asked was wrong, or it was restarted.
@@ -181,7 +180,7 @@ impl Router {
                 continue;
             }
             let since = *self.unreachable_since.entry(peer).or_insert(now);
-            let asked = self.removal_asked.contains_key(&peer);
+            let asked = self.removal_asked.contains(&peer);
             let wait = if asked {
                 Some(COSIGN_AFTER)
             } else {

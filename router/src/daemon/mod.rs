@@ -68,11 +68,11 @@ struct Router {
     /// Since when each peer with a pending removal certificate has been
     /// unreachable here (see `cosign_removals`).
     unreachable_since: std::collections::BTreeMap<weft_peer_proto::PeerName, Instant>,
-    /// Peers whose removal this router was asked for itself, and when: the
+    /// Peers whose removal this router was asked for itself: the
     /// operator's `rmpeer` here, or (`--kube`) their Node gone as this
     /// router's API view says. Only these are co-signed after
     /// `COSIGN_AFTER`; others after `cosign_unasked_after`, if at all.
-    removal_asked: std::collections::BTreeMap<weft_peer_proto::PeerName, Instant>,
+    removal_asked: std::collections::BTreeSet<weft_peer_proto::PeerName>,
     cosign_unasked_after: Option<std::time::Duration>,
     /// The host's overlay address being allocated.
     gateway_rx: Option<oneshot::Receiver<Result<u32, IpamFailure>>>,
@@ -217,7 +217,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         offers_repeated: now,
         pod_guard: dataplane::PodGuard::default(),
         unreachable_since: std::collections::BTreeMap::new(),
-        removal_asked: std::collections::BTreeMap::new(),
+        removal_asked: std::collections::BTreeSet::new(),
         cosign_unasked_after: cfg.cosign_unasked_after,
         gateway_rx: None,
         cni_state_dir: cfg.cni_state_dir.clone(),
@@ -460,7 +460,7 @@ impl Router {
             }
             Command::RemovalEvidence { peer, reply } => {
                 if peer != self.mesh.name() {
-                    self.removal_asked.entry(peer).or_insert(now);
+                    self.removal_asked.insert(peer);
                 }
                 let _ = reply.send(());
             }
