@@ -580,7 +580,9 @@ impl IpamChannel {
         let now_ms = self.ms(now);
         // Claims count only while the ring is not seeded, and only signed.
         let mut claims = Vec::new();
-        if !self.ipam.alloc().ring().is_seeded() {
+        if self.ipam.alloc().ring().is_seeded() {
+            self.refused.late_claims += consensus.len() as u64;
+        } else {
             let range = self.range();
             for c in consensus {
                 if claims_verify(range, &c) {
@@ -983,6 +985,9 @@ mod tests {
         let s3 = stale.full_state(now).expect("saved");
         v1.on_gossip(t, &s3).expect("ignored");
         assert_eq!(v1.ipam().knowledge(), &known, "claims ignored once seeded");
+        let late = v1.refused().late_claims;
+        assert!(late >= 1, "and counted: {:?}", v1.refused());
+        assert_eq!(v1.refused().claims, 1, "unchecked, so not as forged");
     }
 
     /// A ring past the receivers' limits is not sent (and counted): before,

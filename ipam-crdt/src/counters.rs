@@ -22,6 +22,10 @@ pub struct Refused {
     pub space_rate: u64,
     /// Consensus claims not signed by their voter.
     pub claims: u64,
+    /// Consensus claims that came after our ring was seeded: ignored
+    /// unchecked (honest routers that lag send them too, so these are not
+    /// all forgeries).
+    pub late_claims: u64,
     /// Our own messages not sent because a receiver would refuse them.
     pub oversize: u64,
 }
@@ -34,7 +38,7 @@ impl Refused {
     }
 
     /// Every count with its metric label.
-    pub fn by_kind(&self) -> [(&'static str, u64); 8] {
+    pub fn by_kind(&self) -> [(&'static str, u64); 9] {
         [
             ("ipam_removal_sig", self.removal_sig),
             ("ipam_removal_signer", self.removal_signer),
@@ -43,6 +47,7 @@ impl Refused {
             ("ipam_space_request", self.space_request),
             ("ipam_space_rate", self.space_rate),
             ("ipam_claims", self.claims),
+            ("ipam_late_claims", self.late_claims),
             ("ipam_oversize", self.oversize),
         ]
     }
