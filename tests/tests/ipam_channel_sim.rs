@@ -973,8 +973,11 @@ fn byzantine_routers_cannot_remove_take_or_ask_in_anothers_name() {
             r["ipam_removal_sig"] > 0 && r["ipam_removal_signer"] > 0,
             "{report}; seed {seed}"
         );
+        // Before seeding they count as `claims`, after it as `late_claims`
+        // (with honest routers' late ones): whether any arrive before the
+        // voters seed depends on the seed.
         assert!(
-            r["ipam_claims"] + r["ipam_late_claims"] >= il.claims && r["ipam_claims"] > 0,
+            r["ipam_claims"] + r["ipam_late_claims"] >= il.claims,
             "{report}; seed {seed}"
         );
         assert!(il.minority_signed > 0, "{report}; seed {seed}");
