@@ -95,18 +95,24 @@ impl Sig {
     /// Checks that this signs `statement` under `domain`; returns the signer.
     pub fn verify<T: Serialize>(&self, domain: &str, statement: &T) -> Result<PeerName, SignError> {
         let msg = signing_bytes(domain, statement)?;
-        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &self.key.0)
-            .verify(&msg, &self.sig.to_bytes())
-            .map_err(|_| SignError::BadSignature)?;
-        Ok(self.signer())
+        self.verify_bytes(&msg)
     }
 
     /// Checks that this signs `msg`, bytes made by [`signing_bytes`] (for a
     /// receiver that caches what it checked by those bytes).
     pub fn verify_bytes(&self, msg: &[u8]) -> Result<PeerName, SignError> {
-        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &self.key.0)
-            .verify(msg, &self.sig.to_bytes())
-            .map_err(|_| SignError::BadSignature)?;
+        let check = || {
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &self.key.0)
+                .verify(msg, &self.sig.to_bytes())
+                .is_ok()
+        };
+        #[cfg(fuzzing)]
+        let ok = memo::verified(self, msg, check);
+        #[cfg(not(fuzzing))]
+        let ok = check();
+        if !ok {
+            return Err(SignError::BadSignature);
+        }
         Ok(self.signer())
     }
 
@@ -150,9 +156,15 @@ pub trait Signer {
 
 /// An Ed25519 key pair held in memory.
 pub struct KeyPair {
-    key: ring::signature::Ed25519KeyPair,
+    key: RingKey,
     public: PublicKey,
 }
+
+#[cfg(not(fuzzing))]
+type RingKey = ring::signature::Ed25519KeyPair;
+/// Fuzzing builds share one ring key per seed (see [`memo`]).
+#[cfg(fuzzing)]
+type RingKey = std::sync::Arc<ring::signature::Ed25519KeyPair>;
 
 impl std::fmt::Debug for KeyPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -171,14 +183,21 @@ impl KeyPair {
     /// From a 32-byte seed: simulations derive every router's key from their
     /// own seed, so that runs repeat.
     pub fn from_seed(seed: [u8; 32]) -> Self {
-        #[allow(clippy::expect_used)]
-        let key = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
-            .expect("any 32 bytes are an Ed25519 seed");
+        let make = || {
+            #[allow(clippy::expect_used)]
+            ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
+                .expect("any 32 bytes are an Ed25519 seed")
+        };
+        #[cfg(fuzzing)]
+        let key = memo::seeded(seed, make);
+        #[cfg(not(fuzzing))]
+        let key = make();
         Self::from_ring(key)
     }
 
-    fn from_ring(key: ring::signature::Ed25519KeyPair) -> Self {
+    fn from_ring(key: impl Into<RingKey>) -> Self {
         use ring::signature::KeyPair as _;
+        let key = key.into();
         let mut pk = [0u8; 32];
         pk.copy_from_slice(key.public_key().as_ref());
         KeyPair {
@@ -197,10 +216,89 @@ impl Signer for KeyPair {
         // A statement that cannot be encoded is a bug of ours, not of a
         // peer's: sign the domain alone, which no check will accept.
         let msg = signing_bytes(domain, statement).unwrap_or_default();
+        let sign = || Signature::from_bytes(self.key.sign(&msg).as_ref());
+        #[cfg(fuzzing)]
+        let sig = memo::signed(self.public, &msg, sign);
+        #[cfg(not(fuzzing))]
+        let sig = sign();
         Sig {
             key: self.public,
-            sig: Signature::from_bytes(self.key.sign(&msg).as_ref()),
+            sig,
         }
+    }
+}
+
+/// Fuzzing only (`cfg(fuzzing)`, which cargo-fuzz sets for every crate it
+/// builds): Ed25519 key pairs from seeds, signing and checking, memoized
+/// for the process.
+///
+/// The state-machine fuzz targets (`mesh_core`, `ipam_channel`) spend most
+/// of each execution signing and checking the same few hundred statements
+/// with the same seeded keys, run after run (BENCHMARKS.md, "Fuzzing").
+/// Ed25519 signing (RFC 8032, as ring does it) is deterministic and a check
+/// is a function of the key, the bytes and the signature alone, so
+/// remembering either changes no outcome (nor does sharing the key pair
+/// of a seed, which is immutable): a remembered signature is the
+/// one ring makes, and a bad or mutated signature, another key or other
+/// bytes are another entry, checked by ring (and a failure is remembered as
+/// a failure). Nothing of this is compiled outside fuzzing builds and this
+/// module's tests; real Ed25519 stays what every other test runs.
+#[cfg(any(fuzzing, test))]
+mod memo {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+
+    use super::{PublicKey, Sig, Signature};
+
+    /// Entries per table; a full table is emptied (about 30 MiB at most).
+    const CAP: usize = 1 << 16;
+
+    type Table<K, V> = LazyLock<Mutex<HashMap<K, V>>>;
+
+    static SIGNED: Table<(PublicKey, Vec<u8>), Signature> = LazyLock::new(Default::default);
+    static CHECKED: Table<(Sig, Vec<u8>), bool> = LazyLock::new(Default::default);
+
+    fn get_or<K: std::hash::Hash + Eq, V: Copy>(t: &Table<K, V>, k: K, f: impl FnOnce() -> V) -> V {
+        // A poisoned lock only means a run panicked: the table is still sound.
+        if let Some(v) = t.lock().unwrap_or_else(|e| e.into_inner()).get(&k) {
+            return *v;
+        }
+        let v = f();
+        let mut g = t.lock().unwrap_or_else(|e| e.into_inner());
+        if g.len() >= CAP {
+            g.clear();
+        }
+        g.insert(k, v);
+        v
+    }
+
+    /// Fuzzing only: the ring key of `seed`, made by `make` once per
+    /// process (a key pair from a seed costs a scalar multiplication, and
+    /// the targets make every router's from its seed at every run).
+    #[cfg(fuzzing)]
+    pub(super) fn seeded(
+        seed: [u8; 32],
+        make: impl FnOnce() -> ring::signature::Ed25519KeyPair,
+    ) -> super::RingKey {
+        static SEEDED: Table<[u8; 32], super::RingKey> = LazyLock::new(Default::default);
+        let mut g = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
+        g.entry(seed)
+            .or_insert_with(|| std::sync::Arc::new(make()))
+            .clone()
+    }
+
+    /// The signature of `msg` by `key`, made by `sign` if not remembered.
+    pub(super) fn signed(
+        key: PublicKey,
+        msg: &[u8],
+        sign: impl FnOnce() -> Signature,
+    ) -> Signature {
+        get_or(&SIGNED, (key, msg.to_vec()), sign)
+    }
+
+    /// Whether `sig` signs `msg`, checked by `check` if not remembered.
+    pub(super) fn verified(sig: &Sig, msg: &[u8], check: impl FnOnce() -> bool) -> bool {
+        get_or(&CHECKED, (*sig, msg.to_vec()), check)
     }
 }
 
@@ -233,6 +331,45 @@ mod tests {
             forged.verify("weft-test", &(1u32, "a")),
             Err(SignError::BadSignature),
             "another key under the same signature"
+        );
+    }
+
+    /// What fuzzing builds remember is what ring computes: the same
+    /// signature, and a check that still refuses a mutated signature,
+    /// another key and other bytes once the good one is remembered.
+    #[test]
+    fn memo_changes_no_outcome() {
+        let k = KeyPair::from_seed([9; 32]);
+        let msg = signing_bytes("weft-test", &(3u32, "m")).unwrap_or_default();
+        let real = Signature::from_bytes(k.key.sign(&msg).as_ref());
+        let once = memo::signed(k.public, &msg, || real);
+        let again = memo::signed(k.public, &msg, || Signature([0; 32], [0; 32]));
+        assert_eq!((once, again), (real, real), "remembered, not made again");
+
+        let check = |s: &Sig, m: &[u8]| {
+            memo::verified(s, m, || {
+                ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &s.key.0)
+                    .verify(m, &s.sig.to_bytes())
+                    .is_ok()
+            })
+        };
+        let good = Sig {
+            key: k.public,
+            sig: real,
+        };
+        assert!(check(&good, &msg));
+        assert!(check(&good, &msg), "remembered as good");
+        let mut bad = good;
+        bad.sig.1[0] ^= 1;
+        assert!(!check(&bad, &msg), "a mutated signature");
+        assert!(!check(&bad, &msg), "remembered as bad");
+        let mut other = good;
+        other.key = KeyPair::from_seed([10; 32]).public_key();
+        assert!(!check(&other, &msg), "another key");
+        assert!(!check(&good, b"other bytes"), "other bytes");
+        assert!(
+            memo::verified(&good, &msg, || false),
+            "a remembered result is not checked again"
         );
     }
 
