@@ -11,10 +11,17 @@ use weft_peer_proto::ipam::IpamMsg;
 
 fuzz_target!(|data: &[u8]| {
     let range = AddrRange::new(1000, 2024);
-    if let Ok(IpamMsg::State { ring, consensus, .. }) = decode_ipam(data) {
+    if let Ok(IpamMsg::State {
+        ring, consensus, ..
+    }) = decode_ipam(data)
+    {
         let _ = knowledge_from_wire(&consensus);
         if let Ok(theirs) = Ring::from_wire(&ring, range) {
-            let mut ours = Ring::seeded(range, &[PeerName(1), PeerName(2)], theirs.cluster().unwrap_or(7));
+            let mut ours = Ring::seeded(
+                range,
+                &[PeerName(1), PeerName(2)],
+                theirs.cluster().unwrap_or(7),
+            );
             if ours.merge(&theirs).is_ok() {
                 ours.check().expect("a checked ring keeps the merge valid");
             }

@@ -6,7 +6,9 @@ use weft_peer_proto::codec::{decode_frame, read_len_prefix};
 fuzz_target!(|data: &[u8]| {
     let mut rest = data;
     while rest.len() >= 4 {
-        let Ok(len) = read_len_prefix([rest[0], rest[1], rest[2], rest[3]]) else { return };
+        let Ok(len) = read_len_prefix([rest[0], rest[1], rest[2], rest[3]]) else {
+            return;
+        };
         rest = &rest[4..];
         if rest.len() < len {
             return;

@@ -40,7 +40,11 @@ fuzz_target!(|data: &[u8]| {
                 let mut wire = plain.clone();
                 let tag = sealer.seal_with(counter, HDR, &mut wire).expect("seal");
                 wire.extend_from_slice(tag.as_ref());
-                held.push(Sealed { counter, plain, wire });
+                held.push(Sealed {
+                    counter,
+                    plain,
+                    wire,
+                });
             }
             // Deliver a held packet (it stays held: delivering it again is a replay).
             2 => {
@@ -55,7 +59,11 @@ fuzz_target!(|data: &[u8]| {
                 match opener.open(p.counter, HDR, &mut buf) {
                     Ok(n) => {
                         assert_eq!(&buf[..n], &p.plain[..], "opened as sealed");
-                        assert!(opened.insert(p.counter), "counter {} opened twice", p.counter);
+                        assert!(
+                            opened.insert(p.counter),
+                            "counter {} opened twice",
+                            p.counter
+                        );
                         newest = newest.max(Some(p.counter));
                     }
                     Err(e) => assert!(
@@ -66,7 +74,11 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             // The sender's packets are lost for a while: skip counters.
-            3 => sealer.skip_to(sealer.peek().saturating_add(u64::from(arg) << (EPOCH_BITS - 4))),
+            3 => sealer.skip_to(
+                sealer
+                    .peek()
+                    .saturating_add(u64::from(arg) << (EPOCH_BITS - 4)),
+            ),
             // A tampered copy of a held packet, or a forgery.
             _ => {
                 let (counter, mut buf) = match held.get(usize::from(arg) % held.len().max(1)) {
