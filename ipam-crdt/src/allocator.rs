@@ -471,14 +471,12 @@ mod tests {
     }
 
     /// One liar's signature on the removal of an honest router is a
-    /// minority; it must stay one when that router gives all its space
-    /// away (a donation of its last free address). It does not today:
-    /// `Ring::apply_removals` applies any non-empty certificate for a peer
-    /// that owns nothing (meant for a removed peer whose heir's entries
-    /// arrived first), so the honest router is removed for good on one
-    /// signature. Ignored until the shortcut is fixed.
+    /// minority; it stays one when that router gives all its space away (a
+    /// donation of its last free address). `Ring::apply_removals` used to
+    /// apply any certificate for a peer that owns nothing, so the honest
+    /// router was removed for good on one signature (found by the Byzantine
+    /// IPAM simulation's review).
     #[test]
-    #[ignore = "known bug: a minority certificate applies once its peer owns nothing"]
     fn a_minority_removal_stays_one_when_its_peer_gives_everything_away() {
         let k: Vec<KeyPair> = (1..=5).map(|i| KeyPair::from_seed([i; 32])).collect();
         let names: Vec<PeerName> = k.iter().map(|k| k.name()).collect();

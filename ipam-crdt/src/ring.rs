@@ -265,22 +265,28 @@ impl Ring {
     }
 
     /// Marks removed every peer whose certificate is valid now, again while
-    /// that changes who may sign. A certificate for a peer that owns nothing
-    /// here any more (its heir's entries arrived first) is applied too: the
-    /// owners it was valid against are not ours any more, and removing a
-    /// peer that owns nothing takes nothing from anyone. (The allocator
-    /// never takes that shortcut for itself: see `Allocator::merge`.)
-    fn apply_removals(&mut self) -> bool {
+    /// that changes who may sign. `before` are the signers of our view
+    /// before the merge that called this (empty otherwise): a certificate
+    /// often arrives with the heir's entries, and a majority of the owners
+    /// we saw a moment ago is a majority we held. A peer that owns nothing
+    /// is *not* removed on a certificate that is no majority of either: it
+    /// may be a live router that gave its last space away, and one liar's
+    /// signature must stay a minority for it too.
+    fn apply_removals(&mut self, before: &BTreeSet<PeerName>) -> bool {
         let mut changed = false;
         loop {
-            let signers = self.signers();
-            let owners: BTreeSet<PeerName> = self.entries.values().map(|e| e.owner).collect();
+            let now = self.signers();
+            let then: BTreeSet<PeerName> = before
+                .iter()
+                .filter(|p| !self.removed.contains(*p))
+                .copied()
+                .collect();
             let valid: Vec<PeerName> = self
                 .removals
                 .iter()
                 .filter(|(p, c)| {
                     !self.removed.contains(*p)
-                        && (c.is_valid(**p, &signers) || (!owners.contains(*p) && !c.is_empty()))
+                        && (c.is_valid(**p, &now) || (!then.is_empty() && c.is_valid(**p, &then)))
                 })
                 .map(|(p, _)| *p)
                 .collect();
@@ -312,7 +318,7 @@ impl Ring {
                 "{peer} owns nothing to remove"
             )));
         }
-        Ok(self.apply_removals() | out.changed)
+        Ok(self.apply_removals(&BTreeSet::new()) | out.changed)
     }
 
     /// Forgets `peer`'s removal (it owns nothing any more, and the horizon
@@ -485,7 +491,7 @@ impl Ring {
                 self.absorb_removal(*p, cert.sigs(), &signers, &mut out);
             }
         }
-        out.changed |= self.apply_removals();
+        out.changed |= self.apply_removals(&before);
         self.prune_removals();
         Ok(out)
     }
