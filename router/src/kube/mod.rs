@@ -453,6 +453,23 @@ impl Kube {
                 }
                 _ => continue,
             }
+            // A router that owns nothing (it never got space, or gave it
+            // all away) has nothing to reclaim, and no removal can be
+            // signed for it: asking again would retry for ever. Take it
+            // off the list without marking it removed, so that a router
+            // coming back under this name registers as any other.
+            let ipam = ask(handle, Command::IpamStatus).await?;
+            let owns = ipam.peers.iter().any(|p| p.name.to_string() == peer);
+            let in_ring_removed = ipam.removed.iter().any(|p| p.to_string() == peer);
+            if reclaim_action(ipam.cluster.is_some(), owns, in_ring_removed) == Reclaim::Forget {
+                let (_, done) = self
+                    .update(Some(&handle.metrics), |l| l.forget(&peer, me))
+                    .await?;
+                if done {
+                    info!(%peer, node = %rec.node, "its Node is gone and it owns no address space: off the peer list, nothing to reclaim");
+                }
+                continue;
+            }
             info!(%peer, node = %rec.node, retired = rec.retired, "reclaiming the address space of a router whose Node is gone");
             match ask(handle, |r| Command::RmPeer {
                 peer: peer.clone(),
@@ -555,6 +572,26 @@ pub enum OwnRemoval {
     Confirmed,
     /// Only the peer list says so: hold allocations, count it, stay.
     Unconfirmed,
+}
+
+/// What a reclaim of a gone router does, by our ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reclaim {
+    /// Sign (or complete) its removal: it owns space here, or its removal
+    /// applied and only the list entry is left.
+    RmPeer,
+    /// It owns nothing in a seeded ring and is not removed: forget it.
+    Forget,
+}
+
+/// `seeded`: our ring is seeded; `owns`: the peer owns space in it;
+/// `removed`: its removal applied here.
+pub fn reclaim_action(seeded: bool, owns: bool, removed: bool) -> Reclaim {
+    if seeded && !owns && !removed {
+        Reclaim::Forget
+    } else {
+        Reclaim::RmPeer
+    }
 }
 
 /// `listed`: the peer list names us as removed; `in_ring`: our ring
@@ -697,6 +734,16 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A gone router that owns nothing is forgotten, not retried for ever;
+    /// an unseeded ring knows nothing yet, so the reclaim waits for it.
+    #[test]
+    fn a_gone_router_that_owns_nothing_is_forgotten() {
+        assert_eq!(reclaim_action(true, false, false), Reclaim::Forget);
+        assert_eq!(reclaim_action(true, true, false), Reclaim::RmPeer);
+        assert_eq!(reclaim_action(true, false, true), Reclaim::RmPeer);
+        assert_eq!(reclaim_action(false, false, false), Reclaim::RmPeer);
+    }
 
     /// The peer list's word alone never makes a router step aside.
     #[test]

@@ -158,6 +158,18 @@ impl PeerList {
         }
     }
 
+    /// `peer` had nothing to reclaim: forget it without listing it as
+    /// removed (only if we hold the claim).
+    pub fn forget(&mut self, peer: &str, me: &str) -> bool {
+        match self.peers.get(peer) {
+            Some(rec) if rec.claim.as_ref().is_some_and(|c| c.by == me) => {
+                self.peers.remove(peer);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The reclaim of `peer` is done: forget it (only if we hold the claim).
     pub fn finish(&mut self, peer: &str, me: &str) -> bool {
         match self.peers.get(peer) {
@@ -274,6 +286,20 @@ mod tests {
         assert_eq!(l.claim("c", "a", later), ClaimOutcome::Gone);
         assert!(!l.peers.contains_key("c"));
         assert_eq!(l.removed, vec!["c"]);
+    }
+
+    /// A router with nothing to reclaim leaves the list unmarked, so it
+    /// registers again as any other if it comes back.
+    #[test]
+    fn forgetting_does_not_mark_removed() {
+        let mut l = PeerList::default();
+        l.register("a", "n1", "");
+        l.register("c", "n3", "");
+        assert!(!l.forget("c", "a"), "only the holder forgets");
+        assert_eq!(l.claim("c", "a", 1000), ClaimOutcome::Taken);
+        assert!(l.forget("c", "a"));
+        assert!(!l.peers.contains_key("c") && l.removed.is_empty());
+        assert!(l.register("c", "n3", ""));
     }
 
     #[test]
