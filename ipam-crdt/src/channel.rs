@@ -16,7 +16,9 @@
 //! What peers say is checked here before it reaches the allocator: space
 //! requests must be signed by the requester, for our cluster, fresh, and not
 //! too frequent; consensus claims must be signed by their voter, and are
-//! ignored once the ring is seeded. What fails is dropped and counted
+//! ignored once the ring is seeded; free-space hints must be signed by the
+//! router they describe, under our cluster, and are kept only for routers
+//! that own space. What fails is dropped and counted
 //! ([`IpamChannel::refused`]). We never send what a receiver would refuse:
 //! our state is compacted first and checked against [`IpamMsg::validate`].
 
@@ -26,7 +28,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use weft_mesh::{ChannelError, GossipChannel, GossipSender};
 use weft_peer_proto::codec::{decode_ipam, encode_ipam};
-use weft_peer_proto::ipam::{ClaimsWire, FreeHint, IpamMsg, RingWire, SpaceRequestWire};
+use weft_peer_proto::ipam::{
+    ClaimsWire, FREE_DOMAIN, FreeHint, IpamMsg, RingWire, SpaceRequestWire,
+};
 use weft_peer_proto::sign::{KeyPair, Signer};
 use weft_peer_proto::{ChannelName, PeerName};
 
@@ -105,8 +109,10 @@ pub struct IpamChannel {
     epoch: Instant,
     /// The wall clock (ms since the Unix epoch) at `epoch`.
     wall_ms: u64,
-    /// Free addresses per router, as each last said: (seq, free).
-    hints: BTreeMap<PeerName, (u64, u64)>,
+    /// Free addresses per router, as each last said and signed (ours too).
+    hints: BTreeMap<PeerName, FreeHint>,
+    /// The cluster our own hint was signed under.
+    hint_cluster: Option<u64>,
     /// Changed since the driver last saved.
     unsaved: bool,
     /// Once saved: gossip our state, and send it straight to these routers.
@@ -171,6 +177,7 @@ impl IpamChannel {
             epoch: now,
             wall_ms,
             hints: BTreeMap::new(),
+            hint_cluster: None,
             // What we start from is saved (again) before anything is sent.
             unsaved: true,
             gossip_due: true,
@@ -509,7 +516,7 @@ impl IpamChannel {
 
     /// Free addresses `peer` last reported.
     pub fn free_of(&self, peer: PeerName) -> Option<u64> {
-        self.hints.get(&peer).map(|(_, f)| *f)
+        self.hints.get(&peer).map(|h| h.free)
     }
 
     /// The router to ask for space among those `eligible`: the one with the
@@ -532,10 +539,24 @@ impl IpamChannel {
     fn state_msg(&mut self, now: Instant) -> Option<Vec<u8>> {
         let me = self.ipam.alloc().me();
         let free = self.ipam.alloc().free_count();
-        if self.hints.get(&me).is_none_or(|(_, f)| *f != free) {
+        let cluster = self.ipam.alloc().ring().cluster();
+        let stale = self
+            .hints
+            .get(&me)
+            .is_none_or(|h| h.free != free || self.hint_cluster != cluster);
+        if stale {
             let wall = self.wall_ms.saturating_add(self.ms(now));
-            let seq = wall.max(self.hints.get(&me).map_or(0, |(s, _)| s + 1));
-            self.hints.insert(me, (seq, free));
+            let seq = wall.max(self.hints.get(&me).map_or(0, |h| h.seq + 1));
+            // `FreeHint::statement` of this hint.
+            let sig = self.key.sign(FREE_DOMAIN, &(me, cluster, seq, free));
+            let hint = FreeHint {
+                peer: me,
+                seq,
+                free,
+                sig,
+            };
+            self.hints.insert(me, hint);
+            self.hint_cluster = cluster;
         }
         // Once the ring is seeded nobody needs the claims (a late router
         // adopts the ring), and they grow with the square of the voters.
@@ -547,15 +568,7 @@ impl IpamChannel {
         let msg = IpamMsg::State {
             ring: self.ipam.alloc().ring().to_wire(),
             consensus,
-            free: self
-                .hints
-                .iter()
-                .map(|(p, (seq, free))| FreeHint {
-                    peer: *p,
-                    seq: *seq,
-                    free: *free,
-                })
-                .collect(),
+            free: self.hints.values().copied().collect(),
         };
         // A receiver refuses a message past the limits: we do not send one.
         if msg.validate().is_err() {
@@ -602,6 +615,33 @@ impl IpamChannel {
                 self.signed_claims.insert(c.voter, c);
             }
         }
+        // Hints, even beside a refused ring: signed by the router they
+        // describe, and kept only for routers that own space, so they stay
+        // bounded. Only a hint newer than ours is checked (relayed ones we
+        // hold come back often).
+        // Until our ring is seeded nobody owns space, so none is kept.
+        let owners = self.ipam.alloc().ring().ownership();
+        let me = self.ipam.alloc().me();
+        let cluster = self.ipam.alloc().ring().cluster();
+        for h in free.into_iter().filter(|_| cluster.is_some()) {
+            let newer = self.hints.get(&h.peer).is_none_or(|held| held.seq < h.seq);
+            if h.peer == me || !newer {
+                continue;
+            }
+            let signed = |at| h.sig.verify_by(h.peer, FREE_DOMAIN, &h.statement(at));
+            if signed(cluster).is_ok() {
+                if owners.contains_key(&h.peer) {
+                    self.hints.insert(h.peer, h);
+                }
+            } else if signed(None).is_err() {
+                // (One signed before its router's ring was seeded is
+                // genuine, and stale: ignored.)
+                self.refused.free_hint += 1;
+            }
+        }
+        // (The cluster of a seeded ring never changes, so a hint we hold
+        // was checked under the one we have.)
+        self.hints.retain(|p, _| *p == me || owners.contains_key(p));
         match result {
             Ok(true) => self.changed(),
             Ok(false) => {}
@@ -612,16 +652,6 @@ impl IpamChannel {
                 return Err(bad(e.to_string()));
             }
         }
-        // Hints only for routers that own space, so they stay bounded.
-        let owners = self.ipam.alloc().ring().ownership();
-        let me = self.ipam.alloc().me();
-        for h in free {
-            let newer = self.hints.get(&h.peer).is_none_or(|(s, _)| *s < h.seq);
-            if h.peer != me && owners.contains_key(&h.peer) && newer {
-                self.hints.insert(h.peer, (h.seq, h.free));
-            }
-        }
-        self.hints.retain(|p, _| owners.contains_key(p) || *p == me);
         Ok(())
     }
 
@@ -911,6 +941,82 @@ mod tests {
         let much_later = later + std::time::Duration::from_millis(SPACE_REQUEST_FRESH_MS + 10);
         a.on_unicast(much_later, name(2), &old).expect("dropped");
         assert_eq!(a.refused().space_request, 4);
+    }
+
+    /// A free-space hint holds only signed by the router it describes: a
+    /// relaying router cannot make one up, nor alter one it relays, and
+    /// the donor we ask goes by the hints that hold.
+    #[test]
+    fn free_hints_are_signed_by_the_router_they_describe() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        let state = a.full_state(now).expect("saved");
+        b.on_gossip(now, &state).expect("a good state");
+        let full = Some(a.ipam().alloc().free_count());
+        assert_eq!(b.free_of(name(1)), full, "the seed's own hint");
+        assert_eq!(b.refused().free_hint, 0);
+        let Ok(IpamMsg::State {
+            ring,
+            consensus,
+            free,
+        }) = decode_ipam(&state)
+        else {
+            panic!("a state")
+        };
+        let resend = |b: &mut IpamChannel, free: Vec<FreeHint>| {
+            let msg = IpamMsg::State {
+                ring: ring.clone(),
+                consensus: consensus.clone(),
+                free,
+            };
+            b.on_gossip(now, &encode_ipam(&msg).expect("encode"))
+                .expect("hints are dropped, not errors");
+        };
+        // Altered in relay: newer and emptier, under the seed's signature.
+        let mut altered = free[0];
+        altered.seq += 1;
+        altered.free = 0;
+        resend(&mut b, vec![altered]);
+        assert_eq!(b.refused().free_hint, 1);
+        assert_eq!(b.free_of(name(1)), full);
+        // Made up and signed by the relay (router 3) in the seed's name.
+        let cluster = ring.cluster;
+        let (seq, n) = (u64::MAX, 0u64);
+        let sig = key(3).sign(FREE_DOMAIN, &(name(1), cluster, seq, n));
+        let made_up = FreeHint {
+            peer: name(1),
+            seq,
+            free: n,
+            sig,
+        };
+        resend(&mut b, vec![made_up]);
+        assert_eq!(b.refused().free_hint, 2);
+        assert_eq!(b.free_of(name(1)), full);
+        // Signed by the seed, but under another cluster: a replay from
+        // another mesh.
+        let other = cluster.map(|c| c ^ 1);
+        let sig = key(1).sign(FREE_DOMAIN, &(name(1), other, seq, n));
+        resend(&mut b, vec![FreeHint { sig, ..made_up }]);
+        assert_eq!(b.refused().free_hint, 3);
+        // The seed's own newer hint holds, and the stale one is ignored.
+        let sig = key(1).sign(FREE_DOMAIN, &(name(1), cluster, seq, n));
+        resend(&mut b, vec![FreeHint { sig, ..made_up }]);
+        assert_eq!(b.free_of(name(1)), Some(0));
+        resend(&mut b, free.clone());
+        assert_eq!(b.free_of(name(1)), Some(0), "the highest seq wins");
+        assert_eq!(b.refused().free_hint, 3);
+        assert_eq!(b.refused().forged(), 3);
+        // A hint of a router that owns nothing is not kept, even signed.
+        let sig = key(3).sign(FREE_DOMAIN, &(name(3), cluster, 5u64, 9u64));
+        let stranger = FreeHint {
+            peer: name(3),
+            seq: 5,
+            free: 9,
+            sig,
+        };
+        resend(&mut b, vec![stranger]);
+        assert_eq!(b.free_of(name(3)), None);
+        assert_eq!(b.refused().free_hint, 3, "genuine, so not counted");
     }
 
     /// Unsigned claims are dropped and counted; once seeded, claims are

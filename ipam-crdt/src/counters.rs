@@ -22,6 +22,8 @@ pub struct Refused {
     pub space_rate: u64,
     /// Consensus claims not signed by their voter.
     pub claims: u64,
+    /// Free-space hints not signed by the router they describe.
+    pub free_hint: u64,
     /// Consensus claims that came after our ring was seeded: ignored
     /// unchecked (honest routers that lag send them too, so these are not
     /// all forgeries).
@@ -38,7 +40,7 @@ impl Refused {
     }
 
     /// Every count with its metric label.
-    pub fn by_kind(&self) -> [(&'static str, u64); 9] {
+    pub fn by_kind(&self) -> [(&'static str, u64); 10] {
         [
             ("ipam_removal_sig", self.removal_sig),
             ("ipam_removal_signer", self.removal_signer),
@@ -47,6 +49,7 @@ impl Refused {
             ("ipam_space_request", self.space_request),
             ("ipam_space_rate", self.space_rate),
             ("ipam_claims", self.claims),
+            ("ipam_free_hint", self.free_hint),
             ("ipam_late_claims", self.late_claims),
             ("ipam_oversize", self.oversize),
         ]
@@ -54,6 +57,6 @@ impl Refused {
 
     /// Statements that did not verify at all (forgeries, not disagreements).
     pub fn forged(&self) -> u64 {
-        self.removal_sig + self.space_request + self.claims
+        self.removal_sig + self.space_request + self.claims + self.free_hint
     }
 }

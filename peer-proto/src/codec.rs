@@ -236,6 +236,7 @@ mod tests {
                 peer: PeerName(1),
                 seq: 4,
                 free: 100,
+                sig: key.sign("weft-test", &4u64),
             }],
         };
         let bytes = encode_ipam(&msg).expect("encode");

@@ -85,12 +85,26 @@ pub struct SpaceRequestWire {
 }
 
 /// How many free addresses a router has, as it last said; the highest `seq`
-/// from a router wins.
+/// from a router wins. Signed by `peer` (over [`FreeHint::statement`]), so a
+/// router relays others' hints but cannot make them up: a forged hint would
+/// steer every router's space requests to whoever the forger likes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FreeHint {
     pub peer: PeerName,
     pub seq: u64,
     pub free: u64,
+    pub sig: Sig,
+}
+
+/// The domain of free-space hint signatures.
+pub const FREE_DOMAIN: &str = "weft/free/1";
+
+impl FreeHint {
+    /// What `sig` covers: the hint under the ring's cluster, so that a hint
+    /// cannot be replayed into another mesh.
+    pub fn statement(&self, cluster: Option<u64>) -> (PeerName, Option<u64>, u64, u64) {
+        (self.peer, cluster, self.seq, self.free)
+    }
 }
 
 /// Messages of the `ipam` channel.

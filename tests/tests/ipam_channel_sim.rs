@@ -22,7 +22,9 @@ use weft_ipam_crdt::{
 };
 use weft_mesh::MeshCounters;
 use weft_peer_proto::codec::{decode_ipam, encode_ipam};
-use weft_peer_proto::ipam::{BallotWire, ClaimsWire, IpamMsg, RemovalWire, SpaceRequestWire};
+use weft_peer_proto::ipam::{
+    BallotWire, ClaimsWire, FREE_DOMAIN, FreeHint, IpamMsg, RemovalWire, SpaceRequestWire,
+};
 use weft_peer_proto::sign::{KeyPair, Sig, Signer};
 use weft_peer_proto::topology::PeerEntry;
 use weft_peer_proto::{ChannelName, Frame, GossipMsg, PeerName, Verb};
@@ -205,6 +207,9 @@ struct IpamLies {
     space: u64,
     /// Payloads that do not decode.
     garbage: u64,
+    /// Free-space hints for an honest owner, signed by the liar (carried
+    /// by the removals' states).
+    hints: u64,
 }
 
 impl IpamLies {
@@ -584,13 +589,36 @@ impl World {
                 wire.removals.push(RemovalWire { peer: victim, sigs });
                 wire.removed.push(victim);
             }
+            // A free-space hint for an honest owner (not the receiver),
+            // signed by the liar: "it is full", or "it has all the space".
+            let theirs = self.sim.nodes[n].mesh.channels().ipam().alloc().ring();
+            let at = theirs.cluster();
+            let described: Vec<PeerName> = theirs
+                .ownership()
+                .into_keys()
+                .filter(|p| *p != names[n] && !self.liars.iter().any(|x| names[*x] == *p))
+                .collect();
+            let mut free = Vec::new();
+            if !described.is_empty() {
+                let peer = described[self.sim.rng().random_range(0..described.len())];
+                let n_free = if self.sim.rng().random() { 0 } else { u64::MAX };
+                let seq = u64::MAX;
+                free.push(FreeHint {
+                    peer,
+                    seq,
+                    free: n_free,
+                    sig: key.sign(FREE_DOMAIN, &(peer, at, seq, n_free)),
+                });
+            }
+            let hints = free.len() as u64;
             let state = IpamMsg::State {
                 ring: wire,
                 consensus: vec![by_liar, unsigned],
-                free: Vec::new(),
+                free,
             };
             let d = send(&mut self.sim, Verb::Gossip, &state);
             self.ipam_lies.claims += 2 * d;
+            self.ipam_lies.hints += hints * d;
             if cluster.is_some() {
                 self.ipam_lies.removals += d;
                 if minority_signed {
@@ -906,6 +934,8 @@ fn fifty_routers_share_the_range_through_loss_partitions_crashes_and_rmpeer() {
 ///   that neighbour alone;
 /// - space requests under an honest router's name, signed by a made-up
 ///   key, ten minutes stale, or for another cluster;
+/// - free-space hints for an honest owner signed by the liar (full, or
+///   with all the space: which would steer who asks whom);
 /// - payloads that do not decode.
 ///
 /// Checked all along, besides the honest simulation's invariants: no
@@ -921,7 +951,6 @@ fn fifty_routers_share_the_range_through_loss_partitions_crashes_and_rmpeer() {
 ///   (docs/ring-signing.md);
 /// - a lying voter: the seeding consensus is crash-fault tolerant Paxos,
 ///   which a lying voter can break (the liars are observers);
-/// - free-space hints are unsigned: a liar can steer who asks whom;
 /// - a majority of owners may remove anyone (that is the rule).
 #[test]
 fn byzantine_routers_cannot_remove_take_or_ask_in_anothers_name() {
@@ -967,6 +996,8 @@ fn byzantine_routers_cannot_remove_take_or_ask_in_anothers_name() {
             "{report}; seed {seed}"
         );
         assert_eq!(r["ipam_space_request"], il.space, "{report}; seed {seed}");
+        assert_eq!(r["ipam_free_hint"], il.hints, "{report}; seed {seed}");
+        assert!(il.hints > 0, "{report}; seed {seed}");
         let removal = r["ipam_removal_sig"] + r["ipam_removal_signer"] + r["ipam_removal_target"];
         assert!(removal >= il.removals, "{report}; seed {seed}");
         assert!(

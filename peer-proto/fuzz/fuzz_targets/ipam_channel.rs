@@ -42,7 +42,8 @@ use weft_mesh::{ChannelSend, GossipChannel};
 use weft_peer_proto::PeerName;
 use weft_peer_proto::codec::{decode_ipam, encode_ipam};
 use weft_peer_proto::ipam::{
-    ClaimsWire, EntryWire, FreeHint, IpamMsg, RemovalWire, RingWire, SpaceRequestWire,
+    ClaimsWire, EntryWire, FREE_DOMAIN, FreeHint, IpamMsg, RemovalWire, RingWire,
+    SpaceRequestWire,
 };
 use weft_peer_proto::sign::{KeyPair, Signer};
 
@@ -315,11 +316,24 @@ impl World {
                     ring.start = u.arbitrary()?;
                     ring.end = u.arbitrary()?;
                 }
-                8 => free.push(FreeHint {
-                    peer: anyone(u)?,
-                    seq: u.arbitrary()?,
-                    free: u.arbitrary()?,
-                }),
+                8 if !free.is_empty() && u.arbitrary()? => {
+                    // A relayed hint, altered under its signature.
+                    let i = u.choose_index(free.len())?;
+                    free[i].free = u.arbitrary()?;
+                    free[i].seq = free[i].seq.wrapping_add(1);
+                }
+                8 => {
+                    // A hint of anyone's, signed by the attacker: it holds
+                    // only when it is the attacker's own.
+                    let (peer, seq, n) = (anyone(u)?, u.arbitrary()?, u.arbitrary()?);
+                    let sig = x.sign(FREE_DOMAIN, &(peer, ring.cluster, seq, n));
+                    free.push(FreeHint {
+                        peer,
+                        seq,
+                        free: n,
+                        sig,
+                    });
+                }
                 9 => consensus.push(ClaimsWire {
                     voter: anyone(u)?,
                     promise: None,
