@@ -23,8 +23,9 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
 
-/// A raw Ed25519 public key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// A raw Ed25519 public key. On the wire (bincode) its 32 bytes; in JSON
+/// state files a base64 string ([`text`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PublicKey(pub [u8; 32]);
 
 impl PublicKey {
@@ -47,8 +48,9 @@ impl PublicKey {
     }
 }
 
-/// An Ed25519 signature (64 bytes, as two halves so that serde derives it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// An Ed25519 signature (64 bytes, as two halves). On the wire (bincode)
+/// its 64 bytes; in JSON state files a base64 string ([`text`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Signature(pub [u8; 32], pub [u8; 32]);
 
 impl Signature {
@@ -128,6 +130,121 @@ impl Sig {
             return Err(SignError::WrongSigner { signer });
         }
         self.verify(domain, statement).map(|_| ())
+    }
+}
+
+/// How keys and signatures are serialized.
+///
+/// Binary formats (bincode: the wire, and what signatures cover) get the raw
+/// bytes, as serde derives them for a byte array: byte for byte what they
+/// were before this module. Human-readable formats (the JSON of `ipam.json`)
+/// get one base64 string: serde writes a byte array as a sequence of
+/// numbers, which pretty-printed JSON puts one per line, so that a removal
+/// certificate of 25 signatures took some 45 KiB, and the soak's `ipam.json`
+/// tens of MB. Reading takes both the string and the old sequence, so files
+/// written before still load.
+mod text {
+    use std::fmt;
+
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{PublicKey, Signature};
+
+    /// The derived (binary) forms.
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename = "PublicKey")]
+    struct KeyBin([u8; 32]);
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename = "Signature")]
+    struct SigBin([u8; 32], [u8; 32]);
+
+    impl Serialize for PublicKey {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            if s.is_human_readable() {
+                s.serialize_str(&STANDARD.encode(self.0))
+            } else {
+                KeyBin(self.0).serialize(s)
+            }
+        }
+    }
+
+    impl Serialize for Signature {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            if s.is_human_readable() {
+                s.serialize_str(&STANDARD.encode(self.to_bytes()))
+            } else {
+                SigBin(self.0, self.1).serialize(s)
+            }
+        }
+    }
+
+    /// `N` bytes from a base64 string, or from the sequence of numbers
+    /// written before (`[..]` for a key, `[[..], [..]]` for a signature).
+    struct Bytes<const N: usize>;
+
+    impl<'de, const N: usize> Visitor<'de> for Bytes<N> {
+        type Value = [u8; N];
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{N} bytes in base64")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<[u8; N], E> {
+            let b = STANDARD
+                .decode(v)
+                .map_err(|e| E::custom(format_args!("bad base64: {e}")))?;
+            let n = b.len();
+            b.try_into().map_err(|_| E::invalid_length(n, &self))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; N], A::Error> {
+            let mut out = [0u8; N];
+            let mut i = 0;
+            // A signature's old form is two arrays of 32: flatten either.
+            while i < N {
+                if N == 64 {
+                    let half: [u8; 32] = seq
+                        .next_element()?
+                        .ok_or_else(|| de::Error::invalid_length(i, &self))?;
+                    out[i..i + 32].copy_from_slice(&half);
+                    i += 32;
+                } else {
+                    out[i] = seq
+                        .next_element()?
+                        .ok_or_else(|| de::Error::invalid_length(i, &self))?;
+                    i += 1;
+                }
+            }
+            if seq.next_element::<de::IgnoredAny>()?.is_some() {
+                return Err(de::Error::invalid_length(N + 1, &self));
+            }
+            Ok(out)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for PublicKey {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            if d.is_human_readable() {
+                d.deserialize_any(Bytes::<32>).map(PublicKey)
+            } else {
+                KeyBin::deserialize(d).map(|k| PublicKey(k.0))
+            }
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Signature {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            if d.is_human_readable() {
+                d.deserialize_any(Bytes::<64>)
+                    .map(|b| Signature::from_bytes(&b))
+            } else {
+                SigBin::deserialize(d).map(|s| Signature(s.0, s.1))
+            }
+        }
     }
 }
 
@@ -305,6 +422,47 @@ mod memo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The wire keeps the raw bytes; JSON gets base64 and still reads the
+    /// arrays of numbers that files written before hold.
+    #[test]
+    fn keys_and_signatures_are_bytes_on_the_wire_and_base64_in_json() {
+        let k = KeyPair::from_seed([7; 32]);
+        let s = k.sign("weft-test", &1u8);
+        let derived = (s.key.0, (s.sig.0, s.sig.1));
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        crate::codec::encode_into(&s, &mut a).expect("encode");
+        crate::codec::encode_into(&derived, &mut b).expect("encode");
+        assert_eq!(a, b, "byte for byte the derived form");
+        assert_eq!(a.len(), 96);
+
+        let json = serde_json::to_string(&s).expect("json");
+        assert!(json.len() < 160, "{json}");
+        assert_eq!(serde_json::from_str::<Sig>(&json).expect("reads"), s);
+        let old = format!(
+            r#"{{"key":{:?},"sig":[{:?},{:?}]}}"#,
+            s.key.0, s.sig.0, s.sig.1
+        );
+        assert_eq!(serde_json::from_str::<Sig>(&old).expect("old form"), s);
+
+        let bad = [
+            r#"{"key":"AAAA","sig":"AAAA"}"#.to_string(),
+            json.replace('"', "'"),
+            format!(r#"{{"key":{:?},"sig":[{:?}]}}"#, s.key.0, s.sig.0),
+            format!(r#"{{"key":{:?},"sig":"!!"}}"#, s.key.0),
+            format!(
+                r#"{{"key":{:?},"sig":[{:?},{:?},{:?}]}}"#,
+                &s.key.0[..31],
+                s.sig.0,
+                s.sig.1,
+                s.sig.1
+            ),
+        ];
+        for b in bad {
+            assert!(serde_json::from_str::<Sig>(&b).is_err(), "{b}");
+        }
+    }
 
     #[test]
     fn sign_verify_and_refuse() {
