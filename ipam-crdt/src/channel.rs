@@ -77,6 +77,9 @@ pub enum IpamError {
     /// A write of our state failed: nothing more is allocated or sent.
     #[error("IPAM stopped after a failed write: {0}")]
     Stopped(String),
+    /// The driver holds new addresses ([`IpamChannel::hold`]).
+    #[error("new addresses are held: {0}")]
+    Held(String),
     #[error(transparent)]
     Alloc(#[from] AllocError),
     #[error(transparent)]
@@ -119,6 +122,8 @@ pub struct IpamChannel {
     gossip_due: bool,
     direct: Vec<PeerName>,
     stopped: Option<String>,
+    /// Why new addresses and donations are held, if they are.
+    held: Option<String>,
     /// When the state was last written again after a failed write.
     retried: Option<Instant>,
     sender: GossipSender,
@@ -183,6 +188,7 @@ impl IpamChannel {
             gossip_due: true,
             direct: Vec::new(),
             stopped: None,
+            held: None,
             retried: None,
             sender: GossipSender::default(),
             unsaved_allocs: Vec::new(),
@@ -327,6 +333,20 @@ impl IpamChannel {
         self.stopped.as_deref()
     }
 
+    /// Holds new allocations, donations and requests for space (with a
+    /// reason), or resumes them (`None`); releases, gossip and removals go
+    /// on. meshd holds while another router runs with this router's
+    /// identity: the clone has a copy of this ring and these allocations,
+    /// so whatever either of them handed out could be the other's too.
+    pub fn hold(&mut self, why: Option<String>) {
+        self.held = why;
+    }
+
+    /// Why new addresses are held, if they are.
+    pub fn held(&self) -> Option<&str> {
+        self.held.as_deref()
+    }
+
     fn running(&self) -> Result<(), IpamError> {
         match &self.stopped {
             Some(why) => Err(IpamError::Stopped(why.clone())),
@@ -340,6 +360,9 @@ impl IpamChannel {
     /// before the address is handed out.
     pub fn allocate(&mut self, key: &str, addr: Option<u32>) -> Result<u32, IpamError> {
         self.running()?;
+        if let Some(why) = &self.held {
+            return Err(IpamError::Held(why.clone()));
+        }
         let before = self.ipam.alloc().lookup(key);
         let a = match addr {
             Some(a) => self.ipam.alloc_mut().claim(key, a).map(|()| a)?,
@@ -387,7 +410,7 @@ impl IpamChannel {
         let Some(cluster) = self.ipam.alloc().ring().cluster() else {
             return;
         };
-        if self.stopped.is_some() {
+        if self.stopped.is_some() || self.held.is_some() {
             return;
         }
         self.asked_ms = self.wall(now).max(self.asked_ms + 1);
@@ -408,7 +431,7 @@ impl IpamChannel {
     /// A space request: donate to its requester if it verifies, is fresh,
     /// and the requester did not get space from us just now.
     fn on_space_request(&mut self, now: Instant, src: PeerName, req: &SpaceRequestWire) {
-        if self.stopped.is_some() {
+        if self.stopped.is_some() || self.held.is_some() {
             return;
         }
         let wall = self.wall(now);
@@ -941,6 +964,46 @@ mod tests {
         let much_later = later + std::time::Duration::from_millis(SPACE_REQUEST_FRESH_MS + 10);
         a.on_unicast(much_later, name(2), &old).expect("dropped");
         assert_eq!(a.refused().space_request, 4);
+    }
+
+    /// Held (meshd: a clone of this router runs), nothing new is handed
+    /// out: no allocation, no donation, no request for space; resumed, it
+    /// allocates again.
+    #[test]
+    fn a_held_channel_hands_out_nothing_new() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        let ring = a.ipam().alloc().ring().clone();
+        b.ipam.alloc_mut().merge(&ring).expect("merge");
+        queued(&mut a);
+        queued(&mut b);
+        let kept = a.allocate("kept", None).expect("space");
+        a.hold(Some("a clone".into()));
+        assert_eq!(a.held(), Some("a clone"));
+        assert_eq!(
+            a.allocate("new", None),
+            Err(IpamError::Held("a clone".into()))
+        );
+        b.ask_for_space(name(1), now);
+        let ask = match queued(&mut b).as_slice() {
+            [ChannelSend::Unicast { payload, .. }] => payload.clone(),
+            q => panic!("{q:?}"),
+        };
+        a.on_unicast(now, name(2), &ask).expect("not an error");
+        assert!(
+            !a.ipam().alloc().ring().ownership().contains_key(&name(2)),
+            "no donation while held"
+        );
+        a.ask_for_space(name(2), now);
+        assert!(
+            !queued(&mut a)
+                .iter()
+                .any(|o| matches!(o, ChannelSend::Unicast { .. })),
+            "no request for space while held"
+        );
+        assert_eq!(a.release("kept"), Ok(Some(kept)), "releases go on");
+        a.hold(None);
+        assert!(a.allocate("new", None).is_ok());
     }
 
     /// A free-space hint holds only signed by the router it describes: a

@@ -1,8 +1,8 @@
 //! Two routers with one identity (a cloned data directory), with real meshd
 //! in node namespaces: both clones and the honest router report it, in
-//! `meshctl status` and in the metrics; an honest restart of a router with
-//! its own data directory is not reported (docs/trust.md, "Duplicate
-//! identities").
+//! `meshctl status` and in the metrics, and both clones then hold new
+//! addresses; an honest restart of a router with its own data directory is
+//! not reported (docs/trust.md, "Duplicate identities").
 
 use std::process::Command;
 use std::time::Duration;
@@ -71,6 +71,9 @@ fn two_routers_with_one_identity_are_reported_and_an_honest_restart_is_not() -> 
         );
     }
 
+    // n1 gets space of its own (a donation), which the clone then copies.
+    let before = lab.post_ip(1, "before-clone")?;
+
     // n2 starts with a copy of n1's data directory: the same identity key.
     let (from, to) = (lab.nodes[1].dir.join("data"), lab.nodes[2].dir.join("data"));
     run(Command::new("cp").arg("-a").arg(&from).arg(&to))?;
@@ -112,5 +115,51 @@ fn two_routers_with_one_identity_are_reported_and_an_honest_restart_is_not() -> 
             "meshctl status of n{i} does not show it:\n{text}"
         );
     }
+    // Both clones hold new addresses (each has the ring and allocations the
+    // other has, so either's next address could be the other's); the
+    // honest router still allocates.
+    lab.wait_for(
+        "both clones refuse new addresses",
+        Duration::from_secs(10),
+        |l| Ok(post_status(l, 1, "after-1")?.0 == 503 && post_status(l, 2, "after-2")?.0 == 503),
+    )?;
+    for i in [1, 2] {
+        let (code, body) = post_status(&lab, i, "held")?;
+        ensure!(
+            code == 503 && body.contains("runs with this router's identity"),
+            "n{i} answered {code}: {body}"
+        );
+        let line = "new addresses are held until one of them stops";
+        ensure!(
+            lab.nodes[i].log().contains(line),
+            "n{i} did not log {line:?}"
+        );
+        ensure!(
+            lab.keys_with_prefix(i, "before-clone")?.len() == 1,
+            "n{i} lost the allocation it had"
+        );
+    }
+    let other = lab.post_ip(0, "honest")?;
+    ensure!(other.ip != before.ip, "n0 handed out n1's address");
     Ok(())
+}
+
+/// `POST /ip/<id>` on node `i`: the status and the body.
+fn post_status(lab: &Lab, i: usize, id: &str) -> Result<(u16, String)> {
+    let out = run(Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "40",
+            "-X",
+            "POST",
+            "-w",
+            "\n%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(lab.nodes[i].socket())
+        .arg(format!("http://meshd/ip/{id}")))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').context("curl's status line")?;
+    Ok((code.trim().parse().context("HTTP status")?, body.to_owned()))
 }

@@ -216,6 +216,12 @@ impl<C: Channels> Mesh<C> {
         &mut self.channels
     }
 
+    /// Another router running with our identity, while it is reported
+    /// ([`crate::duplicates`]): what the driver holds new addresses for.
+    pub fn own_duplicate(&self, now: Instant) -> Option<crate::DuplicateView> {
+        self.dups.active(now).into_iter().find(|d| d.own)
+    }
+
     /// Current routes (recomputed if the topology changed).
     pub fn routes(&mut self) -> &mut Routes {
         if self.routes_dirty {

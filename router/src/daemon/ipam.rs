@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use tracing::{debug, info};
+use tracing::{debug, error, info};
 use weft_ipam_crdt::{AllocError, IpamError, Waiting};
 use weft_peer_proto::PeerName;
 
@@ -26,6 +26,7 @@ impl Router {
             },
             Err(IpamError::Alloc(AllocError::NotReady | AllocError::NoSpace)) => Attempt::Wait,
             Err(e @ IpamError::Alloc(_)) => Attempt::Failed(IpamFailure::new(409, e.to_string())),
+            Err(IpamError::Held(why)) => Attempt::Failed(IpamFailure::new(503, why)),
             // Stopped after a failed write, or whatever else keeps it from
             // serving: not the caller's fault.
             Err(e) => Attempt::Failed(IpamFailure::new(500, e.to_string())),
@@ -146,6 +147,32 @@ impl Router {
             info!(%peer, "signed the removal of a peer; it applies once more than half of the owners signed");
         }
         Ok(peer)
+    }
+
+    /// Holds new addresses (and donations, and requests for space) while
+    /// another router runs with this router's identity: it has a copy of
+    /// this ring and these allocations, so what either hands out could be
+    /// the other's. Both clones hold; the hold ends once the report clears
+    /// (`DUPLICATE_HOLD` after the last sign of the other), after the
+    /// operator stopped one of them.
+    pub(super) fn hold_for_a_clone(&mut self, now: Instant) {
+        let why = self.mesh.own_duplicate(now).map(|d| {
+            let uids: Vec<String> = d.uids.iter().map(|u| format!("{u:016x}")).collect();
+            format!(
+                "another router runs with this router's identity {} (uids {}): new addresses are held until one of them stops (docs/troubleshooting.md)",
+                d.peer,
+                uids.join(", ")
+            )
+        });
+        let ch = self.mesh.channels_mut();
+        match (ch.held().is_some(), &why) {
+            (false, Some(why)) => error!("{why}"),
+            (true, None) => {
+                info!("no other router runs with this identity any more: allocating again")
+            }
+            _ => {}
+        }
+        ch.hold(why);
     }
 
     /// Co-signs the removals others started (docs/trust.md, "Who may

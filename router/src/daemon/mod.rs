@@ -391,6 +391,7 @@ impl Router {
                 _ = ipam_tick.tick() => {
                     let now = Instant::now();
                     self.mesh.channels_mut().tick(now, rand::random());
+                    self.hold_for_a_clone(now);
                     self.cosign_removals(now);
                 }
                 _ = dp_tick.tick(), if self.dp.is_some() => self.dataplane_tick(),
