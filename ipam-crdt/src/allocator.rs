@@ -273,6 +273,14 @@ impl Allocator {
         Ok(out)
     }
 
+    /// Takes `ring` for ours, whole: a router back from a stale state
+    /// (`channel`), once a peer's ring gives it every address it owns, so
+    /// that nothing the mesh forgot meanwhile comes back through it.
+    pub fn adopt(&mut self, ring: Ring) {
+        self.ring = ring;
+        self.reconcile();
+    }
+
     /// The first token of `merged` inside a range we own that differs from
     /// ours (a new token, or another entry at ours).
     fn first_change_to_ours(&self, merged: &Ring) -> Option<u32> {

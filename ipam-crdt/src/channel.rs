@@ -68,6 +68,41 @@ pub struct Persisted {
     pub ring: RingWire,
     pub allocs: Vec<(String, u32)>,
     pub consensus: Vec<ClaimsWire>,
+    /// The wall clock when it was written (ms since the Unix epoch), so a
+    /// router restarting from a state older than the removal horizon
+    /// knows it (written at least daily: [`RESAVE_MS`]). None in files
+    /// from before.
+    #[serde(default)]
+    pub saved_ms: Option<u64>,
+}
+
+/// A state older than this at restart is stale ([`IpamChannel::restore`]):
+/// a day short of [`REMOVED_HORIZON_MS`], after which the mesh forgets a
+/// removal, so a router removed while it was away would no longer learn it.
+pub const STALE_AFTER_MS: u64 = REMOVED_HORIZON_MS - RESAVE_MS;
+
+/// How often an idle channel writes its state again anyway, to keep
+/// [`Persisted::saved_ms`] recent.
+pub const RESAVE_MS: u64 = 24 * 3600 * 1000;
+
+/// How long a stale router that hears only other stale routers (the whole
+/// mesh restarting after the horizon) waits before it takes their word.
+pub const STALE_WAIT_MS: u64 = 10 * 60 * 1000;
+
+/// A router restored from a stale state ([`STALE_AFTER_MS`]).
+#[derive(Debug, Clone)]
+struct Stale {
+    /// Why nothing is handed out.
+    reason: String,
+    /// Since when (our ms).
+    since_ms: u64,
+    /// A seeded ring from a router that is not stale came (it decides).
+    fresh_seen: bool,
+    /// A seeded ring came at all (a stale one too).
+    any_seen: bool,
+    /// A stale router's ring merged without taking ours, and gave us all
+    /// we own.
+    stale_ok: bool,
 }
 
 /// Why the channel cannot take a request.
@@ -102,6 +137,8 @@ pub enum Unready {
     Removed,
     /// A write failed.
     Stopped(String),
+    /// New addresses are held ([`IpamChannel::hold`], or a stale state).
+    Held(String),
 }
 
 pub struct IpamChannel {
@@ -124,6 +161,13 @@ pub struct IpamChannel {
     stopped: Option<String>,
     /// Why new addresses and donations are held, if they are.
     held: Option<String>,
+    /// Restored from a stale state: nothing is handed out, and our ring
+    /// goes out only as [`IpamMsg::Stale`], until a peer's ring confirms
+    /// our ranges.
+    stale: Option<Stale>,
+    /// The wall clock at the last tick, and at the last save.
+    wall_now_ms: u64,
+    saved_wall_ms: u64,
     /// When the state was last written again after a failed write.
     retried: Option<Instant>,
     sender: GossipSender,
@@ -166,12 +210,41 @@ impl IpamChannel {
         let knowledge = knowledge_from_wire(&saved.consensus);
         let ipam = Ipam::restore(key.name(), init, snap, &knowledge, 0);
         let mut ch = Self::with(key, ipam, now, wall_ms);
+        if let Some(at) = saved.saved_ms
+            && wall_ms.saturating_sub(at) >= STALE_AFTER_MS
+            && ch.ipam.alloc().ring().is_seeded()
+            && ch.owns_beside_others()
+        {
+            let days = wall_ms.saturating_sub(at) / (24 * 3600 * 1000);
+            let reason = format!(
+                "the IPAM state was last saved {days} days ago, past the {} days after which \
+                 the mesh forgets a removal: this router may have been removed meanwhile and its \
+                 space given away, so it hands out nothing until a peer's ring shows its ranges \
+                 are still its own (docs/trust.md)",
+                REMOVED_HORIZON_MS / (24 * 3600 * 1000)
+            );
+            ch.stale = Some(Stale {
+                reason,
+                since_ms: 0,
+                fresh_seen: false,
+                any_seen: false,
+                stale_ok: false,
+            });
+        }
         for c in &saved.consensus {
             if claims_verify(range, c) {
                 ch.signed_claims.insert(c.voter, c.clone());
             }
         }
         Ok(ch)
+    }
+
+    /// We own space, and so does another router: only then can our space
+    /// have gone to an heir while we were away.
+    fn owns_beside_others(&self) -> bool {
+        let me = self.ipam.alloc().me();
+        let owners = self.ipam.alloc().ring().ownership();
+        owners.contains_key(&me) && owners.keys().any(|p| *p != me)
     }
 
     fn with(key: KeyPair, ipam: Ipam, now: Instant, wall_ms: u64) -> Self {
@@ -189,6 +262,9 @@ impl IpamChannel {
             direct: Vec::new(),
             stopped: None,
             held: None,
+            stale: None,
+            wall_now_ms: wall_ms,
+            saved_wall_ms: wall_ms,
             retried: None,
             sender: GossipSender::default(),
             unsaved_allocs: Vec::new(),
@@ -279,6 +355,7 @@ impl IpamChannel {
             ring: snap.ring.to_wire(),
             allocs: snap.allocs,
             consensus,
+            saved_ms: Some(self.wall_now_ms),
         }
     }
 
@@ -302,6 +379,7 @@ impl IpamChannel {
     pub fn saved(&mut self, now: Instant) {
         self.unsaved = false;
         self.unsaved_allocs.clear();
+        self.saved_wall_ms = self.wall_now_ms;
         if self.stopped.is_some() || (!self.gossip_due && self.direct.is_empty()) {
             return;
         }
@@ -342,9 +420,14 @@ impl IpamChannel {
         self.held = why;
     }
 
-    /// Why new addresses are held, if they are.
+    /// Why new addresses are held by [`Self::hold`], if they are.
     pub fn held(&self) -> Option<&str> {
         self.held.as_deref()
+    }
+
+    /// Why a router restored from a stale state hands nothing out yet.
+    pub fn stale(&self) -> Option<&str> {
+        self.stale.as_ref().map(|s| s.reason.as_str())
     }
 
     fn running(&self) -> Result<(), IpamError> {
@@ -360,7 +443,17 @@ impl IpamChannel {
     /// before the address is handed out.
     pub fn allocate(&mut self, key: &str, addr: Option<u32>) -> Result<u32, IpamError> {
         self.running()?;
-        if let Some(why) = &self.held {
+        if let Some(why) = self
+            .held
+            .as_ref()
+            .or(self.stale.as_ref().map(|s| &s.reason))
+        {
+            // A key asked again keeps its address: nothing new goes out.
+            if let Some(had) = self.ipam.alloc().lookup(key)
+                && addr.is_none_or(|a| a == had)
+            {
+                return Ok(had);
+            }
             return Err(IpamError::Held(why.clone()));
         }
         let before = self.ipam.alloc().lookup(key);
@@ -410,7 +503,7 @@ impl IpamChannel {
         let Some(cluster) = self.ipam.alloc().ring().cluster() else {
             return;
         };
-        if self.stopped.is_some() || self.held.is_some() {
+        if self.stopped.is_some() || self.held.is_some() || self.stale.is_some() {
             return;
         }
         self.asked_ms = self.wall(now).max(self.asked_ms + 1);
@@ -431,7 +524,7 @@ impl IpamChannel {
     /// A space request: donate to its requester if it verifies, is fresh,
     /// and the requester did not get space from us just now.
     fn on_space_request(&mut self, now: Instant, src: PeerName, req: &SpaceRequestWire) {
-        if self.stopped.is_some() || self.held.is_some() {
+        if self.stopped.is_some() || self.held.is_some() || self.stale.is_some() {
             return;
         }
         let wall = self.wall(now);
@@ -472,6 +565,23 @@ impl IpamChannel {
         let ms = self.ms(now);
         let mut changed = self.ipam.tick(ms, jitter);
         let wall = self.wall(now);
+        self.wall_now_ms = wall;
+        // An idle router writes again now and then, so that its saved
+        // time says it was up (a restart from it is not stale).
+        if wall.saturating_sub(self.saved_wall_ms) >= RESAVE_MS {
+            self.unsaved = true;
+        }
+        // Only stale routers heard, for long enough, and they agree we own
+        // what we own (the mesh restarted whole after the horizon), or
+        // nobody at all: their word, or ours, is all there is.
+        if let Some(st) = &self.stale
+            && !st.fresh_seen
+            && (st.stale_ok || !st.any_seen)
+            && ms.saturating_sub(st.since_ms) >= STALE_WAIT_MS
+        {
+            self.stale = None;
+            changed = true;
+        }
         changed |= self
             .ipam
             .alloc_mut()
@@ -518,6 +628,13 @@ impl IpamChannel {
         if self.is_removed() {
             return Some(Unready::Removed);
         }
+        if let Some(why) = self
+            .held
+            .as_ref()
+            .or(self.stale.as_ref().map(|s| &s.reason))
+        {
+            return Some(Unready::Held(why.clone()));
+        }
         match self.waiting(now) {
             (Waiting::Ready, _) => None,
             (
@@ -560,6 +677,17 @@ impl IpamChannel {
 
     /// The encoded state we gossip, with our free count refreshed in it.
     fn state_msg(&mut self, now: Instant) -> Option<Vec<u8>> {
+        // A stale ring goes out marked: it may bring back what the mesh
+        // forgot (a removed router's ranges, compacted tokens), so only
+        // other stale routers look at it.
+        if self.stale.is_some() {
+            let msg = IpamMsg::Stale(self.ipam.alloc().ring().to_wire());
+            if msg.validate().is_err() {
+                self.refused.oversize += 1;
+                return None;
+            }
+            return encode_ipam(&msg).ok();
+        }
         let me = self.ipam.alloc().me();
         let free = self.ipam.alloc().free_count();
         let cluster = self.ipam.alloc().ring().cluster();
@@ -607,6 +735,25 @@ impl IpamChannel {
         ring: RingWire,
         consensus: Vec<ClaimsWire>,
         free: Vec<FreeHint>,
+    ) -> Result<(), ChannelError> {
+        self.on_ring(now, ring, consensus, free, false)
+    }
+
+    /// A stale router's ring: looked at only by a stale router.
+    fn on_stale(&mut self, now: Instant, ring: RingWire) -> Result<(), ChannelError> {
+        if self.stale.is_none() {
+            return Ok(());
+        }
+        self.on_ring(now, ring, Vec::new(), Vec::new(), true)
+    }
+
+    fn on_ring(
+        &mut self,
+        now: Instant,
+        ring: RingWire,
+        consensus: Vec<ClaimsWire>,
+        free: Vec<FreeHint>,
+        from_stale: bool,
     ) -> Result<(), ChannelError> {
         let bad = |e: String| ChannelError(e);
         if self.stopped.is_some() {
@@ -665,6 +812,9 @@ impl IpamChannel {
         // (The cluster of a seeded ring never changes, so a hint we hold
         // was checked under the one we have.)
         self.hints.retain(|p, _| *p == me || owners.contains_key(p));
+        if self.stale.is_some() {
+            self.confirm_stale(&ring, result.is_ok(), from_stale);
+        }
         match result {
             Ok(true) => self.changed(),
             Ok(false) => {}
@@ -676,6 +826,57 @@ impl IpamChannel {
             }
         }
         Ok(())
+    }
+
+    /// Restored from a stale state: a seeded ring from a router that is
+    /// not stale, which merged (nothing of ours taken) and gives us every
+    /// address we own, ends the hold, and we take that ring whole; one that
+    /// gives our ranges to others says why the hold goes on. A stale
+    /// router's ring that would do only counts after [`STALE_WAIT_MS`]
+    /// with no other ring heard (`tick`).
+    fn confirm_stale(&mut self, theirs: &Ring, merged: bool, from_stale: bool) {
+        let me = self.ipam.alloc().me();
+        let Some(st) = self.stale.as_mut() else {
+            return;
+        };
+        if !theirs.is_seeded() {
+            return;
+        }
+        st.fresh_seen |= !from_stale;
+        st.any_seen = true;
+        let held_there = theirs.ranges_of(me);
+        let covered = self.ipam.alloc().ring().ranges_of(me).iter().all(|r| {
+            let inside: u64 = held_there
+                .iter()
+                .map(|h| {
+                    let (lo, hi) = (u64::from(r.start.max(h.start)), r.end.min(h.end));
+                    hi.saturating_sub(lo)
+                })
+                .sum();
+            inside == r.end - u64::from(r.start)
+        });
+        if !merged || !covered {
+            // (A ring that forgot one of our tokens merges, and is no
+            // confirmation: the token's tombstone went with the horizon.)
+            if !from_stale && let Some(st) = self.stale.as_mut() {
+                st.reason = "the IPAM state is older than the removal horizon, and a peer's ring \
+                     gives this router's space to others: it was probably removed while it was \
+                     away. Stop meshd and move ipam.json aside to rejoin as a new router \
+                     (docs/troubleshooting.md)"
+                    .into();
+            }
+            return;
+        }
+        if from_stale {
+            if let Some(st) = self.stale.as_mut() {
+                st.stale_ok = true;
+            }
+            return;
+        }
+        self.stale = None;
+        self.ipam.alloc_mut().adopt(theirs.clone());
+        // What we hold may go out again.
+        self.changed();
     }
 
     fn decode(payload: &[u8]) -> Result<IpamMsg, ChannelError> {
@@ -704,6 +905,7 @@ impl GossipChannel for IpamChannel {
                 consensus,
                 free,
             } => self.on_state(now, ring, consensus, free),
+            IpamMsg::Stale(ring) => self.on_stale(now, ring),
         }
     }
 
@@ -725,6 +927,7 @@ impl GossipChannel for IpamChannel {
                 consensus,
                 free,
             } => self.on_state(now, ring, consensus, free).map(|()| None),
+            IpamMsg::Stale(ring) => self.on_stale(now, ring).map(|()| None),
             IpamMsg::SpaceRequest(_) => Err(ChannelError(
                 "space request gossiped instead of unicast".into(),
             )),
@@ -966,6 +1169,174 @@ mod tests {
         assert_eq!(a.refused().space_request, 4);
     }
 
+    /// The seed (router 1) and router 2, which asked it for space and
+    /// allocated one address: router 2's state as saved at wall ms 1.
+    fn with_space(now: Instant) -> (IpamChannel, IpamChannel, Persisted) {
+        let (mut a, mut b) = pair(now);
+        let ring = a.ipam().alloc().ring().clone();
+        b.ipam.alloc_mut().merge(&ring).expect("merge");
+        queued(&mut a);
+        queued(&mut b);
+        b.ask_for_space(name(1), now);
+        let ask = match queued(&mut b).as_slice() {
+            [ChannelSend::Unicast { payload, .. }] => payload.clone(),
+            q => panic!("{q:?}"),
+        };
+        a.on_unicast(now, name(2), &ask).expect("a good request");
+        a.saved(now);
+        let state = a.full_state(now).expect("saved");
+        b.on_gossip(now, &state).expect("a good state");
+        b.allocate("pod", None).expect("space given");
+        let saved = b.unsaved().expect("changed");
+        assert_eq!(saved.saved_ms, Some(1), "the wall clock of the save");
+        b.saved(now);
+        (a, b, saved)
+    }
+
+    fn decoded(bytes: &[u8]) -> IpamMsg {
+        decode_ipam(bytes).expect("decodes")
+    }
+
+    /// Back after the horizon (the mesh may have forgotten its removal), a
+    /// router hands nothing out and its ring goes out marked stale, which
+    /// routers that are not stale ignore, until a fresh peer's ring gives
+    /// it every address it owns; then it takes that ring whole.
+    #[test]
+    fn a_router_back_after_the_horizon_holds_until_a_fresh_ring_confirms_its_space() {
+        let now = Instant::now();
+        let (mut a, _, saved) = with_space(now);
+        let late = 1 + STALE_AFTER_MS;
+        let restore = |wall| {
+            IpamChannel::restore(key(2), range(), Init::Observer, &saved, now, wall)
+                .expect("restores")
+        };
+        assert_eq!(restore(late - 1).stale(), None, "a day short: not stale");
+        let old = Persisted {
+            saved_ms: None,
+            ..saved.clone()
+        };
+        let from_before = IpamChannel::restore(key(2), range(), Init::Observer, &old, now, late);
+        assert_eq!(
+            from_before.expect("restores").stale(),
+            None,
+            "no time: not stale"
+        );
+        let mut b = restore(late);
+        assert!(b.stale().expect("stale").contains("last saved 6 days ago"));
+        assert!(matches!(b.allocate("new", None), Err(IpamError::Held(_))));
+        assert!(matches!(b.unready(now), Some(Unready::Held(_))));
+        assert_eq!(
+            b.ipam().alloc().lookup("pod"),
+            saved.allocs.first().map(|x| x.1)
+        );
+        b.saved(now);
+        let Some(mine) = b.full_state(now) else {
+            panic!("a stale router still says what it holds")
+        };
+        assert!(matches!(decoded(&mine), IpamMsg::Stale(_)));
+        let before = a.ipam().alloc().ring().clone();
+        assert_eq!(a.on_gossip(now, &mine).expect("ignored"), None);
+        assert_eq!(
+            a.ipam().alloc().ring(),
+            &before,
+            "a fresh router ignores it"
+        );
+        // The seed's ring gives router 2 what it owns: confirmed.
+        let theirs = a.full_state(now).expect("saved");
+        b.on_gossip(now, &theirs).expect("a good state");
+        assert_eq!(b.stale(), None);
+        assert!(b.unready(now).is_none());
+        assert_eq!(
+            b.ipam().alloc().ring(),
+            a.ipam().alloc().ring(),
+            "taken whole"
+        );
+        assert!(b.allocate("new", None).is_ok());
+        b.saved(now);
+        assert!(matches!(
+            decoded(&b.full_state(now).expect("saved")),
+            IpamMsg::State { .. }
+        ));
+    }
+
+    /// Removed while it was away, and the removal forgotten: the heir's
+    /// ring takes its range with no certificate left, so it stays held and
+    /// says so, where before it went on allocating what the heir owns.
+    #[test]
+    fn a_router_removed_and_forgotten_while_away_stays_held() {
+        let now = Instant::now();
+        let (mut a, _, saved) = with_space(now);
+        assert_eq!(a.sign_removal(name(2)), Ok(true), "the only other owner");
+        a.set_removed_horizon(0);
+        a.tick(now, 0);
+        a.saved(now);
+        let IpamMsg::State { ring, .. } = decoded(&a.full_state(now).expect("saved")) else {
+            panic!("a state")
+        };
+        assert!(
+            ring.removals.is_empty() && ring.removed.is_empty(),
+            "forgotten"
+        );
+        let mut b = IpamChannel::restore(
+            key(2),
+            range(),
+            Init::Observer,
+            &saved,
+            now,
+            1 + STALE_AFTER_MS,
+        )
+        .expect("restores");
+        b.saved(now);
+        let theirs = a.full_state(now).expect("saved");
+        // Refused (it takes our range), or merged where the heir's entry
+        // went with its tombstone: either way no confirmation.
+        let _ = b.on_gossip(now, &theirs);
+        assert!(b.stale().expect("held").contains("probably removed"));
+        assert!(matches!(b.allocate("new", None), Err(IpamError::Held(_))));
+        // Not even after the wait: a fresh ring said no.
+        b.tick(now + Duration::from_millis(STALE_WAIT_MS), 0);
+        assert!(b.stale().is_some());
+    }
+
+    /// The whole mesh back after the horizon: every router is stale, so
+    /// each takes the others' word once it heard nothing else for
+    /// `STALE_WAIT_MS`, and an idle router writes its state daily.
+    #[test]
+    fn a_mesh_back_whole_after_the_horizon_resumes_after_the_wait() {
+        let now = Instant::now();
+        let (mut a0, _, saved_b) = with_space(now);
+        a0.changed();
+        let mut saved_a = a0.unsaved().expect("changed");
+        saved_a.saved_ms = Some(1);
+        let late = 1 + STALE_AFTER_MS;
+        let mut a = IpamChannel::restore(key(1), range(), Init::Observer, &saved_a, now, late)
+            .expect("restores");
+        let mut b = IpamChannel::restore(key(2), range(), Init::Observer, &saved_b, now, late)
+            .expect("restores");
+        for ch in [&mut a, &mut b] {
+            assert!(ch.stale().is_some());
+            ch.saved(now);
+        }
+        let (sa, sb) = (a.full_state(now).expect("a"), b.full_state(now).expect("b"));
+        a.on_gossip(now, &sb).expect("good");
+        b.on_gossip(now, &sa).expect("good");
+        let soon = now + Duration::from_millis(STALE_WAIT_MS - 1);
+        let later = now + Duration::from_millis(STALE_WAIT_MS);
+        for ch in [&mut a, &mut b] {
+            ch.tick(soon, 0);
+            assert!(ch.stale().is_some(), "not before the wait");
+            ch.tick(later, 0);
+            assert_eq!(ch.stale(), None, "their word after it");
+            assert!(ch.allocate("new", None).is_ok());
+            ch.saved(later);
+        }
+        let day = later + Duration::from_millis(RESAVE_MS);
+        a.tick(day - Duration::from_millis(1), 0);
+        assert!(a.unsaved().is_none(), "nothing changed");
+        a.tick(day, 0);
+        assert!(a.unsaved().is_some(), "written again after a day");
+    }
+
     /// Held (meshd: a clone of this router runs), nothing new is handed
     /// out: no allocation, no donation, no request for space; resumed, it
     /// allocates again.
@@ -984,6 +1355,7 @@ mod tests {
             a.allocate("new", None),
             Err(IpamError::Held("a clone".into()))
         );
+        assert_eq!(a.allocate("kept", None), Ok(kept), "asked again: the same");
         b.ask_for_space(name(1), now);
         let ask = match queued(&mut b).as_slice() {
             [ChannelSend::Unicast { payload, .. }] => payload.clone(),
@@ -1187,6 +1559,7 @@ mod tests {
             },
             allocs: Vec::new(),
             consensus: Vec::new(),
+            saved_ms: None,
         };
         let mut ch = IpamChannel::restore(key(1), big, Init::Observer, &saved, now, 1)
             .expect("a ring we wrote ourselves");

@@ -73,6 +73,7 @@ fn ipam_json_bytes(a: &Allocator) -> usize {
         ring: snap.ring.to_wire(),
         allocs: snap.allocs,
         consensus: Vec::new(),
+        saved_ms: Some(u64::MAX),
     };
     let mut n = Counted(0);
     serde_json::to_writer_pretty(&mut n, &p).map_or(usize::MAX, |()| n.0)
@@ -204,6 +205,7 @@ fn item_sizes(range: AddrRange) -> ItemSizes {
         ring: empty.clone(),
         allocs: Vec::new(),
         consensus: Vec::new(),
+        saved_ms: Some(u64::MAX),
     };
     let base = len(&base_p) + 64;
     let mut w = empty.clone();

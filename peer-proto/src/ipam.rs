@@ -118,6 +118,12 @@ pub enum IpamMsg {
     },
     /// "I have no free address; please give me some" (unicast).
     SpaceRequest(SpaceRequestWire),
+    /// The ring of a router restarted from a state older than the removal
+    /// horizon (`ipam-crdt` `channel`, "stale"): not to be merged by a
+    /// router that is not stale itself, since it may bring back what the
+    /// mesh forgot; stale routers judge each other's by it when the whole
+    /// mesh restarts after the horizon.
+    Stale(RingWire),
 }
 
 /// Most ring tokens (entries and tombstones) accepted in one message.
@@ -128,26 +134,28 @@ pub const MAX_IPAM_PEERS: usize = 1 << 14;
 impl IpamMsg {
     /// The limits serde cannot express.
     pub fn validate(&self) -> Result<(), crate::ValidationError> {
-        if let IpamMsg::State {
-            ring,
-            consensus,
-            free,
-        } = self
-        {
-            let too_many = ring.entries.len() + ring.tombs.len() > MAX_RING_ENTRIES
-                || free.len() > MAX_IPAM_PEERS
-                || ring.removed.len() > MAX_IPAM_PEERS
-                || ring.removals.len() > MAX_IPAM_PEERS
-                || ring.removals.iter().any(|r| r.sigs.len() > MAX_IPAM_PEERS)
-                || consensus.len() > MAX_IPAM_PEERS
-                || consensus.iter().any(|c| {
-                    c.accepted
-                        .as_ref()
-                        .is_some_and(|(_, v)| v.len() > MAX_IPAM_PEERS)
-                });
-            if too_many {
-                return Err(crate::ValidationError::TooManyEntries);
-            }
+        let (ring, consensus, free): (_, &[ClaimsWire], &[FreeHint]) = match self {
+            IpamMsg::State {
+                ring,
+                consensus,
+                free,
+            } => (ring, consensus, free),
+            IpamMsg::Stale(ring) => (ring, &[], &[]),
+            IpamMsg::SpaceRequest(_) => return Ok(()),
+        };
+        let too_many = ring.entries.len() + ring.tombs.len() > MAX_RING_ENTRIES
+            || free.len() > MAX_IPAM_PEERS
+            || ring.removed.len() > MAX_IPAM_PEERS
+            || ring.removals.len() > MAX_IPAM_PEERS
+            || ring.removals.iter().any(|r| r.sigs.len() > MAX_IPAM_PEERS)
+            || consensus.len() > MAX_IPAM_PEERS
+            || consensus.iter().any(|c| {
+                c.accepted
+                    .as_ref()
+                    .is_some_and(|(_, v)| v.len() > MAX_IPAM_PEERS)
+            });
+        if too_many {
+            return Err(crate::ValidationError::TooManyEntries);
         }
         Ok(())
     }

@@ -83,6 +83,9 @@ pub fn open(
         })?,
         None => IpamChannel::new(key, range, init, now, wall_ms),
     };
+    if let Some(why) = ch.stale() {
+        tracing::error!("{}: {why}", path.display());
+    }
     save(&mut ch, data_dir, now)?;
     Ok(ch)
 }
@@ -135,6 +138,7 @@ pub fn not_ready(ch: &IpamChannel, now: Instant) -> Option<NotReady> {
         Unready::Ring { secs } => NotReady::AwaitingRing { secs },
         Unready::Removed => NotReady::Removed,
         Unready::Stopped(error) => NotReady::Stopped { error },
+        Unready::Held(reason) => NotReady::Held { reason },
     })
 }
 

@@ -643,6 +643,27 @@ impl Lab {
         serde_json::from_slice(&out.stdout).with_context(|| format!("POST /ip/{id} reply"))
     }
 
+    /// A CNI ADD that may fail: `POST /ip/<id>` on node `i` (40 s at
+    /// most, so a wait for space ends first), its HTTP status and body.
+    pub fn post_ip_status(&self, i: usize, id: &str) -> Result<(u16, String)> {
+        let out = run(Command::new("curl")
+            .args([
+                "-s",
+                "-m",
+                "40",
+                "-X",
+                "POST",
+                "-w",
+                "\n%{http_code}",
+                "--unix-socket",
+            ])
+            .arg(self.nodes[i].socket())
+            .arg(format!("http://meshd/ip/{id}")))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').context("curl's status line")?;
+        Ok((code.trim().parse().context("HTTP status")?, body.to_owned()))
+    }
+
     /// Node `i`'s allocation keys that start with `prefix`.
     pub fn keys_with_prefix(&self, i: usize, prefix: &str) -> Result<Vec<String>> {
         Ok(self

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use weft_api::PeerName;
 use weft_tests::ipam::{
     all_holdings, allocate_many, assert_no_duplicates, ipam, owners, ready, rings_agree,
@@ -176,4 +176,66 @@ fn a_late_router_gets_space_and_rmpeer_by_a_majority_gives_a_dead_routers_space_
         "addresses lost in the move"
     );
     assert_no_duplicates(&all_holdings(&lab, &[0, 1, 3])?)
+}
+
+/// A router back with a state older than the removal horizon (its
+/// `ipam.json` says it was written 8 days ago) hands nothing out while it
+/// hears nobody, though it still owns its space, and allocates again once
+/// a peer's ring shows the space is still its own (docs/trust.md, "The
+/// horizon's one assumption"). The address it had before stays.
+#[test]
+fn a_router_back_after_the_horizon_holds_until_a_peer_confirms_its_space() -> Result<()> {
+    let mut lab = start_three("ipamold", 3)?;
+    let before = lab.post_ip(1, "before")?;
+    lab.kill_meshd(1);
+    let file = lab.nodes[1].dir.join("data").join("ipam.json");
+    let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&file)?)?;
+    let saved = state["saved_ms"]
+        .as_u64()
+        .context("ipam.json has saved_ms")?;
+    let eight_days = 8 * 24 * 3600 * 1000;
+    state["saved_ms"] = (saved - eight_days).into();
+    std::fs::write(&file, serde_json::to_vec_pretty(&state)?)?;
+    // Cut off from both others, so that nobody confirms it yet.
+    let (a, b) = (lab.nodes[0].ip, lab.nodes[2].ip);
+    let rules = format!(
+        "table inet wtcut {{\n chain i {{ type filter hook input priority 0; ip saddr {{ {a}, {b} }} drop; }}\n \
+         chain o {{ type filter hook output priority 0; ip daddr {{ {a}, {b} }} drop; }}\n}}\n"
+    );
+    let cut = std::env::temp_dir().join("weft-lab-ipamold.nft");
+    std::fs::write(&cut, rules)?;
+    lab.exec(1, &["nft", "-f", cut.to_str().unwrap_or_default()])?;
+    lab.router(1).start()?;
+    let (code, body) = lab.post_ip_status(1, "held")?;
+    ensure!(
+        code == 503 && body.contains("last saved 8 days ago"),
+        "a stale router answered {code}: {body}"
+    );
+    ensure!(
+        lab.nodes[1]
+            .log()
+            .contains("may have been removed meanwhile"),
+        "the hold is not in the log"
+    );
+    lab.exec(1, &["nft", "delete", "table", "inet", "wtcut"])?;
+    lab.wait_for(
+        "a peer's ring to confirm node 1's space (dials back off up to a minute while cut)",
+        Duration::from_secs(150),
+        |l| Ok(l.post_ip_status(1, "after")?.0 == 200),
+    )?;
+    // (Logged at the next IPAM tick, every 500 ms.)
+    let line = "the IPAM state is confirmed by the mesh";
+    let logged = lab.wait_for(
+        "the end of the hold in the log",
+        Duration::from_secs(5),
+        |l| Ok(l.nodes[1].log().contains(line)),
+    );
+    ensure!(
+        logged.is_ok(),
+        "{line:?} is not in the log:\n{}",
+        lab.nodes[1].log()
+    );
+    let again = lab.post_ip(1, "before")?;
+    ensure!(again.ip == before.ip, "the address held before moved");
+    assert_no_duplicates(&all_holdings(&lab, &[0, 1, 2])?)
 }

@@ -255,6 +255,13 @@ impl World {
 
     fn mutate(&self, u: &mut Unstructured, msg: &mut IpamMsg) -> Result<()> {
         let x = attacker();
+        // A ring marked stale (which routers that are not stale ignore).
+        if let IpamMsg::State { ring, .. } = msg
+            && u.ratio(1, 8)?
+        {
+            let ring = ring.clone();
+            *msg = IpamMsg::Stale(ring);
+        }
         match msg {
             IpamMsg::State {
                 ring,
@@ -346,6 +353,13 @@ impl World {
                     }
                 }
             },
+            IpamMsg::Stale(ring) => {
+                if !ring.entries.is_empty() {
+                    let i = u.choose_index(ring.entries.len())?;
+                    ring.entries[i].owner = anyone(u)?;
+                    ring.entries[i].version = u.arbitrary()?;
+                }
+            }
             IpamMsg::SpaceRequest(r) => {
                 match u.int_in_range(0..=3u8)? {
                     0 => r.at_ms = r.at_ms.wrapping_add(u.arbitrary::<u16>()?.into()),

@@ -373,6 +373,10 @@ pub enum NotReady {
     Removed,
     /// A write of the IPAM state failed: allocation stopped.
     Stopped { error: String },
+    /// New addresses are held: another router runs with this router's
+    /// identity, or its state is older than the removal horizon and no
+    /// peer confirmed its ranges yet.
+    Held { reason: String },
     /// meshd runs with `--no-dataplane`: IPAM may be ready, pods cannot be wired.
     NoDataPlane,
     /// The host has no overlay address (bridge gateway) yet.
@@ -399,6 +403,7 @@ impl fmt::Display for NotReady {
             NotReady::Stopped { error } => {
                 write!(f, "IPAM stopped after a failed write: {error}")
             }
+            NotReady::Held { reason } => write!(f, "new addresses are held: {reason}"),
             NotReady::NoDataPlane => {
                 f.write_str("meshd runs without a data plane (--no-dataplane)")
             }

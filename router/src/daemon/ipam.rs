@@ -173,6 +173,14 @@ impl Router {
             _ => {}
         }
         ch.hold(why);
+        // (A router back from a stale state is held by the channel itself.)
+        let stale = ch.stale().is_some();
+        if self.ipam_stale && !stale {
+            info!(
+                "the IPAM state is confirmed by the mesh (or nobody contradicted it): allocating again"
+            );
+        }
+        self.ipam_stale = stale;
     }
 
     /// Co-signs the removals others started (docs/trust.md, "Who may

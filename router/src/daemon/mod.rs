@@ -80,6 +80,8 @@ struct Router {
     range: Cidr,
     /// Why allocations are refused now ([`Command::HoldAllocations`]).
     alloc_hold: Option<String>,
+    /// The IPAM state was stale at the last tick (logged when it is not).
+    ipam_stale: bool,
 }
 
 /// Builds the endpoint and the router, then runs until `shutdown` flips,
@@ -223,6 +225,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
         cni_state_dir: cfg.cni_state_dir.clone(),
         range: crate::ipam::cidr(cfg.ipalloc_range),
         alloc_hold: held.then(|| crate::kube::UNCONFIRMED_REMOVAL.to_owned()),
+        ipam_stale: false,
     };
     router.save_targets();
 
