@@ -98,11 +98,15 @@ struct Stale {
     since_ms: u64,
     /// A seeded ring from a router that is not stale came (it decides).
     fresh_seen: bool,
-    /// A seeded ring came at all (a stale one too).
-    any_seen: bool,
     /// A stale router's ring merged without taking ours, and gave us all
     /// we own.
     stale_ok: bool,
+    /// A stale router's ring did not (then only a fresh ring, or the
+    /// operator, decides).
+    stale_bad: bool,
+    /// When the state we restored from was written: kept in what we save
+    /// while stale, so that a restart does not make it look fresh.
+    saved_ms: u64,
 }
 
 /// Why the channel cannot take a request.
@@ -213,7 +217,7 @@ impl IpamChannel {
         if let Some(at) = saved.saved_ms
             && wall_ms.saturating_sub(at) >= STALE_AFTER_MS
             && ch.ipam.alloc().ring().is_seeded()
-            && ch.owns_beside_others()
+            && !ch.sole_owner()
         {
             let days = wall_ms.saturating_sub(at) / (24 * 3600 * 1000);
             let reason = format!(
@@ -227,8 +231,9 @@ impl IpamChannel {
                 reason,
                 since_ms: 0,
                 fresh_seen: false,
-                any_seen: false,
                 stale_ok: false,
+                stale_bad: false,
+                saved_ms: at,
             });
         }
         for c in &saved.consensus {
@@ -239,12 +244,22 @@ impl IpamChannel {
         Ok(ch)
     }
 
-    /// We own space, and so does another router: only then can our space
-    /// have gone to an heir while we were away.
-    fn owns_beside_others(&self) -> bool {
+    /// We own all the space (a mesh of one): nobody can have removed us,
+    /// nor forgotten anything we would bring back.
+    fn sole_owner(&self) -> bool {
         let me = self.ipam.alloc().me();
         let owners = self.ipam.alloc().ring().ownership();
-        owners.contains_key(&me) && owners.keys().any(|p| *p != me)
+        owners.contains_key(&me) && owners.keys().all(|p| *p == me)
+    }
+
+    /// The operator says this router's state holds although it is older
+    /// than the horizon (`meshd --trust-stale-ipam`): every other router
+    /// is gone for good, or the mesh restarted whole and the stale rings
+    /// disagree. Ends the stale hold.
+    pub fn trust_stale(&mut self) {
+        if self.stale.take().is_some() {
+            self.changed();
+        }
     }
 
     fn with(key: KeyPair, ipam: Ipam, now: Instant, wall_ms: u64) -> Self {
@@ -355,7 +370,7 @@ impl IpamChannel {
             ring: snap.ring.to_wire(),
             allocs: snap.allocs,
             consensus,
-            saved_ms: Some(self.wall_now_ms),
+            saved_ms: Some(self.stale.as_ref().map_or(self.wall_now_ms, |s| s.saved_ms)),
         }
     }
 
@@ -571,12 +586,14 @@ impl IpamChannel {
         if wall.saturating_sub(self.saved_wall_ms) >= RESAVE_MS {
             self.unsaved = true;
         }
-        // Only stale routers heard, for long enough, and they agree we own
-        // what we own (the mesh restarted whole after the horizon), or
-        // nobody at all: their word, or ours, is all there is.
+        // Only stale routers heard, for long enough, and they all agree we
+        // own what we own (the mesh restarted whole after the horizon):
+        // their word is all there is. (Alone, nobody's word: the hold
+        // stays, or the operator lifts it, `trust_stale`.)
         if let Some(st) = &self.stale
             && !st.fresh_seen
-            && (st.stale_ok || !st.any_seen)
+            && st.stale_ok
+            && !st.stale_bad
             && ms.saturating_sub(st.since_ms) >= STALE_WAIT_MS
         {
             self.stale = None;
@@ -775,6 +792,16 @@ impl IpamChannel {
                 }
             }
         }
+        // What we own before the merge (which may make us an heir): what a
+        // stale router asks a peer's ring to confirm.
+        let mine = self
+            .stale
+            .is_some()
+            .then(|| self.ipam.alloc().ring().ranges_of(self.ipam.alloc().me()));
+        let other_cluster = matches!(
+            (self.ipam.alloc().ring().cluster(), ring.cluster()),
+            (Some(a), Some(b)) if a != b
+        );
         let result = self
             .ipam
             .on_state(Some(&ring), &knowledge_from_wire(&claims), now_ms);
@@ -793,7 +820,12 @@ impl IpamChannel {
         let owners = self.ipam.alloc().ring().ownership();
         let me = self.ipam.alloc().me();
         let cluster = self.ipam.alloc().ring().cluster();
-        for h in free.into_iter().filter(|_| cluster.is_some()) {
+        // (Beside another cluster's ring, hints are that cluster's: not
+        // ours to judge, nor forgeries.)
+        for h in free
+            .into_iter()
+            .filter(|_| cluster.is_some() && !other_cluster)
+        {
             let newer = self.hints.get(&h.peer).is_none_or(|held| held.seq < h.seq);
             if h.peer == me || !newer {
                 continue;
@@ -812,8 +844,10 @@ impl IpamChannel {
         // (The cluster of a seeded ring never changes, so a hint we hold
         // was checked under the one we have.)
         self.hints.retain(|p, _| *p == me || owners.contains_key(p));
-        if self.stale.is_some() {
-            self.confirm_stale(&ring, result.is_ok(), from_stale);
+        if let Some(mine) = mine
+            && !other_cluster
+        {
+            self.confirm_stale(&ring, &mine, result.is_ok(), from_stale);
         }
         match result {
             Ok(true) => self.changed(),
@@ -831,10 +865,12 @@ impl IpamChannel {
     /// Restored from a stale state: a seeded ring from a router that is
     /// not stale, which merged (nothing of ours taken) and gives us every
     /// address we own, ends the hold, and we take that ring whole; one that
-    /// gives our ranges to others says why the hold goes on. A stale
-    /// router's ring that would do only counts after [`STALE_WAIT_MS`]
-    /// with no other ring heard (`tick`).
-    fn confirm_stale(&mut self, theirs: &Ring, merged: bool, from_stale: bool) {
+    /// gives our ranges to others says why the hold goes on. Stale
+    /// routers' rings count only when no fresh ring came for
+    /// [`STALE_WAIT_MS`], and none of them contradicted ours (`tick`).
+    /// `mine` is what we owned before the merge, which may have made us
+    /// an heir (the fresh ring cannot know it yet).
+    fn confirm_stale(&mut self, theirs: &Ring, mine: &[AddrRange], merged: bool, from_stale: bool) {
         let me = self.ipam.alloc().me();
         let Some(st) = self.stale.as_mut() else {
             return;
@@ -843,9 +879,8 @@ impl IpamChannel {
             return;
         }
         st.fresh_seen |= !from_stale;
-        st.any_seen = true;
         let held_there = theirs.ranges_of(me);
-        let covered = self.ipam.alloc().ring().ranges_of(me).iter().all(|r| {
+        let covered = mine.iter().all(|r| {
             let inside: u64 = held_there
                 .iter()
                 .map(|h| {
@@ -858,12 +893,17 @@ impl IpamChannel {
         if !merged || !covered {
             // (A ring that forgot one of our tokens merges, and is no
             // confirmation: the token's tombstone went with the horizon.)
-            if !from_stale && let Some(st) = self.stale.as_mut() {
-                st.reason = "the IPAM state is older than the removal horizon, and a peer's ring \
-                     gives this router's space to others: it was probably removed while it was \
-                     away. Stop meshd and move ipam.json aside to rejoin as a new router \
-                     (docs/troubleshooting.md)"
-                    .into();
+            if let Some(st) = self.stale.as_mut() {
+                if from_stale {
+                    st.stale_bad = true;
+                } else {
+                    st.reason = "the IPAM state is older than the removal horizon, and a peer's \
+                         ring does not give this router all the space it holds: it was probably \
+                         removed while it was away (or this ipam.json is an old copy). Stop meshd \
+                         and move ipam.json aside to rejoin as a new router \
+                         (docs/troubleshooting.md)"
+                        .into();
+                }
             }
             return;
         }
@@ -1296,6 +1336,58 @@ mod tests {
         // Not even after the wait: a fresh ring said no.
         b.tick(now + Duration::from_millis(STALE_WAIT_MS), 0);
         assert!(b.stale().is_some());
+        // Nor after a restart: what it saves keeps the old time.
+        b.changed();
+        let again = b.unsaved().expect("changed");
+        assert_eq!(again.saved_ms, Some(1));
+        let wall = 2 + STALE_AFTER_MS;
+        let b2 = IpamChannel::restore(key(2), range(), Init::Observer, &again, now, wall)
+            .expect("restores");
+        assert!(b2.stale().is_some(), "still stale after a restart");
+    }
+
+    /// Alone (nobody heard), a stale router stays held: its own word is
+    /// what a removed router would say too. The operator lifts the hold
+    /// (`--trust-stale-ipam`). A router that owns nothing is stale too (its
+    /// ring could bring back what the mesh forgot); one that owns all the
+    /// space (a mesh of one) is not.
+    #[test]
+    fn a_stale_router_alone_waits_for_the_operator() {
+        let now = Instant::now();
+        let (mut a0, _, saved) = with_space(now);
+        let late = 1 + STALE_AFTER_MS;
+        let mut b = IpamChannel::restore(key(2), range(), Init::Observer, &saved, now, late)
+            .expect("restores");
+        b.saved(now);
+        b.tick(now + Duration::from_millis(2 * STALE_WAIT_MS), 0);
+        assert!(b.stale().is_some(), "no fallback when alone");
+        b.trust_stale();
+        assert_eq!(b.stale(), None);
+        assert!(b.allocate("new", None).is_ok());
+
+        let empty = Persisted {
+            allocs: Vec::new(),
+            ring: {
+                let mut r = saved.ring.clone();
+                for e in &mut r.entries {
+                    if e.owner == name(2) {
+                        e.owner = name(1);
+                    }
+                }
+                r
+            },
+            ..saved.clone()
+        };
+        let c = IpamChannel::restore(key(3), range(), Init::Observer, &empty, now, late)
+            .expect("restores");
+        assert!(c.stale().is_some(), "owning nothing, still stale");
+        a0.changed();
+        let mut solo = a0.unsaved().expect("changed");
+        solo.saved_ms = Some(1);
+        solo.ring = empty.ring.clone();
+        let one = IpamChannel::restore(key(1), range(), Init::Observer, &solo, now, late)
+            .expect("restores");
+        assert_eq!(one.stale(), None, "a mesh of one");
     }
 
     /// The whole mesh back after the horizon: every router is stale, so
@@ -1330,6 +1422,20 @@ mod tests {
             assert!(ch.allocate("new", None).is_ok());
             ch.saved(later);
         }
+        // A stale ring that contradicts blocks that path.
+        let (_, _, saved_c) = with_space(now);
+        let mut c = IpamChannel::restore(key(2), range(), Init::Observer, &saved_c, now, late)
+            .expect("restores");
+        c.saved(now);
+        let mut taken = a0.ipam().alloc().ring().clone();
+        for r in taken.ranges_of(name(2)) {
+            taken.transfer(name(2), r, name(1)).expect("owned");
+        }
+        let contra = encode_ipam(&IpamMsg::Stale(taken.to_wire())).expect("encode");
+        let _ = c.on_gossip(now, &contra);
+        c.on_gossip(now, &sa).expect("good");
+        c.tick(later, 0);
+        assert!(c.stale().is_some(), "one stale ring said no");
         let day = later + Duration::from_millis(RESAVE_MS);
         a.tick(day - Duration::from_millis(1), 0);
         assert!(a.unsaved().is_none(), "nothing changed");

@@ -162,6 +162,13 @@ pub struct MeshdArgs {
     /// apply: a router co-signs only for peers whose Node it sees deleted.
     #[arg(long, env = "WEFT_COSIGN_UNASKED_AFTER", default_value = "30m", value_parser = humantime::parse_duration)]
     pub cosign_unasked_after: Duration,
+    /// Take this router's IPAM state as it is, though it is older than the
+    /// removal horizon: its new addresses are otherwise held until a peer's
+    /// ring confirms its space (docs/trust.md, "The horizon's one
+    /// assumption"). Only when every other router is gone for good, or the
+    /// whole mesh restarted and its stale rings disagree.
+    #[arg(long, env = "WEFT_TRUST_STALE_IPAM")]
+    pub trust_stale_ipam: bool,
     /// Full reconcile period against the API (Node events also trigger one).
     #[arg(long, env = "WEFT_KUBE_RESYNC", default_value = "30s", value_parser = humantime::parse_duration)]
     pub kube_resync: Duration,
@@ -373,6 +380,7 @@ impl MeshdArgs {
         };
         Ok(DaemonConfig {
             cosign_unasked_after: kube.is_none().then_some(self.cosign_unasked_after),
+            trust_stale_ipam: self.trust_stale_ipam,
             kube,
             dataplane,
             cni_state_dir: Some(self.cni_state_dir.clone()),
@@ -462,6 +470,8 @@ pub struct DaemonConfig {
     /// removal nobody asked it for (`--cosign-unasked-after`); `None`
     /// (with `--kube`): never, only with the evidence of a deleted Node.
     pub cosign_unasked_after: Option<Duration>,
+    /// `--trust-stale-ipam`.
+    pub trust_stale_ipam: bool,
 }
 
 #[cfg(test)]

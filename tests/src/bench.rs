@@ -35,6 +35,7 @@ pub fn loopback_router(
         cni_state_dir: None,
         kube: None,
         cosign_unasked_after: Some(Duration::from_secs(1800)),
+        trust_stale_ipam: false,
         listen: SocketAddr::from(([127, 0, 0, 1], port)),
         data_dir: dir.join("data"),
         api_socket: dir.join("api.sock"),

@@ -118,13 +118,19 @@ pub async fn run(cfg: DaemonConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let listen = endpoint.local_addr()?;
 
     let now = Instant::now();
-    let ipam = crate::ipam::open(
+    let mut ipam = crate::ipam::open(
         identity.signer()?,
         cfg.ipalloc_range,
         ipalloc_init,
         &cfg.data_dir,
         now,
     )?;
+    if cfg.trust_stale_ipam && ipam.stale().is_some() {
+        warn!(
+            "--trust-stale-ipam: taking the IPAM state as it is, though it is older than the removal horizon"
+        );
+        ipam.trust_stale();
+    }
     if ipam.is_removed() && cfg.kube.is_some() {
         // Our Node was deleted and our space reclaimed while this host
         // lived on (a re-registered Node keeps /var/lib/weft). Start over as
