@@ -1009,6 +1009,15 @@ mod tests {
         std::iter::from_fn(|| ch.sender().pop()).collect()
     }
 
+    /// Router 2 (`b`) asks router 1 for space: the request it sends.
+    fn space_request(b: &mut IpamChannel, now: Instant) -> Vec<u8> {
+        b.ask_for_space(name(1), now);
+        match queued(b).as_slice() {
+            [ChannelSend::Unicast { dst, payload }] if *dst == name(1) => payload.clone(),
+            q => panic!("a space request to the donor, not {q:?}"),
+        }
+    }
+
     /// A seed owning the whole range, and an observer owning nothing,
     /// both saved once.
     fn pair(now: Instant) -> (IpamChannel, IpamChannel) {
@@ -1069,11 +1078,7 @@ mod tests {
             b.allocate("pod", None),
             Err(IpamError::Alloc(AllocError::NoSpace))
         );
-        b.ask_for_space(name(1), now);
-        let request = match queued(&mut b).as_slice() {
-            [ChannelSend::Unicast { dst, payload }] if *dst == name(1) => payload.clone(),
-            q => panic!("a space request to the donor, not {q:?}"),
-        };
+        let request = space_request(&mut b, now);
         a.on_unicast(now, name(2), &request)
             .expect("a good request");
         assert!(
@@ -1114,11 +1119,7 @@ mod tests {
         let ring = a.ipam().alloc().ring().clone();
         b.ipam.alloc_mut().merge(&ring).expect("merge");
         queued(&mut b);
-        b.ask_for_space(name(1), now);
-        let ask = match queued(&mut b).as_slice() {
-            [ChannelSend::Unicast { payload, .. }] => payload.clone(),
-            q => panic!("{q:?}"),
-        };
+        let ask = space_request(&mut b, now);
         a.on_unicast(now, name(2), &ask).expect("a good request");
         a.save_failed("disk full".into());
         let t0 = Instant::now();
@@ -1217,11 +1218,7 @@ mod tests {
         b.ipam.alloc_mut().merge(&ring).expect("merge");
         queued(&mut a);
         queued(&mut b);
-        b.ask_for_space(name(1), now);
-        let ask = match queued(&mut b).as_slice() {
-            [ChannelSend::Unicast { payload, .. }] => payload.clone(),
-            q => panic!("{q:?}"),
-        };
+        let ask = space_request(&mut b, now);
         a.on_unicast(now, name(2), &ask).expect("a good request");
         a.saved(now);
         let state = a.full_state(now).expect("saved");
@@ -1462,11 +1459,7 @@ mod tests {
             Err(IpamError::Held("a clone".into()))
         );
         assert_eq!(a.allocate("kept", None), Ok(kept), "asked again: the same");
-        b.ask_for_space(name(1), now);
-        let ask = match queued(&mut b).as_slice() {
-            [ChannelSend::Unicast { payload, .. }] => payload.clone(),
-            q => panic!("{q:?}"),
-        };
+        let ask = space_request(&mut b, now);
         a.on_unicast(now, name(2), &ask).expect("not an error");
         assert!(
             !a.ipam().alloc().ring().ownership().contains_key(&name(2)),

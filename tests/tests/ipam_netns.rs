@@ -32,6 +32,20 @@ fn start_three(name: &str, n: usize) -> Result<Lab> {
     Ok(lab)
 }
 
+/// Drops all traffic between node `i` and nodes `from`, in `i`'s own
+/// namespace (table `inet wtcut`; `nft delete table inet wtcut` heals).
+fn cut_off(lab: &Lab, i: usize, from: [usize; 2]) -> Result<()> {
+    let (a, b) = (lab.nodes[from[0]].ip, lab.nodes[from[1]].ip);
+    let rules = format!(
+        "table inet wtcut {{\n chain i {{ type filter hook input priority 0; ip saddr {{ {a}, {b} }} drop; }}\n \
+         chain o {{ type filter hook output priority 0; ip daddr {{ {a}, {b} }} drop; }}\n}}\n"
+    );
+    let file = std::env::temp_dir().join(format!("weft-lab-{}-cut-{i}.nft", lab.name));
+    std::fs::write(&file, rules)?;
+    lab.exec(i, &["nft", "-f", file.to_str().unwrap_or_default()])?;
+    Ok(())
+}
+
 #[test]
 fn three_routers_allocate_3000_distinct_addresses_and_survive_kill_9() -> Result<()> {
     let mut lab = start_three("ipam3k", 3)?;
@@ -84,14 +98,7 @@ fn three_routers_allocate_3000_distinct_addresses_and_survive_kill_9() -> Result
 fn a_partitioned_router_keeps_allocating_and_no_address_is_doubled_after_healing() -> Result<()> {
     let lab = start_three("ipampart", 3)?;
     // Cut node 2 off from both others.
-    let (a, b) = (lab.nodes[0].ip, lab.nodes[1].ip);
-    let rules = format!(
-        "table inet wtcut {{\n chain i {{ type filter hook input priority 0; ip saddr {{ {a}, {b} }} drop; }}\n \
-         chain o {{ type filter hook output priority 0; ip daddr {{ {a}, {b} }} drop; }}\n}}\n"
-    );
-    let file = std::env::temp_dir().join("weft-lab-ipampart.nft");
-    std::fs::write(&file, rules)?;
-    lab.exec(2, &["nft", "-f", file.to_str().unwrap_or_default()])?;
+    cut_off(&lab, 2, [0, 1])?;
     let name2 = lab.name_of(2)?;
     lab.wait_for("node 2 cut off", Duration::from_secs(15), |l| {
         Ok(!weft_tests::netns::established_peers(&l.status(0)?).contains(&name2))
@@ -197,14 +204,7 @@ fn a_router_back_after_the_horizon_holds_until_a_peer_confirms_its_space() -> Re
     state["saved_ms"] = (saved - eight_days).into();
     std::fs::write(&file, serde_json::to_vec_pretty(&state)?)?;
     // Cut off from both others, so that nobody confirms it yet.
-    let (a, b) = (lab.nodes[0].ip, lab.nodes[2].ip);
-    let rules = format!(
-        "table inet wtcut {{\n chain i {{ type filter hook input priority 0; ip saddr {{ {a}, {b} }} drop; }}\n \
-         chain o {{ type filter hook output priority 0; ip daddr {{ {a}, {b} }} drop; }}\n}}\n"
-    );
-    let cut = std::env::temp_dir().join("weft-lab-ipamold.nft");
-    std::fs::write(&cut, rules)?;
-    lab.exec(1, &["nft", "-f", cut.to_str().unwrap_or_default()])?;
+    cut_off(&lab, 1, [0, 2])?;
     lab.router(1).start()?;
     let (code, body) = lab.post_ip_status(1, "held")?;
     ensure!(
