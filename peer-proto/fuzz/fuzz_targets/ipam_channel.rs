@@ -240,6 +240,21 @@ impl World {
         self.check();
     }
 
+    /// An honest router removed anywhere. Honest routers here only ever
+    /// remove the attacker, so that is the attacker's signature counted
+    /// as a majority of owners: the documented limit (docs/trust.md, "Who
+    /// may remove a router": the rule counts owners, not machines; with
+    /// two owners, each may remove the other), not news. Found by this
+    /// target: an honest router gave all its space away, leaving the
+    /// attacker and one honest owner, whose removal the attacker then
+    /// signed alone.
+    fn honest_removed(&self) -> bool {
+        self.routers.iter().any(|r| {
+            let removed = r.ch.ipam().alloc().ring().removed();
+            self.routers.iter().any(|h| removed.contains(&h.me))
+        })
+    }
+
     fn check(&mut self) {
         if trace() {
             for r in &self.routers {
@@ -575,7 +590,7 @@ fuzz_target!(|data: &[u8]| {
     w.settle();
     while !u.is_empty() {
         match w.step(&mut u) {
-            Ok(true) => {}
+            Ok(true) if !w.honest_removed() => {}
             _ => break,
         }
     }
