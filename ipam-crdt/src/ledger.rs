@@ -1,0 +1,1026 @@
+//! Signed ownership on fixed blocks: the design of `docs/ring-signing.md`
+//! ("Fixed blocks"), built and simulated beside the ring, not yet used by
+//! the allocator.
+//!
+//! The range is cut into fixed blocks. Who owns a block is not something a
+//! peer tells us: it is what follows from the seed layout (every router
+//! computes it from the seed list) and the **steps** we hold, each signed by
+//! the router whose it is to make:
+//! - a gift ([`StepKind::Give`]): the owner of a run of blocks at a version
+//!   gives them to another router; signed by that owner;
+//! - an inheritance ([`StepKind::Inherit`]): a router takes a run of blocks
+//!   of a removed owner whose heir it is (it owns the block just before the
+//!   run); signed by the heir, and applied only where the removal
+//!   certificate is valid, against owners weighted by the blocks they own.
+//!
+//! Merge is the union of steps (and of removal signatures); a step whose
+//! signature does not verify, or that its signer may not make, is dropped and
+//! counted. The view is a function of the set ([`Ledger::view`]): the steps
+//! are replayed once, in the order of their makers' clocks (a router stamps
+//! a step later than every step it holds, so a step comes after what it
+//! follows); a step applies where it links (its blocks are at the state it
+//! names, and its signer may make it there), and one that does not link is
+//! pending, never taken on trust, so no forged version can freeze a block. A
+//! step that links nowhere is not even kept: gossip brings it again once
+//! what it follows has come. Two steps that apply at one state of one block
+//! are a **dispute**: neither applies, and the blocks they share are held by
+//! nobody (the owner of that state gave them twice, or a removed owner's
+//! last gift raced its heir). Routers holding the same steps hold the same
+//! view, so views converge as steps spread.
+//!
+//! Removals have a place in that order too: a removal takes effect at the
+//! first inheritance where its signers (any router's signature is kept) hold
+//! more than half of all the blocks but the removed router's, as the blocks
+//! stand there, or at the end. What was valid then stays valid when later
+//! steps move the signers' blocks or remove the signers themselves; counting
+//! at the end instead let a lagging router or a joiner undo an heir's
+//! inheritance, and counting only owners not removed let a liar whose
+//! sybils held an eighth of the blocks remove a live router (both found by
+//! `tests/ledger_sim.rs`).
+//!
+//! What this does not do (ring-signing.md): a joiner takes its first base on
+//! trust; a lying owner that gives one run twice makes a duplicate until
+//! the two steps meet (the allocator must wait a settle time before using
+//! gained space, and across a partition even that is not enough); and
+//! [`Ledger::fold_old`], which bounds the steps by folding old ones into the
+//! base, is not sound yet: a router that folds a step it applied on a
+//! lagging view locks that view in and teaches it to joiners (found by the
+//! simulation). Bounding the steps needs checkpoints that a majority of
+//! owners sign.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use std::sync::LazyLock;
+use weft_peer_proto::PeerName;
+
+use weft_mesh::SigCache;
+use weft_peer_proto::sign::{Sig, Signer, signing_bytes};
+
+use crate::range::AddrRange;
+use crate::removal::{Removal, SigOutcome};
+
+/// The domain of step signatures.
+pub const DOMAIN: &str = "weft/step/1";
+
+/// Step signatures that passed, for every ledger of the process (as
+/// removal signatures are): a step that links nowhere yet is dropped and
+/// comes again with the next gossip, and each copy then costs a hash.
+static CHECKED: LazyLock<SigCache> = LazyLock::new(|| SigCache::new(1 << 16));
+
+/// At most this many blocks: a /12 in blocks of 64 addresses.
+pub const MAX_BLOCKS: u32 = 1 << 14;
+
+/// How a range is cut into blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    range: AddrRange,
+    blocks: u32,
+}
+
+impl Layout {
+    /// `range` in as many blocks as it has addresses, at most
+    /// [`MAX_BLOCKS`].
+    pub fn new(range: AddrRange) -> Self {
+        let blocks = range.len().clamp(1, u64::from(MAX_BLOCKS)) as u32;
+        Layout { range, blocks }
+    }
+
+    pub fn blocks(&self) -> u32 {
+        self.blocks
+    }
+
+    /// The addresses of block `b`.
+    pub fn block(&self, b: u32) -> AddrRange {
+        let len = self.range.len();
+        let n = u64::from(self.blocks);
+        let at = |i: u64| u64::from(self.range.start) + len * i / n;
+        AddrRange {
+            start: at(u64::from(b)) as u32,
+            end: at(u64::from(b) + 1),
+        }
+    }
+
+    /// The block holding `addr`.
+    pub fn block_of(&self, addr: u32) -> Option<u32> {
+        if !self.range.contains(addr) {
+            return None;
+        }
+        let off = u64::from(addr) - u64::from(self.range.start);
+        let n = u64::from(self.blocks);
+        // The largest b with b * len / n <= off.
+        let mut b = (off * n / self.range.len()) as u32;
+        while b + 1 < self.blocks && self.block(b + 1).start <= addr {
+            b += 1;
+        }
+        while self.block(b).start > addr {
+            b -= 1;
+        }
+        Some(b)
+    }
+}
+
+/// One block's owner and version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Block {
+    pub owner: PeerName,
+    pub version: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum StepKind {
+    Give,
+    Inherit,
+}
+
+/// A change of the blocks `first .. first + count`, all at `(from,
+/// from_version)`, to `to` at `from_version + 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct StepBody {
+    /// The signer's wall clock, ms since the Unix epoch: when the step may
+    /// be folded into the base. First, so that a fold applies older steps
+    /// first.
+    pub at_ms: u64,
+    pub kind: StepKind,
+    pub first: u32,
+    pub count: u32,
+    pub from: PeerName,
+    pub from_version: u32,
+    pub to: PeerName,
+}
+
+impl StepBody {
+    /// Who must sign it.
+    pub fn signer(&self) -> PeerName {
+        match self.kind {
+            StepKind::Give => self.from,
+            StepKind::Inherit => self.to,
+        }
+    }
+
+    fn blocks(&self) -> std::ops::Range<u32> {
+        self.first..self.first.saturating_add(self.count)
+    }
+}
+
+#[derive(Serialize)]
+struct Statement<'a> {
+    cluster: u64,
+    step: &'a StepBody,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub body: StepBody,
+    pub sig: Sig,
+}
+
+impl Step {
+    pub fn sign(key: &impl Signer, cluster: u64, body: StepBody) -> Step {
+        Step {
+            body,
+            sig: key.sign(
+                DOMAIN,
+                &Statement {
+                    cluster,
+                    step: &body,
+                },
+            ),
+        }
+    }
+
+    /// Why this step cannot be taken in, before any view: a bad signature,
+    /// the wrong signer, or blocks outside the layout.
+    pub fn check(&self, cluster: u64, layout: Layout) -> Result<(), StepError> {
+        let b = &self.body;
+        if b.count == 0 || u64::from(b.first) + u64::from(b.count) > u64::from(layout.blocks) {
+            return Err(StepError::OutOfRange);
+        }
+        if b.from == b.to || b.from_version == u32::MAX {
+            return Err(StepError::Malformed);
+        }
+        let msg = signing_bytes(DOMAIN, &Statement { cluster, step: b })
+            .map_err(|_| StepError::Malformed)?;
+        CHECKED
+            .check(b.signer(), &msg, &self.sig)
+            .map_err(|_| StepError::Forged)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StepError {
+    #[error("the step names blocks outside the range")]
+    OutOfRange,
+    #[error("the step gives blocks to their own owner, or past the last version")]
+    Malformed,
+    #[error("the step is not signed by the router whose it is to make")]
+    Forged,
+}
+
+/// What merging another ledger did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerMerge {
+    pub added: u32,
+    /// Steps dropped: not signed by their maker, or malformed.
+    pub forged: u32,
+    /// Steps signed by their maker that link nowhere in our view (not
+    /// kept: a lagging peer's, or a lie about a state that never was).
+    pub unlinked: u32,
+    pub removals: SigOutcome,
+}
+
+/// What a ledger's steps make of its base.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub blocks: Vec<Block>,
+    /// Blocks held by nobody: two steps left one state of theirs.
+    pub disputed: BTreeSet<u32>,
+    pub removed: BTreeSet<PeerName>,
+    /// Steps applied, in order.
+    pub applied: Vec<StepBody>,
+    /// Steps that link nowhere yet.
+    pub pending: usize,
+    /// Steps that applied at a state where another step applied too: both
+    /// are void, and the blocks they share are disputed.
+    pub voided: BTreeSet<StepBody>,
+    /// The pairs of such steps: the evidence.
+    pub conflicts: Vec<(StepBody, StepBody)>,
+}
+
+/// Consecutive blocks of one owner: `(owner, how many)`.
+fn runs(blocks: &[Block]) -> Vec<(PeerName, u64)> {
+    let mut out: Vec<(PeerName, u64)> = Vec::new();
+    for b in blocks {
+        match out.last_mut() {
+            Some((o, n)) if *o == b.owner => *n += 1,
+            _ => out.push((b.owner, 1)),
+        }
+    }
+    out
+}
+
+/// The owner of the block before `b`, wrapping.
+fn owner_before(v: &View, b: u32) -> PeerName {
+    let n = v.blocks.len() as u32;
+    v.blocks[((b + n - 1) % n) as usize].owner
+}
+
+impl View {
+    pub fn owner(&self, b: u32) -> Option<PeerName> {
+        if self.disputed.contains(&b) {
+            return None;
+        }
+        self.blocks.get(b as usize).map(|x| x.owner)
+    }
+
+    /// The blocks `peer` holds (disputed ones left out).
+    pub fn blocks_of(&self, peer: PeerName) -> Vec<u32> {
+        (0..self.blocks.len() as u32)
+            .filter(|b| self.owner(*b) == Some(peer))
+            .collect()
+    }
+
+    /// Who inherits block `b` of a removed owner: the owner of the block
+    /// before it (wrapping), if that is not a removed owner's (then nobody
+    /// yet: its own heir takes that block first, and then this one).
+    pub fn heir(&self, b: u32) -> Option<PeerName> {
+        let n = self.blocks.len() as u32;
+        let before = (b + n - 1) % n;
+        let owner = self.blocks[before as usize].owner;
+        (before != b && !self.disputed.contains(&before) && !self.removed.contains(&owner))
+            .then_some(owner)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ledger {
+    layout: Layout,
+    cluster: Option<u64>,
+    base: Vec<Block>,
+    /// Blocks disputed before the base was last folded.
+    base_disputed: BTreeSet<u32>,
+    steps: BTreeMap<StepBody, Sig>,
+    removals: BTreeMap<PeerName, Removal>,
+    /// The view of what is above, made when first asked for after a change.
+    cache: std::sync::OnceLock<View>,
+}
+
+impl Ledger {
+    /// An unseeded ledger over `range` (a joiner's).
+    pub fn new(range: AddrRange) -> Self {
+        Ledger {
+            layout: Layout::new(range),
+            cluster: None,
+            base: Vec::new(),
+            base_disputed: BTreeSet::new(),
+            steps: BTreeMap::new(),
+            removals: BTreeMap::new(),
+            cache: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The base every one of `peers` computes alike: the blocks split into
+    /// equal consecutive runs in name order, all at version 1.
+    pub fn seeded(range: AddrRange, peers: &[PeerName], cluster: u64) -> Self {
+        let mut names = peers.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        let mut l = Ledger::new(range);
+        if names.is_empty() {
+            return l;
+        }
+        let n = u64::from(l.layout.blocks);
+        l.base = (0..n)
+            .map(|b| Block {
+                owner: names[(b * names.len() as u64 / n) as usize],
+                version: 1,
+            })
+            .collect();
+        l.cluster = Some(cluster);
+        l
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    pub fn cluster(&self) -> Option<u64> {
+        self.cluster
+    }
+
+    /// Whether the view held (built step by step where steps came in
+    /// order) is what a whole fold of the steps makes: for simulations.
+    pub fn view_is_a_fold(&self) -> bool {
+        let v = self.view();
+        let f = self.judge();
+        (&v.blocks, &v.disputed, &v.removed, v.pending)
+            == (&f.blocks, &f.disputed, &f.removed, f.pending)
+    }
+
+    /// Who signed the removal of `peer`.
+    pub fn removal_signers(&self, peer: PeerName) -> Vec<PeerName> {
+        self.removals
+            .get(&peer)
+            .map(|c| c.signers().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn steps(&self) -> impl Iterator<Item = Step> + '_ {
+        self.steps.iter().map(|(body, sig)| Step {
+            body: *body,
+            sig: *sig,
+        })
+    }
+
+    /// What the base and the steps held make: see the module's text.
+    pub fn view(&self) -> &View {
+        self.cache.get_or_init(|| self.judge())
+    }
+
+    fn changed(&mut self) {
+        self.cache = std::sync::OnceLock::new();
+    }
+
+    /// Judges `s`, just added, on top of the view we hold, where that gives
+    /// what a whole fold would: `s` is the newest step, so it stands last in
+    /// the order, and it is no twin of a step that applied (it links and no
+    /// other step from its state does, or it does not link and names a
+    /// state its blocks never left). Returns false where a whole fold is
+    /// needed. Most steps arrive in order, so most merges cost a step, not a
+    /// fold.
+    fn extend_view(&mut self, s: &StepBody) -> bool {
+        let newest = self
+            .steps
+            .keys()
+            .filter(|t| *t != s)
+            .all(|t| t.at_ms < s.at_ms);
+        if !newest || self.cache.get().is_none() {
+            return false;
+        }
+        let twin = |t: &StepBody| {
+            t != s
+                && t.from == s.from
+                && t.from_version == s.from_version
+                && t.first < s.first.saturating_add(s.count)
+                && s.first < t.first.saturating_add(t.count)
+        };
+        let has_twin = self.steps.keys().any(twin);
+        let Some(mut v) = self.cache.take() else {
+            return false;
+        };
+        if s.kind == StepKind::Inherit {
+            self.apply_removals(&mut v);
+        }
+        let ok = if self.links(&v, s) {
+            if has_twin {
+                false
+            } else {
+                let to = Block {
+                    owner: s.to,
+                    version: s.from_version + 1,
+                };
+                for b in s.blocks() {
+                    v.blocks[b as usize] = to;
+                }
+                v.applied.push(*s);
+                self.apply_removals(&mut v);
+                true
+            }
+        } else {
+            // A state none of its blocks has reached yet: only pending.
+            let unreached = s.blocks().all(|b| {
+                v.blocks
+                    .get(b as usize)
+                    .is_some_and(|x| x.version <= s.from_version)
+            });
+            if unreached {
+                v.pending += 1;
+            }
+            unreached
+        };
+        if ok {
+            let _ = self.cache.set(v);
+        }
+        ok
+    }
+
+    /// Drops `s`, a step that is pending in the view we hold.
+    fn drop_pending(&mut self, s: &StepBody) {
+        self.steps.remove(s);
+        match self.cache.get_mut() {
+            Some(v) if v.pending > 0 && !v.applied.contains(s) && !v.voided.contains(s) => {
+                v.pending -= 1;
+            }
+            _ => self.changed(),
+        }
+    }
+
+    fn judge(&self) -> View {
+        let mut voided = BTreeSet::new();
+        let mut conflicts = Vec::new();
+        let mut disputed = BTreeSet::new();
+        loop {
+            match self.fold(&voided, &disputed) {
+                Ok(mut v) => {
+                    v.voided = voided;
+                    v.conflicts = conflicts;
+                    return v;
+                }
+                Err((a, b)) => {
+                    disputed.extend(a.blocks().filter(|x| b.blocks().contains(x)));
+                    voided.insert(a);
+                    voided.insert(b);
+                    conflicts.push((a, b));
+                }
+            }
+        }
+    }
+
+    /// One fold with `voided` left out and `disputed` held by nobody: the
+    /// view, or the first two steps found to apply at one state.
+    fn fold(
+        &self,
+        voided: &BTreeSet<StepBody>,
+        disputed: &BTreeSet<u32>,
+    ) -> Result<View, (StepBody, StepBody)> {
+        let mut v = View {
+            blocks: self.base.clone(),
+            disputed: self.base_disputed.union(disputed).copied().collect(),
+            removed: BTreeSet::new(),
+            applied: Vec::new(),
+            pending: 0,
+            voided: BTreeSet::new(),
+            conflicts: Vec::new(),
+        };
+        if v.blocks.is_empty() {
+            return Ok(v);
+        }
+        let steps: Vec<&StepBody> = self.steps.keys().filter(|s| !voided.contains(s)).collect();
+        // The steps from each state, for the disputes below: only steps
+        // from one `(owner, version)` can apply at one state of a block.
+        let mut from_state: BTreeMap<(PeerName, u32), Vec<usize>> = BTreeMap::new();
+        for (i, s) in steps.iter().enumerate() {
+            from_state
+                .entry((s.from, s.from_version))
+                .or_default()
+                .push(i);
+        }
+        // One pass in the order of the steps' clocks (a router stamps its
+        // steps later than every step it holds: `make`), so a step is
+        // judged against what came before it and never against what came
+        // after; one that does not link where it stands is pending.
+        let mut done = vec![false; steps.len()];
+        let mut pending = 0;
+        for (i, s) in steps.iter().enumerate() {
+            // Removals have a place in the order too: a removal takes effect
+            // at the first inheritance where its signers hold a majority of
+            // the blocks as they stand there (or at the end), so what was
+            // valid stays valid when later steps move the signers' blocks
+            // or remove the signers themselves.
+            if s.kind == StepKind::Inherit && !v.removed.contains(&s.from) {
+                self.apply_removals(&mut v);
+            }
+            if !self.links(&v, s) {
+                pending += 1;
+                continue;
+            }
+            // Another step that applies at this state too: a dispute.
+            for &j in &from_state[&(s.from, s.from_version)] {
+                let t = steps[j];
+                let overlap = t.first < s.first.saturating_add(s.count)
+                    && s.first < t.first.saturating_add(t.count);
+                if j != i && !done[j] && overlap && self.links(&v, t) {
+                    return Err((**s, *t));
+                }
+            }
+            let to = Block {
+                owner: s.to,
+                version: s.from_version + 1,
+            };
+            for b in s.blocks() {
+                v.blocks[b as usize] = to;
+            }
+            done[i] = true;
+            v.applied.push(**s);
+        }
+        self.apply_removals(&mut v);
+        v.pending = pending;
+        Ok(v)
+    }
+
+    /// Whether `s` applies to the view as it is: every block of it is at its
+    /// state and not disputed, and its signer may make it.
+    fn links(&self, v: &View, s: &StepBody) -> bool {
+        let from = Block {
+            owner: s.from,
+            version: s.from_version,
+        };
+        let at_state = s.blocks().all(|b| v.blocks.get(b as usize) == Some(&from))
+            && (v.disputed.is_empty() || s.blocks().all(|b| !v.disputed.contains(&b)));
+        if !at_state {
+            return false;
+        }
+        match s.kind {
+            // A removed router's gift counts: the fold cannot tell whether
+            // it was made before the removal, and where it raced the heir's
+            // inheritance the two are a dispute.
+            StepKind::Give => true,
+            // The heir may have been removed since, by a removal the fold
+            // already counts (removals have no place in the order): what
+            // it took before stays taken, and goes on to its own heir.
+            StepKind::Inherit => {
+                v.removed.contains(&s.from)
+                    && (v.heir(s.first) == Some(s.to)
+                        || v.removed.contains(&s.to) && owner_before(v, s.first) == s.to)
+            }
+        }
+    }
+
+    /// Marks removed every peer whose certificate is valid in `v`: signed
+    /// by the peer, or by owners (not removed) of more than half of all the
+    /// blocks but the peer's. Blocks of removed owners that nobody has
+    /// inherited yet count as not signing: removals have no place in the
+    /// order, so at an early place in it a later removal's owners would
+    /// otherwise drop out of the count, and a liar with sybils holding a
+    /// small share of all blocks would hold most of what is left (found by
+    /// the simulation, seed 1).
+    fn apply_removals(&self, v: &mut View) {
+        if self.removals.keys().all(|p| v.removed.contains(p)) {
+            return;
+        }
+        let mut w: BTreeMap<PeerName, u64> = BTreeMap::new();
+        for (o, n) in runs(&v.blocks) {
+            *w.entry(o).or_default() += n;
+        }
+        let total = v.blocks.len() as u64;
+        loop {
+            let valid: Vec<PeerName> = self
+                .removals
+                .iter()
+                .filter(|(p, _)| !v.removed.contains(*p))
+                .filter(|(p, c)| {
+                    if c.signers().any(|s| s == **p) {
+                        return true;
+                    }
+                    let others = total - w.get(*p).copied().unwrap_or(0);
+                    let signed: u64 = c
+                        .signers()
+                        .filter(|s| !v.removed.contains(s))
+                        .filter_map(|s| w.get(&s))
+                        .sum();
+                    others > 0 && 2 * signed > others
+                })
+                .map(|(p, _)| *p)
+                .collect();
+            if valid.is_empty() {
+                return;
+            }
+            v.removed.extend(valid);
+        }
+    }
+
+    /// Takes in `step` if it checks; returns whether it is new.
+    pub fn add(&mut self, step: Step) -> Result<bool, StepError> {
+        let cluster = self.cluster.ok_or(StepError::Malformed)?;
+        step.check(cluster, self.layout)?;
+        let new = self.steps.insert(step.body, step.sig).is_none();
+        if new && !self.extend_view(&step.body) {
+            self.changed();
+        }
+        Ok(new)
+    }
+
+    /// `key` gives every block of `blocks` it holds now to `to`, one step per
+    /// run at one version. Returns the steps made.
+    pub fn give(
+        &mut self,
+        key: &impl Signer,
+        blocks: std::ops::Range<u32>,
+        to: PeerName,
+        at_ms: u64,
+    ) -> Vec<Step> {
+        let me = key.name();
+        let v = self.view().clone();
+        if me == to || v.removed.contains(&me) {
+            return Vec::new();
+        }
+        let mine: Vec<u32> = blocks.filter(|b| v.owner(*b) == Some(me)).collect();
+        self.make(key, &v, &mine, StepKind::Give, to, at_ms)
+    }
+
+    /// `key` takes every block of a removed owner whose heir it is, again
+    /// while that makes it the heir of more. Returns the steps made.
+    pub fn inherit(&mut self, key: &impl Signer, at_ms: u64) -> Vec<Step> {
+        let me = key.name();
+        let mut made = Vec::new();
+        loop {
+            let v = self.view().clone();
+            if v.removed.contains(&me) {
+                return made;
+            }
+            // Each run of one removed owner's blocks at one version whose
+            // first block follows one of ours.
+            let n = v.blocks.len() as u32;
+            let mut blocks = Vec::new();
+            let mut b = 0;
+            while b < n {
+                let x = v.blocks[b as usize];
+                if !v.removed.contains(&x.owner) || v.disputed.contains(&b) || v.heir(b) != Some(me)
+                {
+                    b += 1;
+                    continue;
+                }
+                while b < n && v.blocks[b as usize] == x && !v.disputed.contains(&b) {
+                    blocks.push(b);
+                    b += 1;
+                }
+            }
+            let steps = self.make(key, &v, &blocks, StepKind::Inherit, me, at_ms);
+            if steps.is_empty() {
+                return made;
+            }
+            made.extend(steps);
+        }
+    }
+
+    /// Signs one step per run of `blocks` (ascending) at one `(owner,
+    /// version)`, adds them, and returns those that are new.
+    fn make(
+        &mut self,
+        key: &impl Signer,
+        v: &View,
+        blocks: &[u32],
+        kind: StepKind,
+        to: PeerName,
+        at_ms: u64,
+    ) -> Vec<Step> {
+        let Some(cluster) = self.cluster else {
+            return Vec::new();
+        };
+        // Later than every step we hold, so that the fold, which goes by
+        // the steps' clocks, judges this one after what it follows.
+        let latest = self.steps.keys().map(|s| s.at_ms).max().unwrap_or(0);
+        let at_ms = at_ms.max(latest.saturating_add(1));
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < blocks.len() {
+            let first = blocks[i];
+            let at = v.blocks[first as usize];
+            let mut count = 1;
+            while i + (count as usize) < blocks.len()
+                && blocks[i + count as usize] == first + count
+                && v.blocks[(first + count) as usize] == at
+            {
+                count += 1;
+            }
+            i += count as usize;
+            let body = StepBody {
+                kind,
+                first,
+                count,
+                from: at.owner,
+                from_version: at.version,
+                to,
+                at_ms,
+            };
+            let step = Step::sign(key, cluster, body);
+            if self.steps.insert(body, step.sig).is_none() {
+                if !self.extend_view(&body) {
+                    self.changed();
+                }
+                out.push(step);
+            }
+        }
+        out
+    }
+
+    /// `key`'s signature on the removal of `peer`.
+    pub fn sign_removal(&mut self, key: &impl Signer, peer: PeerName) -> bool {
+        let Some(cluster) = self.cluster else {
+            return false;
+        };
+        let sig = Removal::sign(key, cluster, peer);
+        let o = self
+            .removals
+            .entry(peer)
+            .or_default()
+            .absorb(cluster, peer, [&sig], |_| true);
+        if o.added > 0 {
+            self.changed();
+        }
+        o.added > 0
+    }
+
+    /// Merges `other` in: its steps and removal signatures that check. A
+    /// ledger with no base takes `other`'s (a joiner's first contact, taken
+    /// on trust).
+    pub fn merge(&mut self, other: &Ledger) -> LedgerMerge {
+        let Some(theirs) = other.cluster else {
+            return LedgerMerge::default();
+        };
+        if other.layout != self.layout {
+            return LedgerMerge::default();
+        }
+        match self.cluster {
+            Some(ours) if ours != theirs => return LedgerMerge::default(),
+            Some(_) => {}
+            None => {
+                self.cluster = Some(theirs);
+                self.base = other.base.clone();
+                self.base_disputed = other.base_disputed.clone();
+                self.changed();
+            }
+        }
+        let removals = other.removals.iter().map(|(p, c)| (*p, c.sigs()));
+        self.receive(other.steps(), removals)
+    }
+
+    /// Takes in the steps and removal signatures a peer sent (what the wire
+    /// will carry): those that check, and of the steps, those that link or
+    /// are evidence of a dispute. A step that links nowhere is dropped, not
+    /// kept: gossip brings it again once what it follows has come. An old
+    /// step that others folded into their bases already is harmless: the
+    /// state it leaves is gone from every view that folded it (versions only
+    /// grow), so it applies only where it is still missing.
+    pub fn receive<'a, S>(
+        &mut self,
+        steps: impl IntoIterator<Item = Step>,
+        removals: impl IntoIterator<Item = (PeerName, S)>,
+    ) -> LedgerMerge
+    where
+        S: IntoIterator<Item = &'a Sig>,
+    {
+        let mut out = LedgerMerge::default();
+        let Some(cluster) = self.cluster else {
+            return out;
+        };
+        let mut new = Vec::new();
+        for step in steps {
+            if self.steps.contains_key(&step.body) {
+                continue;
+            }
+            match self.add(step) {
+                Ok(true) => new.push(step.body),
+                Ok(false) => {}
+                Err(_) => out.forged += 1,
+            }
+        }
+        // Signatures by any router are kept: a signer's weight is counted
+        // where the removal stands in the order, and may be gone now.
+        for (peer, sigs) in removals {
+            let o = self
+                .removals
+                .entry(peer)
+                .or_default()
+                .absorb(cluster, peer, sigs, |_| true);
+            out.removals.absorb(o);
+        }
+        if out.removals.added > 0 {
+            self.changed();
+        }
+        let v = self.view().clone();
+        let applied: BTreeSet<StepBody> = v.applied.iter().copied().collect();
+        for s in new {
+            if applied.contains(&s) || v.voided.contains(&s) {
+                out.added += 1;
+            } else {
+                self.drop_pending(&s);
+                out.unlinked += 1;
+            }
+        }
+        out
+    }
+
+    /// Folds into the base every step made `horizon_ms` or more before
+    /// `now_ms` that applied before any newer one did, and drops old steps
+    /// that did not apply. Returns how many steps went. Not sound yet (see
+    /// the module's text): it assumes every router's view of those steps is
+    /// final, which nothing checks.
+    pub fn fold_old(&mut self, now_ms: u64, horizon_ms: u64) -> usize {
+        let old = |s: &StepBody| s.at_ms.saturating_add(horizon_ms) <= now_ms;
+        let v = self.view().clone();
+        let before = self.steps.len();
+        let mut base = self.base.clone();
+        for s in v.applied.iter().take_while(|s| old(s)) {
+            for b in s.blocks() {
+                base[b as usize] = Block {
+                    owner: s.to,
+                    version: s.from_version + 1,
+                };
+            }
+            self.steps.remove(s);
+        }
+        self.base = base;
+        let applied: BTreeSet<StepBody> = v.applied.iter().copied().collect();
+        for s in v.voided.iter().filter(|s| old(s)) {
+            self.base_disputed.extend(s.blocks());
+        }
+        self.steps
+            .retain(|s, _| !old(s) || applied.contains(s) && !v.voided.contains(s));
+        self.changed();
+        before - self.steps.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weft_peer_proto::sign::KeyPair;
+
+    use super::*;
+
+    const R: AddrRange = AddrRange {
+        start: 0x0a20_0000,
+        end: 0x0a20_0000 + 1024,
+    };
+
+    fn keys(n: u8) -> Vec<KeyPair> {
+        let mut k: Vec<KeyPair> = (0..n).map(|i| KeyPair::from_seed([i + 1; 32])).collect();
+        k.sort_by_key(|k| k.name());
+        k
+    }
+
+    fn seeded(k: &[KeyPair]) -> Ledger {
+        let names: Vec<PeerName> = k.iter().map(|k| k.name()).collect();
+        Ledger::seeded(R, &names, 7)
+    }
+
+    #[test]
+    fn blocks_cover_the_range_once() {
+        for len in [1u64, 3, 100, 1024, 1 << 20] {
+            let r = AddrRange {
+                start: 10,
+                end: 10 + len,
+            };
+            let l = Layout::new(r);
+            let mut next = u64::from(r.start);
+            for b in 0..l.blocks() {
+                let x = l.block(b);
+                assert_eq!(u64::from(x.start), next, "len {len} block {b}");
+                assert!(x.end > u64::from(x.start));
+                assert_eq!(l.block_of(x.start), Some(b));
+                assert_eq!(l.block_of((x.end - 1) as u32), Some(b));
+                next = x.end;
+            }
+            assert_eq!(next, r.end);
+        }
+    }
+
+    #[test]
+    fn a_gift_applies_everywhere_and_only_the_owner_may_give() {
+        let k = keys(3);
+        let mut a = seeded(&k);
+        let mut b = seeded(&k);
+        let v = a.view().clone();
+        let of0 = v.blocks_of(k[0].name());
+        let steps = a.give(&k[0], of0[0]..of0[0] + 4, k[1].name(), 1);
+        assert_eq!(steps.len(), 1);
+        assert_eq!(b.merge(&a).added, 1);
+        assert_eq!(a.view(), b.view());
+        assert_eq!(b.view().owner(of0[0]), Some(k[1].name()));
+
+        // k[2] signs a gift of k[0]'s blocks: dropped and counted.
+        let body = StepBody {
+            kind: StepKind::Give,
+            first: of0[10],
+            count: 2,
+            from: k[0].name(),
+            from_version: 1,
+            to: k[2].name(),
+            at_ms: 1,
+        };
+        let mut forged = seeded(&k);
+        forged.steps.insert(body, Step::sign(&k[2], 7, body).sig);
+        let o = b.merge(&forged);
+        assert_eq!((o.added, o.forged), (0, 1));
+        assert_eq!(b.view().owner(of0[10]), Some(k[0].name()));
+    }
+
+    #[test]
+    fn a_step_that_does_not_link_waits_and_freezes_nothing() {
+        let k = keys(3);
+        let mut a = seeded(&k);
+        let first = a.view().blocks_of(k[0].name())[0];
+        let s1 = a.give(&k[0], first..first + 1, k[1].name(), 1);
+        let s2 = a.give(&k[1], first..first + 1, k[2].name(), 2);
+        let mut b = seeded(&k);
+        b.add(s2[0]).expect("signed by its maker");
+        // Without the first gift, the second links nowhere: pending.
+        let v = b.view().clone();
+        assert_eq!((v.pending, v.owner(first)), (1, Some(k[0].name())));
+        b.add(s1[0]).expect("signed");
+        assert_eq!(b.view().owner(first), Some(k[2].name()));
+        assert_eq!(b.view(), a.view());
+
+        // A step at the last version is refused outright; one of a version
+        // nobody reached is only ever pending.
+        let mut body = s1[0].body;
+        body.from_version = u32::MAX;
+        assert_eq!(
+            Step::sign(&k[0], 7, body).check(7, b.layout()),
+            Err(StepError::Malformed)
+        );
+        body.from_version = u32::MAX - 1;
+        b.add(Step::sign(&k[0], 7, body)).expect("signed");
+        assert_eq!(b.view().owner(first), Some(k[2].name()));
+    }
+
+    #[test]
+    fn a_double_gift_is_a_dispute_held_by_nobody() {
+        let k = keys(3);
+        let mut a = seeded(&k);
+        let mut b = seeded(&k);
+        let first = a.view().blocks_of(k[0].name())[0];
+        a.give(&k[0], first..first + 2, k[1].name(), 1);
+        b.give(&k[0], first + 1..first + 3, k[2].name(), 1);
+        a.merge(&b);
+        b.merge(&a);
+        let v = a.view().clone();
+        assert_eq!(&v, b.view());
+        // The block given twice is held by nobody; neither gift applies, so
+        // the rest stays the giver's.
+        assert_eq!(v.owner(first + 1), None);
+        for x in [first, first + 2, first + 3] {
+            assert_eq!(v.owner(x), Some(k[0].name()), "block {x}");
+        }
+        assert_eq!((v.voided.len(), v.conflicts.len()), (2, 1));
+    }
+
+    #[test]
+    fn only_a_weighted_majority_removes_and_the_heir_inherits() {
+        let k = keys(4);
+        let mut a = seeded(&k);
+        let victim = k[2].name();
+        // One owner of a quarter of the blocks: no majority.
+        a.sign_removal(&k[0], victim);
+        assert!(!a.view().removed.contains(&victim));
+        // An inheritance without a valid removal never applies.
+        let heir = a
+            .view()
+            .heir(a.view().blocks_of(victim)[0])
+            .expect("an heir");
+        let heir_key = k.iter().find(|x| x.name() == heir).expect("an owner");
+        assert!(a.inherit(heir_key, 1).is_empty());
+        a.sign_removal(&k[3], victim);
+        assert!(a.view().removed.contains(&victim));
+        let steps = a.inherit(heir_key, 1);
+        assert!(!steps.is_empty());
+        let v = a.view().clone();
+        assert!(v.blocks_of(victim).is_empty());
+        assert_eq!(v.blocks_of(heir).len(), 2 * 1024 / 4);
+    }
+
+    #[test]
+    fn folding_old_steps_keeps_the_view() {
+        let k = keys(3);
+        let mut a = seeded(&k);
+        let first = a.view().blocks_of(k[0].name())[0];
+        a.give(&k[0], first..first + 8, k[1].name(), 1);
+        a.give(&k[1], first..first + 4, k[2].name(), 5);
+        a.give(&k[0], first + 20..first + 22, k[1].name(), 9);
+        let before = a.view().clone();
+        assert_eq!(a.fold_old(8, 3), 2);
+        assert_eq!(a.view().blocks, before.blocks);
+        assert_eq!(a.steps().count(), 1);
+    }
+}
