@@ -819,15 +819,17 @@ impl Ledger {
         if out.removals.added > 0 {
             self.changed();
         }
-        let v = self.view().clone();
-        let applied: BTreeSet<StepBody> = v.applied.iter().copied().collect();
-        for s in new {
-            if applied.contains(&s) || v.voided.contains(&s) {
-                out.added += 1;
-            } else {
-                self.drop_pending(&s);
-                out.unlinked += 1;
-            }
+        let new_len = new.len();
+        let v = self.view();
+        let applied: BTreeSet<&StepBody> = v.applied.iter().collect();
+        let unlinked: Vec<StepBody> = new
+            .into_iter()
+            .filter(|s| !applied.contains(s) && !v.voided.contains(s))
+            .collect();
+        out.added += (new_len - unlinked.len()) as u32;
+        out.unlinked += unlinked.len() as u32;
+        for s in &unlinked {
+            self.drop_pending(s);
         }
         out
     }
