@@ -161,6 +161,15 @@ impl StepBody {
     fn blocks(&self) -> std::ops::Range<u32> {
         self.first..self.first.saturating_add(self.count)
     }
+
+    /// Whether `other` leaves the same state of a block this one does: the
+    /// two cannot both apply.
+    fn twin_of(&self, other: &StepBody) -> bool {
+        self.from == other.from
+            && self.from_version == other.from_version
+            && self.first < other.first.saturating_add(other.count)
+            && other.first < self.first.saturating_add(self.count)
+    }
 }
 
 #[derive(Serialize)]
@@ -260,13 +269,25 @@ fn runs(blocks: &[Block]) -> Vec<(PeerName, u64)> {
     out
 }
 
-/// The owner of the block before `b`, wrapping.
-fn owner_before(v: &View, b: u32) -> PeerName {
-    let n = v.blocks.len() as u32;
-    v.blocks[((b + n - 1) % n) as usize].owner
-}
-
 impl View {
+    /// The block before `b`, wrapping.
+    fn before(&self, b: u32) -> u32 {
+        let n = self.blocks.len() as u32;
+        (b + n - 1) % n
+    }
+
+    /// Applies `s`, which links: its blocks go to its recipient.
+    fn apply(&mut self, s: &StepBody) {
+        let to = Block {
+            owner: s.to,
+            version: s.from_version + 1,
+        };
+        for b in s.blocks() {
+            self.blocks[b as usize] = to;
+        }
+        self.applied.push(*s);
+    }
+
     pub fn owner(&self, b: u32) -> Option<PeerName> {
         if self.disputed.contains(&b) {
             return None;
@@ -285,8 +306,7 @@ impl View {
     /// before it (wrapping), if that is not a removed owner's (then nobody
     /// yet: its own heir takes that block first, and then this one).
     pub fn heir(&self, b: u32) -> Option<PeerName> {
-        let n = self.blocks.len() as u32;
-        let before = (b + n - 1) % n;
+        let before = self.before(b);
         let owner = self.blocks[before as usize].owner;
         (before != b && !self.disputed.contains(&before) && !self.removed.contains(&owner))
             .then_some(owner)
@@ -398,14 +418,7 @@ impl Ledger {
         if !newest || self.cache.get().is_none() {
             return false;
         }
-        let twin = |t: &StepBody| {
-            t != s
-                && t.from == s.from
-                && t.from_version == s.from_version
-                && t.first < s.first.saturating_add(s.count)
-                && s.first < t.first.saturating_add(t.count)
-        };
-        let has_twin = self.steps.keys().any(twin);
+        let has_twin = self.steps.keys().any(|t| t != s && t.twin_of(s));
         let Some(mut v) = self.cache.take() else {
             return false;
         };
@@ -416,14 +429,7 @@ impl Ledger {
             if has_twin {
                 false
             } else {
-                let to = Block {
-                    owner: s.to,
-                    version: s.from_version + 1,
-                };
-                for b in s.blocks() {
-                    v.blocks[b as usize] = to;
-                }
-                v.applied.push(*s);
+                v.apply(s);
                 self.apply_removals(&mut v);
                 true
             }
@@ -528,21 +534,12 @@ impl Ledger {
             // Another step that applies at this state too: a dispute.
             for &j in &from_state[&(s.from, s.from_version)] {
                 let t = steps[j];
-                let overlap = t.first < s.first.saturating_add(s.count)
-                    && s.first < t.first.saturating_add(t.count);
-                if j != i && !done[j] && overlap && self.links(&v, t) {
+                if j != i && !done[j] && t.twin_of(s) && self.links(&v, t) {
                     return Err((**s, *t));
                 }
             }
-            let to = Block {
-                owner: s.to,
-                version: s.from_version + 1,
-            };
-            for b in s.blocks() {
-                v.blocks[b as usize] = to;
-            }
+            v.apply(s);
             done[i] = true;
-            v.applied.push(**s);
         }
         self.apply_removals(&mut v);
         v.pending = pending;
@@ -572,7 +569,8 @@ impl Ledger {
             StepKind::Inherit => {
                 v.removed.contains(&s.from)
                     && (v.heir(s.first) == Some(s.to)
-                        || v.removed.contains(&s.to) && owner_before(v, s.first) == s.to)
+                        || v.removed.contains(&s.to)
+                            && v.blocks[v.before(s.first) as usize].owner == s.to)
             }
         }
     }
