@@ -36,7 +36,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::Rng;
-use weft_ipam_crdt::ledger::{Ledger, Step, StepBody, StepKind, View};
+use weft_ipam_crdt::ledger::{Ledger, LedgerMerge, Step, StepBody, StepKind, View};
 use weft_ipam_crdt::{AddrRange, PeerName};
 use weft_peer_proto::sign::{KeyPair, Signer};
 
@@ -193,14 +193,19 @@ impl Sim {
             && !self.rng.chance(0.05)
     }
 
-    /// `from` sends its ledger to `to`; a liar adds `extra` steps.
-    fn deliver(&mut self, from: usize, to: usize, extra: &[Step]) {
+    /// `from` sends `to` its ledger (or, where `whole` is false, only
+    /// `extra`: a liar leaving out what it holds) and a liar's `extra` steps.
+    fn deliver(&mut self, from: usize, to: usize, whole: bool, extra: &[Step]) {
         if !self.reachable(from, to) {
             return;
         }
         let (now, seed) = (self.now, self.seed);
         let (sent, r) = pair(&mut self.routers, from, to);
-        let mut out = r.ledger.merge(&sent.ledger);
+        let mut out = if whole {
+            r.ledger.merge(&sent.ledger)
+        } else {
+            LedgerMerge::default()
+        };
         if !extra.is_empty() {
             let none: [(PeerName, Vec<&weft_peer_proto::sign::Sig>); 0] = [];
             let o = r.ledger.receive(extra.iter().copied(), none);
@@ -241,33 +246,14 @@ impl Sim {
             return;
         };
         if !self.routers[from].liar {
-            self.deliver(from, to, &[]);
+            self.deliver(from, to, true, &[]);
             return;
         }
-        // A liar sends a part of what it holds, and lies.
+        // A liar sends what it holds or only its lies (what it left out
+        // stays out), and lies.
         let extra = self.lie(from, to);
-        let keep = self.rng.below(3) > 0;
-        if !keep {
-            // Only the lies, and no base: what was left out stays out.
-            let (now, seed) = (self.now, self.seed);
-            if !self.reachable(from, to) {
-                return;
-            }
-            let none: [(PeerName, Vec<&weft_peer_proto::sign::Sig>); 0] = [];
-            let r = &mut self.routers[to];
-            let o = r.ledger.receive(extra.iter().copied(), none);
-            self.tally.forged_dropped += u64::from(o.forged);
-            self.tally.unlinked_dropped += u64::from(o.unlinked);
-            r.refresh(now);
-            for s in r.ledger.steps() {
-                assert!(
-                    !self.forged.contains(&s.body),
-                    "forged step kept; seed {seed}"
-                );
-            }
-            return;
-        }
-        self.deliver(from, to, &extra);
+        let whole = self.rng.below(3) > 0;
+        self.deliver(from, to, whole, &extra);
     }
 
     /// What liar `l` tells `to` besides its ledger.
@@ -357,7 +343,7 @@ impl Sim {
                 // The liar forgets both (so it can lie again), and tells
                 // each recipient of its own gift only.
                 let extra = [c];
-                self.deliver(l, other, &extra);
+                self.deliver(l, other, true, &extra);
                 vec![a]
             }
             // Removal signatures for a live honest router, by the liar and
@@ -425,7 +411,7 @@ impl Sim {
         r.refresh(now);
         self.tally.gifts += steps.len() as u64;
         // The recipient hears of it from the donor now (a donation).
-        self.deliver(i, j, &[]);
+        self.deliver(i, j, true, &[]);
     }
 
     /// An honest router crashes. The live ones sign its removal only after
