@@ -68,7 +68,9 @@ pub struct Persisted {
     pub ring: RingWire,
     pub allocs: Vec<(String, u32)>,
     pub consensus: Vec<ClaimsWire>,
-    /// The wall clock when it was written (ms since the Unix epoch), so a
+    /// The wall clock (ms since the Unix epoch) when this state was last
+    /// known current: when it was written, or, in a ring where others own
+    /// space, when the newest peer's state merged into it was built. So a
     /// router restarting from a state older than the removal horizon
     /// knows it (written at least daily: [`RESAVE_MS`]). None in files
     /// from before.
@@ -89,7 +91,8 @@ pub const RESAVE_MS: u64 = 24 * 3600 * 1000;
 /// mesh restarting after the horizon) waits before it takes their word.
 pub const STALE_WAIT_MS: u64 = 10 * 60 * 1000;
 
-/// A router restored from a stale state ([`STALE_AFTER_MS`]).
+/// A router restored from a stale state, or cut off from every peer's
+/// state, for [`STALE_AFTER_MS`].
 #[derive(Debug, Clone)]
 struct Stale {
     /// Why nothing is handed out.
@@ -104,8 +107,9 @@ struct Stale {
     /// A stale router's ring did not (then only a fresh ring, or the
     /// operator, decides).
     stale_bad: bool,
-    /// When the state we restored from was written: kept in what we save
-    /// while stale, so that a restart does not make it look fresh.
+    /// When the state we restored from was written (or last heard from a
+    /// peer): kept in what we save while stale, so that a restart does not
+    /// make it look fresh.
     saved_ms: u64,
 }
 
@@ -172,6 +176,12 @@ pub struct IpamChannel {
     /// The wall clock at the last tick, and at the last save.
     wall_now_ms: u64,
     saved_wall_ms: u64,
+    /// The wall clock when our ring was last known current: when the
+    /// newest peer's state we merged was built, or the last tick while no
+    /// other router owns space. A router that hears nobody for
+    /// [`STALE_AFTER_MS`] (cut off, but still up) turns stale as if it had
+    /// restarted from an old state.
+    heard_ms: u64,
     /// When the state was last written again after a failed write.
     retried: Option<Instant>,
     sender: GossipSender,
@@ -214,6 +224,7 @@ impl IpamChannel {
         let knowledge = knowledge_from_wire(&saved.consensus);
         let ipam = Ipam::restore(key.name(), init, snap, &knowledge, 0);
         let mut ch = Self::with(key, ipam, now, wall_ms);
+        ch.heard_ms = saved.saved_ms.unwrap_or(wall_ms).min(wall_ms);
         if let Some(at) = saved.saved_ms
             && wall_ms.saturating_sub(at) >= STALE_AFTER_MS
             && ch.ipam.alloc().ring().is_seeded()
@@ -258,6 +269,7 @@ impl IpamChannel {
     /// disagree. Ends the stale hold.
     pub fn trust_stale(&mut self) {
         if self.stale.take().is_some() {
+            self.heard_ms = self.wall_now_ms;
             self.changed();
         }
     }
@@ -280,6 +292,7 @@ impl IpamChannel {
             stale: None,
             wall_now_ms: wall_ms,
             saved_wall_ms: wall_ms,
+            heard_ms: wall_ms,
             retried: None,
             sender: GossipSender::default(),
             unsaved_allocs: Vec::new(),
@@ -370,7 +383,7 @@ impl IpamChannel {
             ring: snap.ring.to_wire(),
             allocs: snap.allocs,
             consensus,
-            saved_ms: Some(self.stale.as_ref().map_or(self.wall_now_ms, |s| s.saved_ms)),
+            saved_ms: Some(self.stale.as_ref().map_or(self.heard_ms, |s| s.saved_ms)),
         }
     }
 
@@ -597,8 +610,10 @@ impl IpamChannel {
             && ms.saturating_sub(st.since_ms) >= STALE_WAIT_MS
         {
             self.stale = None;
+            self.heard_ms = wall;
             changed = true;
         }
+        changed |= self.cut_off(ms, wall);
         changed |= self
             .ipam
             .alloc_mut()
@@ -737,6 +752,7 @@ impl IpamChannel {
             ring: self.ipam.alloc().ring().to_wire(),
             consensus,
             free: self.hints.values().copied().collect(),
+            at_ms: self.wall(now),
         };
         // A receiver refuses a message past the limits: we do not send one.
         if msg.validate().is_err() {
@@ -752,8 +768,31 @@ impl IpamChannel {
         ring: RingWire,
         consensus: Vec<ClaimsWire>,
         free: Vec<FreeHint>,
+        at_ms: u64,
     ) -> Result<(), ChannelError> {
-        self.on_ring(now, ring, consensus, free, false)
+        // A state built near or past the horizon ago (delivered late, or
+        // replayed) may bring back what the mesh forgot since: an entry
+        // its owner compacted, forgot, split again at a lower version and
+        // gave away beats that split, so the owner takes the range back
+        // while the recipient keeps it (found by the ipam_channel fuzz
+        // target, with the owner's state delivered 40 days late). Refused
+        // at the age tombstones are refused at.
+        let wall = self.wall(now);
+        if wall.saturating_sub(at_ms) >= self.take_for() {
+            self.refused.old_state += 1;
+            return Ok(());
+        }
+        let merged = self.on_ring(now, ring, consensus, free, false);
+        if merged.is_ok() && self.stale.is_none() {
+            self.heard_ms = self.heard_ms.max(at_ms.min(wall));
+        }
+        merged
+    }
+
+    /// How old a state or tombstone we still take in may be: a seventh of
+    /// the horizon short of it, which its maker keeps it longer.
+    fn take_for(&self) -> u64 {
+        self.removed_horizon_ms - self.removed_horizon_ms / 7
     }
 
     /// A stale router's ring: looked at only by a stale router.
@@ -784,7 +823,7 @@ impl IpamChannel {
         // the horizon longer than we take it.
         let mut ring = ring;
         let wall = self.wall(now);
-        let take_for = self.removed_horizon_ms - self.removed_horizon_ms / 7;
+        let take_for = self.take_for();
         ring.tombs
             .retain(|t| wall.saturating_sub(t.at_ms) < take_for);
         let ring = Ring::from_wire(&ring, self.range()).map_err(|e| bad(e.to_string()))?;
@@ -873,6 +912,40 @@ impl IpamChannel {
         Ok(())
     }
 
+    /// Up, but cut off from every peer's state for [`STALE_AFTER_MS`]: our
+    /// ring may bring back what the mesh forgot meanwhile (a compacted
+    /// token's old entry beats its new split), so we turn stale as a
+    /// router restarting from an old state does. Returns whether we did.
+    fn cut_off(&mut self, ms: u64, wall: u64) -> bool {
+        let ring = self.ipam.alloc().ring();
+        if self.stale.is_some() {
+            return false;
+        }
+        if !ring.is_seeded() || self.sole_owner() {
+            // Nobody else's space to be wrong about.
+            self.heard_ms = wall;
+            return false;
+        }
+        let quiet = wall.saturating_sub(self.heard_ms);
+        if quiet < STALE_AFTER_MS {
+            return false;
+        }
+        let days = quiet / (24 * 3600 * 1000);
+        let reason = format!(
+            "this router has merged no peer's IPAM state for {days} days, near the {} days              after which the mesh forgets a removal and a compacted token: its ring may bring              back what the mesh forgot, so it hands out nothing until a peer's ring shows its              ranges are still its own (docs/trust.md)",
+            REMOVED_HORIZON_MS / (24 * 3600 * 1000)
+        );
+        self.stale = Some(Stale {
+            reason,
+            since_ms: ms,
+            fresh_seen: false,
+            stale_ok: false,
+            stale_bad: false,
+            saved_ms: self.heard_ms,
+        });
+        true
+    }
+
     /// Restored from a stale state: a seeded ring from a router that is
     /// not stale, which merged (nothing of ours taken) and gives us every
     /// address we own, ends the hold, and we take that ring whole; one that
@@ -925,6 +998,7 @@ impl IpamChannel {
             return;
         }
         self.stale = None;
+        self.heard_ms = self.heard_ms.max(self.wall_now_ms);
         self.ipam.alloc_mut().adopt(theirs.clone());
         // What we hold may go out again.
         self.changed();
@@ -955,7 +1029,8 @@ impl GossipChannel for IpamChannel {
                 ring,
                 consensus,
                 free,
-            } => self.on_state(now, ring, consensus, free),
+                at_ms,
+            } => self.on_state(now, ring, consensus, free, at_ms),
             IpamMsg::Stale(ring) => self.on_stale(now, ring),
         }
     }
@@ -977,7 +1052,10 @@ impl GossipChannel for IpamChannel {
                 ring,
                 consensus,
                 free,
-            } => self.on_state(now, ring, consensus, free).map(|()| None),
+                at_ms,
+            } => self
+                .on_state(now, ring, consensus, free, at_ms)
+                .map(|()| None),
             IpamMsg::Stale(ring) => self.on_stale(now, ring).map(|()| None),
             IpamMsg::SpaceRequest(_) => Err(ChannelError(
                 "space request gossiped instead of unicast".into(),
@@ -1290,7 +1368,9 @@ mod tests {
             "a fresh router ignores it"
         );
         // The seed's ring gives router 2 what it owns: confirmed.
-        let theirs = a.full_state(now).expect("saved");
+        let theirs = a
+            .full_state(now + Duration::from_millis(STALE_AFTER_MS))
+            .expect("saved");
         b.on_gossip(now, &theirs).expect("a good state");
         assert_eq!(b.stale(), None);
         assert!(b.unready(now).is_none());
@@ -1335,7 +1415,9 @@ mod tests {
         )
         .expect("restores");
         b.saved(now);
-        let theirs = a.full_state(now).expect("saved");
+        let theirs = a
+            .full_state(now + Duration::from_millis(STALE_AFTER_MS))
+            .expect("saved");
         // Refused (it takes our range), or merged where the heir's entry
         // went with its tombstone: either way no confirmation.
         let _ = b.on_gossip(now, &theirs);
@@ -1479,6 +1561,7 @@ mod tests {
             ring,
             consensus: Vec::new(),
             free: Vec::new(),
+            at_ms: wall,
         };
         b.on_gossip(later, &encode_ipam(&msg).expect("encode"))
             .expect("a good state");
@@ -1492,6 +1575,93 @@ mod tests {
             .map(|t| t.token)
             .collect();
         assert_eq!(held, vec![start + 16], "only the recent one");
+    }
+
+    /// A state built six sevenths of the horizon ago or more (delivered
+    /// late, or replayed) is refused and counted, as its tombstones would
+    /// be: it may bring back an entry its owner compacted, forgot and
+    /// split again below it. A younger one merges.
+    #[test]
+    fn a_state_built_near_the_horizon_ago_is_refused() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        let old = a.full_state(now).expect("saved");
+        let IpamMsg::State { at_ms, .. } = decoded(&old) else {
+            panic!("a state")
+        };
+        assert_eq!(at_ms, 1, "the sender's wall clock");
+        let take_for = REMOVED_HORIZON_MS - REMOVED_HORIZON_MS / 7;
+        let late = now + Duration::from_millis(take_for);
+        b.on_gossip(late, &old).expect("refused, not an error");
+        assert_eq!(b.refused().old_state, 1);
+        assert!(!b.ipam().alloc().ring().is_seeded(), "not merged");
+        let young = now + Duration::from_millis(take_for - 1);
+        b.on_gossip(young, &old).expect("a good state");
+        assert_eq!(b.refused().old_state, 1);
+        assert_eq!(b.ipam().alloc().ring(), a.ipam().alloc().ring());
+    }
+
+    /// Up but cut off from every peer's state for [`STALE_AFTER_MS`], a
+    /// router turns stale as one restarting from an old state does: it
+    /// hands out nothing new, its ring goes out marked stale, and what it
+    /// saves keeps the time it last heard a peer (a restart stays stale);
+    /// a fresh ring that gives it its space ends the hold. A mesh of one
+    /// never turns stale.
+    #[test]
+    fn a_router_cut_off_for_the_horizon_turns_stale() {
+        let now = Instant::now();
+        let (mut a, mut b, _) = with_space(now);
+        let almost = now + Duration::from_millis(STALE_AFTER_MS - 1);
+        b.tick(almost, 0);
+        assert_eq!(b.stale(), None, "a millisecond short");
+        // The seed hears router 2 (which does not hear it back).
+        b.saved(almost);
+        let from_b = b.full_state(almost).expect("saved");
+        a.on_gossip(almost, &from_b).expect("a good state");
+        let cut = now + Duration::from_millis(STALE_AFTER_MS);
+        b.tick(cut, 0);
+        let why = b.stale().expect("stale");
+        assert!(
+            why.contains("merged no peer's IPAM state for 6 days"),
+            "{why}"
+        );
+        assert!(matches!(b.allocate("new", None), Err(IpamError::Held(_))));
+        assert!(
+            b.allocate("pod", None).is_ok(),
+            "a key asked again keeps its own"
+        );
+        let saved = b.unsaved().expect("changed");
+        assert_eq!(saved.saved_ms, Some(1), "when it last heard a peer");
+        b.saved(cut);
+        assert!(matches!(
+            decoded(&b.full_state(cut).expect("saved")),
+            IpamMsg::Stale(_)
+        ));
+        let again = IpamChannel::restore(
+            key(2),
+            range(),
+            Init::Observer,
+            &saved,
+            cut,
+            1 + STALE_AFTER_MS,
+        )
+        .expect("restores");
+        assert!(again.stale().is_some(), "a restart does not make it fresh");
+        // The seed heard router 2 a millisecond ago: not stale; its fresh
+        // ring confirms router 2's space.
+        a.tick(cut, 0);
+        assert_eq!(a.stale(), None, "it heard a peer");
+        a.saved(cut);
+        let theirs = a.full_state(cut).expect("saved");
+        b.on_gossip(cut, &theirs).expect("a good state");
+        assert_eq!(b.stale(), None);
+        assert!(b.allocate("new", None).is_ok());
+        b.tick(cut + Duration::from_millis(1), 0);
+        assert_eq!(b.stale(), None, "heard just now");
+        let solo = now + Duration::from_millis(3 * STALE_AFTER_MS);
+        let (mut one, _) = pair(now);
+        one.tick(solo, 0);
+        assert_eq!(one.stale(), None, "nobody else owns space");
     }
 
     /// Held (meshd: a clone of this router runs), nothing new is handed
@@ -1547,6 +1717,7 @@ mod tests {
             ring,
             consensus,
             free,
+            at_ms,
         }) = decode_ipam(&state)
         else {
             panic!("a state")
@@ -1556,6 +1727,7 @@ mod tests {
                 ring: ring.clone(),
                 consensus: consensus.clone(),
                 free,
+                at_ms,
             };
             b.on_gossip(now, &encode_ipam(&msg).expect("encode"))
                 .expect("hints are dropped, not errors");
@@ -1624,6 +1796,7 @@ mod tests {
             ring,
             mut consensus,
             free,
+            at_ms,
         }) = decode_ipam(&s2)
         else {
             panic!("a state")
@@ -1634,6 +1807,7 @@ mod tests {
             ring,
             consensus,
             free,
+            at_ms,
         })
         .expect("encode");
         v1.on_gossip(now, &unsigned).expect("dropped, not an error");

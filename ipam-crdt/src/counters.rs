@@ -30,6 +30,9 @@ pub struct Refused {
     pub late_claims: u64,
     /// Our own messages not sent because a receiver would refuse them.
     pub oversize: u64,
+    /// States built longer ago than most of the removal horizon (delivered
+    /// late, or replayed): they may bring back what the mesh forgot.
+    pub old_state: u64,
 }
 
 impl Refused {
@@ -40,7 +43,7 @@ impl Refused {
     }
 
     /// Every count with its metric label.
-    pub fn by_kind(&self) -> [(&'static str, u64); 10] {
+    pub fn by_kind(&self) -> [(&'static str, u64); 11] {
         [
             ("ipam_removal_sig", self.removal_sig),
             ("ipam_removal_signer", self.removal_signer),
@@ -52,6 +55,7 @@ impl Refused {
             ("ipam_free_hint", self.free_hint),
             ("ipam_late_claims", self.late_claims),
             ("ipam_oversize", self.oversize),
+            ("ipam_old_state", self.old_state),
         ]
     }
 

@@ -110,6 +110,7 @@ fn state_msg(a: &Allocator) -> IpamMsg {
                 sig: hint_sig(),
             })
             .collect(),
+        at_ms: u64::MAX,
     }
 }
 

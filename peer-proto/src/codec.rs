@@ -238,6 +238,7 @@ mod tests {
                 free: 100,
                 sig: key.sign("weft-test", &4u64),
             }],
+            at_ms: 1_764_000_000_123,
         };
         let bytes = encode_ipam(&msg).expect("encode");
         assert_eq!(decode_ipam(&bytes).expect("decode"), msg);

@@ -115,6 +115,11 @@ pub enum IpamMsg {
         ring: RingWire,
         consensus: Vec<ClaimsWire>,
         free: Vec<FreeHint>,
+        /// The sender's wall clock (ms since the Unix epoch) when it built
+        /// this state: a receiver refuses a state older than most of the
+        /// removal horizon, which may bring back what the mesh forgot
+        /// (`ipam-crdt` `channel`, `on_state`).
+        at_ms: u64,
     },
     /// "I have no free address; please give me some" (unicast).
     SpaceRequest(SpaceRequestWire),
@@ -139,6 +144,7 @@ impl IpamMsg {
                 ring,
                 consensus,
                 free,
+                ..
             } => (ring, consensus, free),
             IpamMsg::Stale(ring) => (ring, &[], &[]),
             IpamMsg::SpaceRequest(_) => return Ok(()),

@@ -615,6 +615,7 @@ impl World {
                 ring: wire,
                 consensus: vec![by_liar, unsigned],
                 free,
+                at_ms: wall,
             };
             let d = send(&mut self.sim, Verb::Gossip, &state);
             self.ipam_lies.claims += 2 * d;
@@ -644,6 +645,7 @@ impl World {
                     ring: forged.to_wire(),
                     consensus: Vec::new(),
                     free: Vec::new(),
+                    at_ms: wall,
                 };
                 self.ipam_lies.ranges += send(&mut self.sim, to_n, &state);
             }

@@ -330,7 +330,8 @@ impl World {
                 ring,
                 consensus,
                 free,
-            } => match u.int_in_range(0..=10u8)? {
+                at_ms,
+            } => match u.int_in_range(0..=11u8)? {
                 0 if !ring.entries.is_empty() => {
                     let i = u.choose_index(ring.entries.len())?;
                     ring.entries[i].owner = anyone(u)?;
@@ -404,6 +405,9 @@ impl World {
                         sig,
                     });
                 }
+                // Built at another time (a state from long ago passes
+                // for a fresh one, or the other way round).
+                10 => *at_ms = at_ms.wrapping_add(u.arbitrary::<u32>()?.into()),
                 9 => consensus.push(ClaimsWire {
                     voter: anyone(u)?,
                     promise: None,
@@ -621,6 +625,7 @@ fn check_saved(p: &weft_ipam_crdt::Persisted) {
         ring: p.ring.clone(),
         consensus: p.consensus.clone(),
         free: Vec::new(),
+        at_ms: 0,
     };
     assert!(msg.validate().is_ok(), "what we save passes validate");
 }
