@@ -974,11 +974,32 @@ impl IpamChannel {
                 .sum();
             inside == r.end - u64::from(r.start)
         });
-        if !merged || !covered {
+        // Nor may it give us more than we hold now: taken whole, it would
+        // undo a donation of ours it has not heard of, and we would hand
+        // out what the recipient (and, once the ring heals, the heirs
+        // after it) hand out too (found by the ipam_channel fuzz target: a
+        // donor cut off for the horizon, confirmed by the recipient's ring
+        // from before the gift, later inherited the range beyond the gift
+        // as the recipient did). A ring that has heard of it confirms.
+        let now_mine = self.ipam.alloc().ring().ranges_of(me);
+        let exceeds = held_there.iter().any(|h| {
+            let inside: u64 = now_mine
+                .iter()
+                .map(|r| {
+                    let (lo, hi) = (u64::from(r.start.max(h.start)), r.end.min(h.end));
+                    hi.saturating_sub(lo)
+                })
+                .sum();
+            inside != h.end - u64::from(h.start)
+        });
+        if !merged || !covered || exceeds {
             // (A ring that forgot one of our tokens merges, and is no
             // confirmation: the token's tombstone went with the horizon.)
             if let Some(st) = self.stale.as_mut() {
-                if from_stale {
+                if covered && merged {
+                    // It gives us more: it lags behind a donation of ours
+                    // (no confirmation, nor a contradiction).
+                } else if from_stale {
                     st.stale_bad = true;
                 } else {
                     st.reason = "the IPAM state is older than the removal horizon, and a peer's \
@@ -1575,6 +1596,48 @@ mod tests {
             .map(|t| t.token)
             .collect();
         assert_eq!(held, vec![start + 16], "only the recent one");
+    }
+
+    /// A donor cut off for the horizon is not confirmed by the ring of a
+    /// recipient that has not heard of its last gift: taken whole, that
+    /// ring would give the gift back to it. A ring that knows the gift
+    /// confirms it.
+    #[test]
+    fn a_ring_behind_our_own_donation_does_not_end_the_hold() {
+        let now = Instant::now();
+        let (mut a, mut b, _) = with_space(now);
+        // A second gift to router 2, which does not hear of it yet.
+        queued(&mut b);
+        let ask_at = now + Duration::from_millis(2 * DONATION_INTERVAL_MS);
+        let ask = space_request(&mut b, ask_at);
+        let gift_at = ask_at + Duration::from_millis(1);
+        let before = a.ipam().alloc().ring().ranges_of(name(1));
+        a.on_unicast(gift_at, name(2), &ask)
+            .expect("a good request");
+        assert_ne!(
+            a.ipam().alloc().ring().ranges_of(name(1)),
+            before,
+            "donated"
+        );
+        a.saved(gift_at);
+        let with_gift = a.full_state(gift_at).expect("saved");
+        let cut = now + Duration::from_millis(STALE_AFTER_MS + 1);
+        a.tick(cut, 0);
+        assert!(a.stale().is_some(), "cut off");
+        b.saved(cut);
+        let behind = b.full_state(cut).expect("saved");
+        a.on_gossip(cut, &behind).expect("a good state");
+        assert!(
+            a.stale().is_some(),
+            "a ring behind our gift confirms nothing"
+        );
+        assert!(!a.stale().expect("held").contains("probably removed"));
+        // Router 2 hears of the gift (in time), and its ring confirms.
+        b.on_gossip(gift_at, &with_gift).expect("a good state");
+        b.saved(cut);
+        let knows = b.full_state(cut).expect("saved");
+        a.on_gossip(cut, &knows).expect("a good state");
+        assert_eq!(a.stale(), None);
     }
 
     /// A state built six sevenths of the horizon ago or more (delivered
