@@ -41,12 +41,18 @@
 //! What this does not do (ring-signing.md): a joiner takes its first base on
 //! trust; a lying owner that gives one run twice makes a duplicate until
 //! the two steps meet (the allocator must wait a settle time before using
-//! gained space, and across a partition even that is not enough); and
-//! [`Ledger::fold_old`], which bounds the steps by folding old ones into the
-//! base, is not sound yet: a router that folds a step it applied on a
-//! lagging view locks that view in and teaches it to joiners (found by the
-//! simulation). Bounding the steps needs checkpoints that a majority of
-//! owners sign.
+//! gained space, and across a partition even that is not enough).
+//!
+//! Steps are bounded by **checkpoints**: an owner signs the digest of the
+//! prefix of the order up to a time a settle time past
+//! ([`Ledger::sign_checkpoint`]), and a checkpoint whose signers hold more
+//! than half of all the blocks, in our view and in the checkpoint,
+//! becomes the base: the steps it covers go, and so do the certificates of
+//! removed routers that own nothing there. A ledger that is behind takes it from a merge
+//! with its votes ([`Certified`]). A step made before its time that its
+//! signers had not heard of still applies where it links on it (folding
+//! steps by age alone, tried first, locked a lagging view in and taught it
+//! to joiners: found by the simulation).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -55,7 +61,7 @@ use std::sync::LazyLock;
 use weft_peer_proto::PeerName;
 
 use weft_mesh::SigCache;
-use weft_peer_proto::sign::{Sig, Signer, signing_bytes};
+use weft_peer_proto::sign::{Sig, Signer, signing_bytes, statement_digest};
 
 use crate::range::AddrRange;
 use crate::removal::{Removal, SigOutcome};
@@ -121,7 +127,7 @@ impl Layout {
 }
 
 /// One block's owner and version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Block {
     pub owner: PeerName,
     pub version: u32,
@@ -227,6 +233,140 @@ pub enum StepError {
     Forged,
 }
 
+/// The domain of checkpoint signatures.
+pub const CHECKPOINT_DOMAIN: &str = "weft/checkpoint/1";
+
+/// The share of all the blocks a checkpoint's signers must hold, in our
+/// view and in the checkpoint, for it to become our base: more than half,
+/// as for a removal, so liars alone need more than half of the blocks.
+/// Two thirds would make two contents for one time impossible while liars
+/// hold less than a third, but crashed routers hold their blocks (and sign
+/// nothing) until they are removed, and in the simulation's churn a third
+/// of the blocks was often theirs: no checkpoint passed. With half, two
+/// contents of one time can pass (liars signing both, honest routers split
+/// between two prefixes); each is an honest prefix, and the next checkpoint
+/// a ledger takes (a newer one is always taken, from its votes and
+/// content) brings the two groups together again.
+const QUORUM: (u64, u64) = (1, 2);
+
+/// At most this many checkpoints offered are kept while their votes come.
+pub const MAX_OFFERED: usize = 4;
+
+/// What the steps made up to `at_ms` leave (the prefix of the order, on
+/// the base it had): what owners sign, and what a ledger takes as its base
+/// once owners of more than half of the blocks signed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Checkpoint {
+    pub at_ms: u64,
+    pub blocks: Vec<Block>,
+    pub disputed: BTreeSet<u32>,
+}
+
+impl Checkpoint {
+    /// What a vote signs: the whole of it would be too much to sign, and
+    /// to send with every vote.
+    pub fn digest(&self) -> [u8; 32] {
+        statement_digest(CHECKPOINT_DOMAIN, self).unwrap_or([0; 32])
+    }
+
+    /// How many of all the blocks `signers` hold here.
+    fn weight(&self, signers: &BTreeSet<PeerName>) -> u64 {
+        weight(&self.blocks, &self.disputed, &BTreeSet::new(), signers)
+    }
+}
+
+/// How many blocks of `blocks` routers of `signers` hold (not disputed,
+/// not removed).
+fn weight(
+    blocks: &[Block],
+    disputed: &BTreeSet<u32>,
+    removed: &BTreeSet<PeerName>,
+    signers: &BTreeSet<PeerName>,
+) -> u64 {
+    blocks
+        .iter()
+        .enumerate()
+        .filter(|(b, x)| {
+            signers.contains(&x.owner)
+                && !removed.contains(&x.owner)
+                && !disputed.contains(&(*b as u32))
+        })
+        .count() as u64
+}
+
+fn is_quorum(signed: u64, total: u64) -> bool {
+    signed * QUORUM.1 > total * QUORUM.0
+}
+
+#[derive(Serialize)]
+struct VoteStatement {
+    cluster: u64,
+    at_ms: u64,
+    digest: [u8; 32],
+}
+
+/// An owner's signature on the checkpoint of `at_ms` with `digest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vote {
+    pub at_ms: u64,
+    pub digest: [u8; 32],
+    pub sig: Sig,
+}
+
+impl Vote {
+    pub fn signer(&self) -> PeerName {
+        self.sig.signer()
+    }
+
+    /// `key`'s vote for the checkpoint of `at_ms` with `digest`.
+    pub fn sign(key: &impl Signer, cluster: u64, at_ms: u64, digest: [u8; 32]) -> Vote {
+        let sig = key.sign(
+            CHECKPOINT_DOMAIN,
+            &VoteStatement {
+                cluster,
+                at_ms,
+                digest,
+            },
+        );
+        Vote { at_ms, digest, sig }
+    }
+
+    fn verifies(&self, cluster: u64) -> bool {
+        let st = VoteStatement {
+            cluster,
+            at_ms: self.at_ms,
+            digest: self.digest,
+        };
+        signing_bytes(CHECKPOINT_DOMAIN, &st)
+            .is_ok_and(|msg| CHECKED.check(self.signer(), &msg, &self.sig).is_ok())
+    }
+}
+
+/// A checkpoint with the votes that made it a base: what a ledger sends
+/// one that is behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certified {
+    pub checkpoint: Checkpoint,
+    pub votes: Vec<Vote>,
+}
+
+/// What votes and checkpoints a ledger took in.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct VoteOutcome {
+    /// Votes kept.
+    pub added: u32,
+    /// Votes whose signature did not verify.
+    pub forged: u32,
+    /// Good votes by routers that own no block in our view (may not vote).
+    pub refused: u32,
+    /// Checkpoints offered whose signers do not hold more than half of the
+    /// blocks in our view and in the checkpoint (a liar's, or one we are
+    /// too far behind to judge).
+    pub refused_checkpoints: u32,
+    /// Whether a checkpoint became our base.
+    pub adopted: bool,
+}
+
 /// What merging another ledger did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LedgerMerge {
@@ -237,6 +377,7 @@ pub struct LedgerMerge {
     /// kept: a lagging peer's, or a lie about a state that never was).
     pub unlinked: u32,
     pub removals: SigOutcome,
+    pub votes: VoteOutcome,
 }
 
 /// What a ledger's steps make of its base.
@@ -320,6 +461,14 @@ pub struct Ledger {
     base: Vec<Block>,
     /// Blocks disputed before the base was last folded.
     base_disputed: BTreeSet<u32>,
+    /// The checkpoint the base is, with its votes (None: the seed layout).
+    base_cert: Option<Certified>,
+    /// Each owner's newest vote for a checkpoint newer than the base.
+    votes: BTreeMap<PeerName, Vote>,
+    /// Checkpoints offered that had not passed, by digest, to judge again
+    /// as votes come: only those some held vote signs, at most
+    /// [`MAX_OFFERED`] (those most voted for).
+    offered: BTreeMap<[u8; 32], Checkpoint>,
     steps: BTreeMap<StepBody, Sig>,
     removals: BTreeMap<PeerName, Removal>,
     /// The view of what is above, made when first asked for after a change.
@@ -334,6 +483,9 @@ impl Ledger {
             cluster: None,
             base: Vec::new(),
             base_disputed: BTreeSet::new(),
+            base_cert: None,
+            votes: BTreeMap::new(),
+            offered: BTreeMap::new(),
             steps: BTreeMap::new(),
             removals: BTreeMap::new(),
             cache: std::sync::OnceLock::new(),
@@ -463,11 +615,17 @@ impl Ledger {
     }
 
     fn judge(&self) -> View {
+        self.judge_upto(u64::MAX)
+    }
+
+    /// The view of the base and the steps made up to `upto` (by their
+    /// clocks): the prefix of the order, which a checkpoint signs.
+    fn judge_upto(&self, upto: u64) -> View {
         let mut voided = BTreeSet::new();
         let mut conflicts = Vec::new();
         let mut disputed = BTreeSet::new();
         loop {
-            match self.fold(&voided, &disputed) {
+            match self.fold(&voided, &disputed, upto) {
                 Ok(mut v) => {
                     v.voided = voided;
                     v.conflicts = conflicts;
@@ -489,6 +647,7 @@ impl Ledger {
         &self,
         voided: &BTreeSet<StepBody>,
         disputed: &BTreeSet<u32>,
+        upto: u64,
     ) -> Result<View, (StepBody, StepBody)> {
         let mut v = View {
             blocks: self.base.clone(),
@@ -502,7 +661,11 @@ impl Ledger {
         if v.blocks.is_empty() {
             return Ok(v);
         }
-        let steps: Vec<&StepBody> = self.steps.keys().filter(|s| !voided.contains(s)).collect();
+        let steps: Vec<&StepBody> = self
+            .steps
+            .keys()
+            .filter(|s| s.at_ms <= upto && !voided.contains(s))
+            .collect();
         // The steps from each state, for the disputes below: only steps
         // from one `(owner, version)` can apply at one state of a block.
         let mut from_state: BTreeMap<(PeerName, u32), Vec<usize>> = BTreeMap::new();
@@ -698,7 +861,13 @@ impl Ledger {
         };
         // Later than every step we hold, so that the fold, which goes by
         // the steps' clocks, judges this one after what it follows.
-        let latest = self.steps.keys().map(|s| s.at_ms).max().unwrap_or(0);
+        let latest = self
+            .steps
+            .keys()
+            .map(|s| s.at_ms)
+            .max()
+            .unwrap_or(0)
+            .max(self.base_at_ms());
         let at_ms = at_ms.max(latest.saturating_add(1));
         let mut out = Vec::new();
         let mut i = 0;
@@ -767,11 +936,261 @@ impl Ledger {
                 self.cluster = Some(theirs);
                 self.base = other.base.clone();
                 self.base_disputed = other.base_disputed.clone();
+                self.base_cert = other.base_cert.clone();
                 self.changed();
             }
         }
+        // Their base first: steps it covers are then judged on it.
+        let mut votes = VoteOutcome::default();
+        if let Some(c) = &other.base_cert {
+            votes = self.receive_certified(c);
+        }
         let removals = other.removals.iter().map(|(p, c)| (*p, c.sigs()));
-        self.receive(other.steps(), removals)
+        let mut out = self.receive(other.steps(), removals);
+        let o = self.receive_votes(other.votes.values().copied(), other.offered.values());
+        out.votes = VoteOutcome {
+            added: votes.added + o.added,
+            forged: votes.forged + o.forged,
+            refused: votes.refused + o.refused,
+            refused_checkpoints: votes.refused_checkpoints + o.refused_checkpoints,
+            adopted: votes.adopted || o.adopted,
+        };
+        out
+    }
+
+    /// When the base was cut (0: the seed layout).
+    pub fn base_at_ms(&self) -> u64 {
+        self.base_cert.as_ref().map_or(0, |c| c.checkpoint.at_ms)
+    }
+
+    /// The checkpoint our base is, with the votes that made it.
+    pub fn certified(&self) -> Option<&Certified> {
+        self.base_cert.as_ref()
+    }
+
+    /// The votes held for a checkpoint newer than the base.
+    pub fn votes(&self) -> impl Iterator<Item = &Vote> {
+        self.votes.values()
+    }
+
+    /// How many steps are held (what checkpoints bound).
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// What the steps made up to `at_ms` leave on our base.
+    pub fn prefix(&self, at_ms: u64) -> Checkpoint {
+        let v = self.judge_upto(at_ms);
+        Checkpoint {
+            at_ms,
+            blocks: v.blocks,
+            disputed: v.disputed,
+        }
+    }
+
+    /// `key` signs the checkpoint of `at_ms` as our steps make it, once
+    /// per time and only for a time newer than our base and than its last
+    /// vote (the caller picks `at_ms` a settle time in the past, so that
+    /// the steps up to it have spread). Returns the vote, which may have
+    /// made that checkpoint our base.
+    pub fn sign_checkpoint(&mut self, key: &impl Signer, at_ms: u64) -> Option<Vote> {
+        let cluster = self.cluster?;
+        let me = key.name();
+        let last = self.votes.get(&me).map_or(0, |v| v.at_ms);
+        if at_ms <= self.base_at_ms() || at_ms <= last || self.view().blocks_of(me).is_empty() {
+            return None;
+        }
+        let cp = self.prefix(at_ms);
+        let vote = Vote::sign(key, cluster, at_ms, cp.digest());
+        self.votes.insert(me, vote);
+        self.try_adopt(Some(&cp));
+        Some(vote)
+    }
+
+    /// A peer's base with its votes: ours if it is newer and its votes
+    /// pass (else counted in `refused_checkpoints`). Its votes are judged
+    /// as they are, not kept: their signers may own nothing in our view now.
+    pub fn receive_certified(&mut self, c: &Certified) -> VoteOutcome {
+        let mut out = VoteOutcome::default();
+        let at_ms = c.checkpoint.at_ms;
+        let Some(cluster) = self.cluster else {
+            return out;
+        };
+        if at_ms <= self.base_at_ms() || c.checkpoint.blocks.len() != self.base.len() {
+            return out;
+        }
+        let digest = c.checkpoint.digest();
+        let mut signers = BTreeSet::new();
+        let mut votes = Vec::new();
+        for v in &c.votes {
+            if v.at_ms != at_ms || v.digest != digest || !v.verifies(cluster) {
+                out.forged += 1;
+            } else if signers.insert(v.signer()) {
+                votes.push(*v);
+            }
+        }
+        out.added = votes.len() as u32;
+        out.adopted = self.passes(Some(c.checkpoint.clone()), &signers, at_ms, digest, votes);
+        out.refused_checkpoints = u32::from(!out.adopted);
+        out
+    }
+
+    /// Takes in `votes` that verify and whose signers own blocks in our
+    /// view (one per signer, its newest), and `offered`, checkpoints a
+    /// peer holds; a checkpoint newer than our base whose signers hold more
+    /// than half of the blocks, in our view and in itself, becomes
+    /// our base.
+    pub fn receive_votes<'a>(
+        &mut self,
+        votes: impl IntoIterator<Item = Vote>,
+        offered: impl IntoIterator<Item = &'a Checkpoint>,
+    ) -> VoteOutcome {
+        let mut out = VoteOutcome::default();
+        let Some(cluster) = self.cluster else {
+            return out;
+        };
+        let base_at = self.base_at_ms();
+        for vote in votes {
+            let signer = vote.signer();
+            let newer = self.votes.get(&signer).is_none_or(|v| v.at_ms < vote.at_ms);
+            if vote.at_ms <= base_at || !newer {
+                continue;
+            }
+            if !vote.verifies(cluster) {
+                out.forged += 1;
+            } else if self.view().blocks_of(signer).is_empty() {
+                out.refused += 1;
+            } else {
+                self.votes.insert(signer, vote);
+                out.added += 1;
+            }
+        }
+        // Only checkpoints some vote we hold signs, the most voted for.
+        let mut voters: BTreeMap<[u8; 32], usize> = BTreeMap::new();
+        for v in self.votes.values() {
+            *voters.entry(v.digest).or_default() += 1;
+        }
+        for c in offered {
+            if c.at_ms > base_at && c.blocks.len() == self.base.len() {
+                let d = c.digest();
+                if voters.contains_key(&d) && !self.offered.contains_key(&d) {
+                    self.offered.insert(d, c.clone());
+                }
+            }
+        }
+        self.offered.retain(|d, _| voters.contains_key(d));
+        while self.offered.len() > MAX_OFFERED {
+            let least = self
+                .offered
+                .keys()
+                .min_by_key(|d| voters.get(*d))
+                .copied()
+                .unwrap_or([0; 32]);
+            self.offered.remove(&least);
+        }
+        out.adopted = self.try_adopt(None);
+        out
+    }
+
+    /// Makes the newest checkpoint the votes pass our base, if one does:
+    /// our own prefix of its time, `mine`, or the one offered.
+    fn try_adopt(&mut self, mine: Option<&Checkpoint>) -> bool {
+        let mut by: BTreeMap<(u64, [u8; 32]), BTreeSet<PeerName>> = BTreeMap::new();
+        for (p, v) in &self.votes {
+            by.entry((v.at_ms, v.digest)).or_default().insert(*p);
+        }
+        // The newest first.
+        for ((at_ms, digest), signers) in by.into_iter().rev() {
+            let offered = mine
+                .filter(|c| c.at_ms == at_ms && c.digest() == digest)
+                .or_else(|| self.offered.get(&digest).filter(|c| c.at_ms == at_ms))
+                .cloned();
+            if offered
+                .as_ref()
+                .is_some_and(|c| !is_quorum(c.weight(&signers), c.blocks.len() as u64))
+            {
+                continue;
+            }
+            let votes: Vec<Vote> = self
+                .votes
+                .values()
+                .filter(|v| v.at_ms == at_ms && v.digest == digest)
+                .copied()
+                .collect();
+            if self.passes(offered, &signers, at_ms, digest, votes) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Adopts the checkpoint of `at_ms` with `digest` if `signers` hold
+    /// more than half of the blocks in it and in our own view of that time
+    /// (not our view now: a signer may have crashed and been inherited
+    /// since, and a ledger that is behind must still take the checkpoint
+    /// its peers dropped their steps for). `offered` is its content if we
+    /// have it; else only our own prefix of that time can be it.
+    fn passes(
+        &mut self,
+        offered: Option<Checkpoint>,
+        signers: &BTreeSet<PeerName>,
+        at_ms: u64,
+        digest: [u8; 32],
+        votes: Vec<Vote>,
+    ) -> bool {
+        let ours = self.prefix(at_ms);
+        let quorum = |c: &Checkpoint| is_quorum(c.weight(signers), c.blocks.len() as u64);
+        if !quorum(&ours) {
+            return false;
+        }
+        let cp = match offered {
+            Some(c) if c.digest() == digest && quorum(&c) => c,
+            Some(_) => return false,
+            None if ours.digest() == digest => ours,
+            None => return false,
+        };
+        self.adopt(Certified {
+            checkpoint: cp,
+            votes,
+        });
+        true
+    }
+
+    /// `c` becomes the base. Steps it covers go: those that applied up to
+    /// its time, and those whose state it left behind (they can never
+    /// link again). A step made up to its time that still applies on it (a
+    /// late one the signers had not heard of) stays, and applies on it as
+    /// anywhere. Certificates of removed routers it leaves owning nothing go.
+    fn adopt(&mut self, c: Certified) {
+        let cp = &c.checkpoint;
+        let at_ms = cp.at_ms;
+        self.base = cp.blocks.clone();
+        self.base_disputed = cp.disputed.clone();
+        // A removed router that owns nothing is nothing to the view: its
+        // certificate goes. (Who is removed is not in the checkpoint: it
+        // depends on the signatures each router holds, not only on the
+        // steps, so it would split the votes.)
+        let owners: BTreeSet<PeerName> = cp.blocks.iter().map(|x| x.owner).collect();
+        self.removals.retain(|p, _| owners.contains(p));
+        self.votes.retain(|_, v| v.at_ms > at_ms);
+        self.offered.retain(|_, o| o.at_ms > at_ms);
+        self.changed();
+        let applied: BTreeSet<StepBody> = self
+            .view()
+            .applied
+            .iter()
+            .filter(|s| s.at_ms <= at_ms)
+            .copied()
+            .collect();
+        self.steps
+            .retain(|s, _| s.at_ms > at_ms || applied.contains(s));
+        self.changed();
+        self.base_cert = Some(c);
+        self.changed();
     }
 
     /// Takes in the steps and removal signatures a peer sent (what the wire
@@ -830,36 +1249,6 @@ impl Ledger {
             self.drop_pending(s);
         }
         out
-    }
-
-    /// Folds into the base every step made `horizon_ms` or more before
-    /// `now_ms` that applied before any newer one did, and drops old steps
-    /// that did not apply. Returns how many steps went. Not sound yet (see
-    /// the module's text): it assumes every router's view of those steps is
-    /// final, which nothing checks.
-    pub fn fold_old(&mut self, now_ms: u64, horizon_ms: u64) -> usize {
-        let old = |s: &StepBody| s.at_ms.saturating_add(horizon_ms) <= now_ms;
-        let v = self.view().clone();
-        let before = self.steps.len();
-        let mut base = self.base.clone();
-        for s in v.applied.iter().take_while(|s| old(s)) {
-            for b in s.blocks() {
-                base[b as usize] = Block {
-                    owner: s.to,
-                    version: s.from_version + 1,
-                };
-            }
-            self.steps.remove(s);
-        }
-        self.base = base;
-        let applied: BTreeSet<StepBody> = v.applied.iter().copied().collect();
-        for s in v.voided.iter().filter(|s| old(s)) {
-            self.base_disputed.extend(s.blocks());
-        }
-        self.steps
-            .retain(|s, _| !old(s) || applied.contains(s) && !v.voided.contains(s));
-        self.changed();
-        before - self.steps.len()
     }
 }
 
@@ -1010,17 +1399,97 @@ mod tests {
         assert_eq!(v.blocks_of(heir).len(), 2 * 1024 / 4);
     }
 
+    /// Owners of more than half of the blocks sign one checkpoint:
+    /// it becomes the base, the steps it covers go, and the view stays. A
+    /// ledger that is behind takes it from a merge, weighing its signers in
+    /// its own view.
     #[test]
-    fn folding_old_steps_keeps_the_view() {
-        let k = keys(3);
+    fn a_checkpoint_two_thirds_sign_becomes_the_base() {
+        let k = keys(4);
         let mut a = seeded(&k);
         let first = a.view().blocks_of(k[0].name())[0];
         a.give(&k[0], first..first + 8, k[1].name(), 1);
         a.give(&k[1], first..first + 4, k[2].name(), 5);
-        a.give(&k[0], first + 20..first + 22, k[1].name(), 9);
+        a.give(&k[0], first + 20..first + 22, k[3].name(), 9);
+        let lagging = seeded(&k);
         let before = a.view().clone();
-        assert_eq!(a.fold_old(8, 3), 2);
+        assert!(a.sign_checkpoint(&k[0], 8).is_some());
+        assert!(a.sign_checkpoint(&k[0], 8).is_none(), "once per time");
+        a.sign_checkpoint(&k[1], 8);
+        assert_eq!(a.base_at_ms(), 0, "about half of the blocks: not yet");
+        a.sign_checkpoint(&k[2], 8);
+        assert_eq!(a.base_at_ms(), 8);
+        assert_eq!(a.len(), 1, "only the step after the checkpoint is left");
         assert_eq!(a.view().blocks, before.blocks);
-        assert_eq!(a.steps().count(), 1);
+        assert!(a.votes().next().is_none());
+        let mut b = lagging;
+        let out = b.merge(&a);
+        assert!(out.votes.adopted);
+        assert_eq!(b.base_at_ms(), 8);
+        assert_eq!(b.view().blocks, before.blocks);
+        // A step made after the checkpoint stamps later than it.
+        let made = b.give(&k[3], first + 20..first + 21, k[0].name(), 2);
+        assert!(made[0].body.at_ms > 8);
+    }
+
+    /// A liar's checkpoint (its sybils' votes, or its own with one honest
+    /// owner's) gives it nothing: sybils own no block, and a quarter plus a
+    /// quarter of the blocks is not more than half.
+    #[test]
+    fn a_liars_checkpoint_is_refused() {
+        let k = keys(4);
+        let mut a = seeded(&k);
+        let liar = &k[3];
+        let mut forged = a.prefix(10);
+        for b in &mut forged.blocks {
+            b.owner = liar.name();
+        }
+        let cluster = a.cluster().expect("seeded");
+        let sybils: Vec<KeyPair> = (0..8).map(|i| KeyPair::from_seed([100 + i; 32])).collect();
+        let mut votes: Vec<Vote> = sybils
+            .iter()
+            .map(|s| Vote::sign(s, cluster, 10, forged.digest()))
+            .collect();
+        votes.push(Vote::sign(liar, cluster, 10, forged.digest()));
+        let cert = Certified {
+            checkpoint: forged.clone(),
+            votes: votes.clone(),
+        };
+        let out = a.receive_certified(&cert);
+        assert_eq!((out.added, out.refused_checkpoints), (9, 1));
+        assert!(!out.adopted, "sybils own nothing here, the liar a quarter");
+        // Its votes alone, kept: the sybils' are refused.
+        assert_eq!(a.receive_votes(votes.iter().copied(), [&forged]).refused, 8);
+        // Altered under a signature.
+        let mut bad = votes[8];
+        bad.at_ms = 11;
+        assert_eq!(a.receive_votes([bad], []).forged, 1);
+        // One honest owner signs the real prefix, the liar its own: no
+        // content has more than half.
+        a.sign_checkpoint(&k[0], 10);
+        assert_eq!(a.base_at_ms(), 0);
+        let liar_real = Vote::sign(liar, cluster, 12, a.prefix(12).digest());
+        a.sign_checkpoint(&k[1], 12);
+        a.receive_votes([liar_real], []);
+        assert_eq!(a.base_at_ms(), 0, "half of the blocks");
+        assert_eq!(a.view().blocks_of(liar.name()).len(), 1024 / 4);
+    }
+
+    /// A step made before a checkpoint's time that its signers had not
+    /// heard of is not lost: where it links on the new base, it applies.
+    #[test]
+    fn a_late_step_that_links_on_the_checkpoint_applies() {
+        let k = keys(4);
+        let mut x = seeded(&k);
+        let mut y = seeded(&k);
+        let first = y.view().blocks_of(k[0].name())[0];
+        y.give(&k[0], first..first + 2, k[1].name(), 1);
+        for key in &k[1..] {
+            x.sign_checkpoint(key, 5);
+        }
+        assert_eq!(x.base_at_ms(), 5);
+        x.merge(&y);
+        assert_eq!(x.view().owner(first), Some(k[1].name()));
+        assert_eq!(x.view().blocks, y.view().blocks);
     }
 }

@@ -21,14 +21,27 @@
 //! - no forged step is ever kept by an honest router, and no step a liar
 //!   made about a state that never was is ever applied.
 //!
-//! At the end the network heals and the honest routers' views must agree
-//! (and be what a whole fold of their steps makes), every liar's double
-//! gift whose two steps both spread is disputed everywhere, and forgeries
-//! and unlinkable steps sent were counted by their receivers. Folding old
-//! steps into the base is not simulated: it is not sound yet (ledger.rs).
+//! Every live honest router signs a checkpoint each minute, of the time
+//! `CHECKPOINT_LAG_MS` before; liars send checkpoints of their own making
+//! (every block theirs, signed by them and their sybils), which no honest
+//! router may take. A block an honest router held may also go where a
+//! checkpoint decided the race a dispute would have (its signers had
+//! applied the twin of the step that gave it), counted as
+//! `lost_to_checkpoints`.
+//!
+//! At the end the crashed routers are removed, the network heals and the
+//! honest routers' views must agree (and be what a whole fold of their
+//! steps makes), every liar's double gift whose two steps both spread is
+//! disputed everywhere, and forgeries, unlinkable steps and forged
+//! checkpoints sent were counted by their receivers. Then they sign one
+//! checkpoint of that time: every honest router must take it, keep its
+//! view, and hold no step it covers. Checkpoints must also have been taken
+//! during the run. (With this churn, crashed routers not yet removed often
+//! hold half of the blocks, so few pass during the run: the steps held
+//! then are bounded only by how fast crashed routers are removed.)
 //!
 //! `WEFT_LEDGER_SIM_OPS` sets the operations per seed (default 5 000 x 3
-//! seeds, about 45 s; 20 000 for seed 1 takes about 2 minutes),
+//! seeds, about 3 minutes with checkpoints),
 //! `WEFT_SIM_SEED` one seed. A failure prints its seed.
 
 mod common;
@@ -36,7 +49,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::Rng;
-use weft_ipam_crdt::ledger::{Ledger, LedgerMerge, Step, StepBody, StepKind, View};
+use weft_ipam_crdt::ledger::{
+    Block, Certified, Checkpoint, Ledger, LedgerMerge, Step, StepBody, StepKind, View, Vote,
+};
 use weft_ipam_crdt::{AddrRange, PeerName};
 use weft_peer_proto::sign::{KeyPair, Signer};
 
@@ -53,9 +68,11 @@ const TICK_MS: u64 = 100;
 const SETTLE_MS: u64 = 30_000;
 /// How long after a crash the live routers remove the crashed one.
 const RECLAIM_AFTER_MS: u64 = 120_000;
-/// Steps older than this are folded into the base, where folding is on.
-const HORIZON_MS: u64 = 600_000;
-const FOLD: bool = false;
+/// How often each live honest router signs a checkpoint, of the time
+/// `CHECKPOINT_LAG_MS` before: long enough for what was made before it to
+/// have spread (here gossip reaches a router about every ten seconds).
+const CHECKPOINT_EVERY_MS: u64 = 60_000;
+const CHECKPOINT_LAG_MS: u64 = 150_000;
 
 fn key(i: u64) -> KeyPair {
     let mut seed = [0u8; 32];
@@ -70,8 +87,9 @@ struct Router {
     ledger: Ledger,
     live: bool,
     liar: bool,
-    /// When each block we own became ours in our view.
-    since: BTreeMap<u32, u64>,
+    /// When each block we own became ours in our view, and the step that
+    /// made it ours (None: the seed layout, or a checkpoint's base).
+    since: BTreeMap<u32, (u64, Option<StepBody>)>,
     /// Blocks we gave away (so losing them is no loss).
     gave: BTreeSet<u32>,
     side: bool,
@@ -88,18 +106,32 @@ impl Router {
 
     fn refresh(&mut self, now: u64) {
         let me = self.name();
-        let mine: BTreeSet<u32> = self.ledger.view().blocks_of(me).into_iter().collect();
+        let v = self.ledger.view();
+        let mine: BTreeSet<u32> = v.blocks_of(me).into_iter().collect();
         self.since.retain(|b, _| mine.contains(b));
         for b in mine {
-            self.since.entry(b).or_insert(now);
+            self.since.entry(b).or_insert_with(|| {
+                let by = v
+                    .applied
+                    .iter()
+                    .rev()
+                    .find(|s| (s.first..s.first + s.count).contains(&b))
+                    .copied();
+                (now, by)
+            });
         }
     }
 
     fn held(&self, now: u64) -> impl Iterator<Item = u32> + '_ {
         self.since
             .iter()
-            .filter(move |(_, t)| now.saturating_sub(**t) >= SETTLE_MS)
+            .filter(move |(_, (t, _))| now.saturating_sub(*t) >= SETTLE_MS)
             .map(|(b, _)| *b)
+    }
+
+    /// The step that made block `b` ours.
+    fn got_by(&self, b: u32) -> Option<StepBody> {
+        self.since.get(&b).and_then(|(_, s)| *s)
     }
 }
 
@@ -112,6 +144,15 @@ struct Tally {
     double_gifts: u64,
     double_gifts_in_flight: u64,
     lost_to_disputes: u64,
+    /// Blocks lost where a checkpoint took the twin of the step that gave
+    /// them (a liar's double gift, or a removed router's last gift raced
+    /// by its heir, decided by the checkpoint instead of a dispute).
+    lost_to_checkpoints: u64,
+    checkpoints_adopted: u64,
+    /// A liar's checkpoints (all blocks its own, signed by it and its
+    /// sybils) sent, and refused by their receivers.
+    forged_checkpoints_sent: u64,
+    forged_checkpoints_refused: u64,
     removals: u64,
     joins: u64,
     gifts: u64,
@@ -133,6 +174,13 @@ struct Sim {
     unlinkable: BTreeSet<StepBody>,
     /// The liars' double gifts, as pairs of bodies.
     doubles: Vec<(StepBody, StepBody)>,
+    /// Every step made, by (from, from_version): to tell a step that lost
+    /// to its twin.
+    made: BTreeMap<(PeerName, u32), Vec<StepBody>>,
+    /// The last checkpoint time signed.
+    checkpoint_at: u64,
+    /// The most steps an honest router held before the last checkpoint.
+    held_at_end: usize,
     tally: Tally,
 }
 
@@ -173,6 +221,9 @@ impl Sim {
             forged: BTreeSet::new(),
             unlinkable: BTreeSet::new(),
             doubles: Vec::new(),
+            made: BTreeMap::new(),
+            checkpoint_at: 0,
+            held_at_end: 0,
             tally: Tally::default(),
         }
     }
@@ -216,6 +267,7 @@ impl Sim {
         if !r.liar {
             self.tally.forged_dropped += u64::from(out.forged);
             self.tally.unlinked_dropped += u64::from(out.unlinked);
+            self.tally.checkpoints_adopted += u64::from(out.votes.adopted);
         }
         let r = &mut self.routers[to];
         r.refresh(now);
@@ -252,6 +304,7 @@ impl Sim {
         // A liar sends what it holds or only its lies (what it left out
         // stays out), and lies.
         let extra = self.lie(from, to);
+        self.record(&extra);
         let whole = self.rng.below(3) > 0;
         self.deliver(from, to, whole, &extra);
     }
@@ -275,7 +328,36 @@ impl Sim {
             from_version,
             to,
         };
-        match self.rng.below(6) {
+        match self.rng.below(7) {
+            // A checkpoint of its own making: every block the liar's,
+            // signed by it and its sybils, as a base ahead of everyone's.
+            5 => {
+                let mut forged: Checkpoint = self.routers[l].ledger.prefix(self.now);
+                for x in &mut forged.blocks {
+                    x.owner = me;
+                }
+                let signers = std::iter::once(&lk).chain(&self.sybils);
+                let votes: Vec<Vote> = signers
+                    .map(|k| Vote::sign(k, CLUSTER, forged.at_ms, forged.digest()))
+                    .collect();
+                let cert = Certified {
+                    checkpoint: forged,
+                    votes,
+                };
+                self.tally.forged_checkpoints_sent += 1;
+                if self.reachable(l, to) {
+                    let r = &mut self.routers[to];
+                    let out = r.ledger.receive_certified(&cert);
+                    assert!(
+                        !out.adopted,
+                        "{} took a liar's checkpoint; seed {}",
+                        r.name(),
+                        self.seed
+                    );
+                    self.tally.forged_checkpoints_refused += u64::from(out.refused_checkpoints);
+                }
+                Vec::new()
+            }
             // Another's block given away, signed by the liar.
             0 if at.owner != me => {
                 let s = Step::sign(
@@ -343,6 +425,7 @@ impl Sim {
                 // The liar forgets both (so it can lie again), and tells
                 // each recipient of its own gift only.
                 let extra = [c];
+                self.record(&[a, c]);
                 self.deliver(l, other, true, &extra);
                 vec![a]
             }
@@ -410,6 +493,7 @@ impl Sim {
         }
         r.refresh(now);
         self.tally.gifts += steps.len() as u64;
+        self.record(&steps);
         // The recipient hears of it from the donor now (a donation).
         self.deliver(i, j, true, &[]);
     }
@@ -456,7 +540,31 @@ impl Sim {
         let now = self.now;
         let r = &mut self.routers[i];
         let k = key(r.id);
-        if !r.ledger.inherit(&k, now).is_empty() {
+        let steps = r.ledger.inherit(&k, now);
+        if !steps.is_empty() {
+            r.refresh(now);
+        }
+        self.record(&steps);
+    }
+
+    /// Every live honest router signs the checkpoint of the time a settle
+    /// time ago, once per `CHECKPOINT_EVERY_MS` (each at its own timer in
+    /// meshd; at once here). Votes spread with the ledgers.
+    fn checkpoint(&mut self) {
+        let at = (self.now.saturating_sub(CHECKPOINT_LAG_MS) / CHECKPOINT_EVERY_MS)
+            * CHECKPOINT_EVERY_MS;
+        if at == 0 || at <= self.checkpoint_at {
+            return;
+        }
+        self.checkpoint_at = at;
+        let now = self.now;
+        for r in self.routers.iter_mut().filter(|r| r.live && !r.liar) {
+            let k = key(r.id);
+            let base = r.ledger.base_at_ms();
+            r.ledger.sign_checkpoint(&k, at);
+            if r.ledger.base_at_ms() != base {
+                self.tally.checkpoints_adopted += 1;
+            }
             r.refresh(now);
         }
     }
@@ -533,11 +641,20 @@ impl Sim {
             }
             for b in r.held(now) {
                 if let Some(&j) = holder.get(&b) {
-                    let a = self.last_step(i, b);
-                    let c = self.last_step(j, b);
-                    let liars_double = self.doubles.iter().any(|(x, y)| {
-                        (Some(*x) == a && Some(*y) == c) || (Some(*y) == a && Some(*x) == c)
-                    });
+                    let a = r.got_by(b);
+                    let c = self.routers[j].got_by(b);
+                    // Two gifts by a liar from one state of the block (one
+                    // double gift, or two: a liar that never hears the
+                    // first gift's block move gives it again).
+                    let liars_double = match (a, c) {
+                        (Some(x), Some(y)) => {
+                            x != y
+                                && (x.from, x.from_version) == (y.from, y.from_version)
+                                && self.is_liar(x.signer())
+                                && self.is_liar(y.signer())
+                        }
+                        _ => false,
+                    };
                     assert!(
                         liars_double,
                         "block {b} held by {} and {} (last steps {a:?} / {c:?}); seed {}",
@@ -553,25 +670,44 @@ impl Sim {
         }
     }
 
-    /// The step that gave router `i` block `b` in its view.
-    fn last_step(&self, i: usize, b: u32) -> Option<StepBody> {
-        self.routers[i]
-            .view()
-            .applied
-            .iter()
-            .rev()
-            .find(|s| (s.first..s.first + s.count).contains(&b))
-            .copied()
+    /// Whether `s`, which gave block `b`, has a twin that may take it: a
+    /// step from the same state over `b` by a liar as well (a double gift),
+    /// or of the other kind (a removed router's last gift and its heir's
+    /// inheritance).
+    fn lost_to_twin(&self, s: &StepBody, b: u32) -> bool {
+        self.made.get(&(s.from, s.from_version)).is_some_and(|ts| {
+            ts.iter().any(|t| {
+                t != s
+                    && (t.first..t.first + t.count).contains(&b)
+                    && ((self.is_liar(t.signer()) && self.is_liar(s.signer())) || t.kind != s.kind)
+            })
+        })
+    }
+
+    fn record(&mut self, steps: &[Step]) {
+        for s in steps {
+            let e = self
+                .made
+                .entry((s.body.from, s.body.from_version))
+                .or_default();
+            if !e.contains(&s.body) {
+                e.push(s.body);
+            }
+        }
     }
 
     /// A live honest router never loses a block it held and did not give.
-    fn check_losses(&mut self, before: &[BTreeSet<u32>]) {
+    fn check_losses(&mut self, before: &[BTreeMap<u32, Option<StepBody>>]) {
         let mut lost_to_disputes = 0;
+        let mut lost_to_checkpoints = 0;
         for (r, had) in self.routers.iter().zip(before) {
             if r.liar || !r.live {
                 continue;
             }
-            for b in had {
+            for (b, by) in had {
+                if r.gave.contains(b) || r.since.contains_key(b) {
+                    continue;
+                }
                 // A dispute over the block takes it from us, held by
                 // nobody since: a liar's double gift meeting its twin (its
                 // own space), or a removed router's last gift meeting its
@@ -584,12 +720,17 @@ impl Sim {
                             && ((self.is_liar(x.signer()) && self.is_liar(y.signer()))
                                 || x.kind != y.kind)
                     });
-                if disputed && !r.gave.contains(b) && !r.since.contains_key(b) {
+                if disputed {
                     lost_to_disputes += 1;
+                    continue;
                 }
-                let liars_dispute = disputed;
-                assert!(
-                    r.gave.contains(b) || r.since.contains_key(b) || liars_dispute,
+                // The same race decided by a checkpoint: its signers had
+                // applied the twin of the step that gave it us.
+                if by.is_some_and(|s| self.lost_to_twin(&s, *b)) {
+                    lost_to_checkpoints += 1;
+                    continue;
+                }
+                panic!(
                     "{} lost block {b} (now {:?}, disputed {}, voided {:?}); removed {:?}; seed {}",
                     r.name(),
                     r.view().blocks[*b as usize],
@@ -601,6 +742,7 @@ impl Sim {
             }
         }
         self.tally.lost_to_disputes += lost_to_disputes;
+        self.tally.lost_to_checkpoints += lost_to_checkpoints;
     }
 
     fn step(&mut self) {
@@ -609,8 +751,12 @@ impl Sim {
         // from): space it only just gained may still be lost to what it
         // had not heard yet, with nothing allocated from it.
         let now = self.now;
-        let before: Vec<BTreeSet<u32>> =
-            self.routers.iter().map(|r| r.held(now).collect()).collect();
+        let before: Vec<BTreeMap<u32, Option<StepBody>>> = self
+            .routers
+            .iter()
+            .map(|r| r.held(now).map(|b| (b, r.got_by(b))).collect())
+            .collect();
+        self.checkpoint();
         match self.rng.below(100) {
             0..=54 => self.gossip(),
             55..=69 => self.give(),
@@ -626,21 +772,6 @@ impl Sim {
             87 => self.crash(),
             90 => self.reclaim(),
             88 => self.join(),
-            // Folding old steps into the base is not simulated: it is only
-            // sound once every router's view of those steps is final, and
-            // a router that folds a step it applied on a lagging view locks
-            // that view in (found here, seed 1: an heir's inheritance that a
-            // late gift made wrong was folded by one router and taught to a
-            // joiner). Bounding the steps needs checkpoints
-            // (ring-signing.md).
-            89 if FOLD => {
-                let now = self.now;
-                if let Some(i) = self.pick(|r| r.live) {
-                    let r = &mut self.routers[i];
-                    r.ledger.fold_old(now, HORIZON_MS);
-                    r.refresh(now);
-                }
-            }
             _ => self.gossip(),
         }
         self.check_losses(&before);
@@ -649,6 +780,10 @@ impl Sim {
 
     fn heal(&mut self) {
         self.partitioned = false;
+        // The crashed routers are removed (the operator, or the reclaim
+        // delay passing).
+        self.now += RECLAIM_AFTER_MS;
+        self.reclaim();
         let honest: Vec<usize> = (0..self.routers.len())
             .filter(|i| self.routers[*i].live && !self.routers[*i].liar)
             .collect();
@@ -680,6 +815,42 @@ impl Sim {
                 self.seed
             );
             let v = self.routers[i].view();
+            if (&v.blocks, &v.disputed) != (&first.blocks, &first.disputed) {
+                let o = &self.routers[honest[0]];
+                let diff: Vec<(usize, Block, Block, bool, bool)> = (0..v.blocks.len())
+                    .filter(|b| {
+                        v.blocks[*b] != first.blocks[*b]
+                            || v.disputed.contains(&(*b as u32))
+                                != first.disputed.contains(&(*b as u32))
+                    })
+                    .map(|b| {
+                        (
+                            b,
+                            v.blocks[b],
+                            first.blocks[b],
+                            v.disputed.contains(&(b as u32)),
+                            first.disputed.contains(&(b as u32)),
+                        )
+                    })
+                    .take(6)
+                    .collect();
+                let covering = |l: &Ledger, b: usize| -> Vec<StepBody> {
+                    l.steps()
+                        .map(|s| s.body)
+                        .filter(|s| (s.first..s.first + s.count).contains(&(b as u32)))
+                        .collect()
+                };
+                let b0 = diff.first().map_or(0, |d| d.0);
+                eprintln!(
+                    "DIFF bases {} / {}, removed {:?} / {:?}, first diffs {diff:?}\n steps here {:?}\n steps there {:?}",
+                    self.routers[i].ledger.base_at_ms(),
+                    o.ledger.base_at_ms(),
+                    v.removed.len(),
+                    first.removed.len(),
+                    covering(&self.routers[i].ledger, b0),
+                    covering(&o.ledger, b0),
+                );
+            }
             assert_eq!(
                 (&v.blocks, &v.disputed),
                 (&first.blocks, &first.disputed),
@@ -704,6 +875,89 @@ impl Sim {
                 );
             }
         }
+        // Healed, the honest routers sign one checkpoint of now and it
+        // becomes everyone's base: the steps stay bounded, and the view
+        // does not change. (Routers that crashed and are not removed yet
+        // hold their blocks and sign nothing: with half of the blocks
+        // theirs, no checkpoint passes, so the operator removes them first.)
+        let held_before: usize = honest
+            .iter()
+            .map(|&i| self.routers[i].ledger.len())
+            .max()
+            .unwrap_or(0);
+        let at = self.now;
+        for &i in &honest {
+            let r = &mut self.routers[i];
+            let k = key(r.id);
+            r.ledger.sign_checkpoint(&k, at);
+        }
+        for _ in 0..2 {
+            for &a in &honest {
+                for &b in &honest {
+                    if a != b {
+                        let (sent, r) = pair(&mut self.routers, a, b);
+                        r.ledger.merge(&sent.ledger);
+                    }
+                }
+            }
+        }
+        for &i in &honest {
+            let r = &self.routers[i];
+            if r.ledger.base_at_ms() != at {
+                let mine = r.view().blocks_of(r.name()).len();
+                let votes: Vec<(u64, [u8; 4])> = r
+                    .ledger
+                    .votes()
+                    .map(|v| {
+                        (
+                            v.at_ms,
+                            [v.digest[0], v.digest[1], v.digest[2], v.digest[3]],
+                        )
+                    })
+                    .collect();
+                let d = r.ledger.prefix(at).digest();
+                eprintln!(
+                    "DEBUG {} id {} owns {mine}, base {}, removed {:?}, own prefix digest {:?}, votes {votes:?}",
+                    r.name(),
+                    r.id,
+                    r.ledger.base_at_ms(),
+                    r.view().removed.len(),
+                    &d[..4]
+                );
+                let o = &self.routers[honest[0]];
+                eprintln!(
+                    "DEBUG first {} base {} removed {} prefix {:?}",
+                    o.name(),
+                    o.ledger.base_at_ms(),
+                    o.view().removed.len(),
+                    &o.ledger.prefix(at).digest()[..4]
+                );
+            }
+            assert_eq!(
+                r.ledger.base_at_ms(),
+                at,
+                "{} did not take the checkpoint of the healed mesh; seed {}",
+                r.name(),
+                self.seed
+            );
+            let v = r.view();
+            assert_eq!(
+                (&v.blocks, &v.disputed),
+                (&first.blocks, &first.disputed),
+                "{}'s view changed with the checkpoint; seed {}",
+                r.name(),
+                self.seed
+            );
+            let old = r.ledger.steps().filter(|s| s.body.at_ms <= at).count();
+            assert_eq!(
+                old,
+                0,
+                "{} kept steps the checkpoint covers; seed {}",
+                r.name(),
+                self.seed
+            );
+        }
+        self.held_at_end = held_before;
     }
 }
 
@@ -725,7 +979,19 @@ fn run(seed: u64, ops: u64) {
     }
     sim.heal();
     let t = &sim.tally;
-    println!("seed {seed}: {t:?}");
+    let made: usize = sim.made.values().map(Vec::len).sum();
+    println!(
+        "seed {seed}: {t:?}; steps made {made}, held by an honest router before the last checkpoint at most {}",
+        sim.held_at_end
+    );
+    assert!(
+        t.checkpoints_adopted > 0,
+        "no checkpoint was ever taken during the run; seed {seed}"
+    );
+    assert!(
+        t.forged_checkpoints_sent == 0 || t.forged_checkpoints_refused > 0,
+        "forged checkpoints sent but none counted; seed {seed}"
+    );
     assert!(
         t.forged_sent == 0 || t.forged_dropped > 0,
         "forgeries sent but none counted; seed {seed}"

@@ -257,6 +257,15 @@ pub fn signing_bytes<T: Serialize>(domain: &str, statement: &T) -> Result<Vec<u8
     Ok(msg)
 }
 
+/// SHA-256 of [`signing_bytes`]: what a statement too large to sign
+/// whole (a ledger checkpoint's blocks) is signed by.
+pub fn statement_digest<T: Serialize>(domain: &str, statement: &T) -> Result<[u8; 32], SignError> {
+    let msg = signing_bytes(domain, statement)?;
+    let mut d = [0u8; 32];
+    d.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &msg).as_ref());
+    Ok(d)
+}
+
 /// What signs a router's statements: its identity key.
 pub trait Signer {
     fn public_key(&self) -> PublicKey;
