@@ -443,6 +443,11 @@ impl View {
             .collect()
     }
 
+    /// Whether `peer` holds a block (a disputed one left out).
+    pub fn holds_any(&self, peer: PeerName) -> bool {
+        (0..self.blocks.len() as u32).any(|b| self.owner(b) == Some(peer))
+    }
+
     /// Who inherits block `b` of a removed owner: the owner of the block
     /// before it (wrapping), if that is not a removed owner's (then nobody
     /// yet: its own heir takes that block first, and then this one).
@@ -473,7 +478,27 @@ pub struct Ledger {
     removals: BTreeMap<PeerName, Removal>,
     /// The view of what is above, made when first asked for after a change.
     cache: std::sync::OnceLock<View>,
+    /// Prefixes of the order judged for checkpoints, by time: votes are
+    /// judged again on every merge, and a prefix changes only when a step
+    /// made up to its time, a removal or the base does.
+    prefixes: Prefixes,
 }
+
+/// At most this many prefixes are kept (votes name a few times at once).
+const MAX_PREFIXES: usize = 8;
+
+/// The prefixes judged, with their digests. A cache: ledgers that differ
+/// only in it are equal.
+#[derive(Debug, Clone, Default)]
+struct Prefixes(BTreeMap<u64, (Checkpoint, [u8; 32])>);
+
+impl PartialEq for Prefixes {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Prefixes {}
 
 impl Ledger {
     /// An unseeded ledger over `range` (a joiner's).
@@ -489,6 +514,7 @@ impl Ledger {
             steps: BTreeMap::new(),
             removals: BTreeMap::new(),
             cache: std::sync::OnceLock::new(),
+            prefixes: Prefixes::default(),
         }
     }
 
@@ -554,6 +580,17 @@ impl Ledger {
         self.cache = std::sync::OnceLock::new();
     }
 
+    /// A step made at `at_ms` came or went: prefixes from then on change.
+    fn step_changed(&mut self, at_ms: u64) {
+        self.prefixes.0.retain(|t, _| *t < at_ms);
+    }
+
+    /// The removals or the base changed: every prefix may.
+    fn all_changed(&mut self) {
+        self.prefixes.0.clear();
+        self.changed();
+    }
+
     /// Judges `s`, just added, on top of the view we hold, where that gives
     /// what a whole fold would: `s` is the newest step, so it stands last in
     /// the order, and it is no twin of a step that applied (it links and no
@@ -562,11 +599,13 @@ impl Ledger {
     /// needed. Most steps arrive in order, so most merges cost a step, not a
     /// fold.
     fn extend_view(&mut self, s: &StepBody) -> bool {
+        // Steps are ordered by their clocks first: the newest is last.
         let newest = self
             .steps
             .keys()
-            .filter(|t| *t != s)
-            .all(|t| t.at_ms < s.at_ms);
+            .rev()
+            .find(|t| *t != s)
+            .is_none_or(|t| t.at_ms < s.at_ms);
         if !newest || self.cache.get().is_none() {
             return false;
         }
@@ -606,6 +645,7 @@ impl Ledger {
     /// Drops `s`, a step that is pending in the view we hold.
     fn drop_pending(&mut self, s: &StepBody) {
         self.steps.remove(s);
+        self.step_changed(s.at_ms);
         match self.cache.get_mut() {
             Some(v) if v.pending > 0 && !v.applied.contains(s) && !v.voided.contains(s) => {
                 v.pending -= 1;
@@ -786,8 +826,11 @@ impl Ledger {
         let cluster = self.cluster.ok_or(StepError::Malformed)?;
         step.check(cluster, self.layout)?;
         let new = self.steps.insert(step.body, step.sig).is_none();
-        if new && !self.extend_view(&step.body) {
-            self.changed();
+        if new {
+            self.step_changed(step.body.at_ms);
+            if !self.extend_view(&step.body) {
+                self.changed();
+            }
         }
         Ok(new)
     }
@@ -864,9 +907,8 @@ impl Ledger {
         let latest = self
             .steps
             .keys()
-            .map(|s| s.at_ms)
-            .max()
-            .unwrap_or(0)
+            .next_back()
+            .map_or(0, |s| s.at_ms)
             .max(self.base_at_ms());
         let at_ms = at_ms.max(latest.saturating_add(1));
         let mut out = Vec::new();
@@ -893,6 +935,7 @@ impl Ledger {
             };
             let step = Step::sign(key, cluster, body);
             if self.steps.insert(body, step.sig).is_none() {
+                self.step_changed(body.at_ms);
                 if !self.extend_view(&body) {
                     self.changed();
                 }
@@ -914,7 +957,7 @@ impl Ledger {
             .or_default()
             .absorb(cluster, peer, [&sig], |_| true);
         if o.added > 0 {
-            self.changed();
+            self.all_changed();
         }
         o.added > 0
     }
@@ -937,7 +980,7 @@ impl Ledger {
                 self.base = other.base.clone();
                 self.base_disputed = other.base_disputed.clone();
                 self.base_cert = other.base_cert.clone();
-                self.changed();
+                self.all_changed();
             }
         }
         // Their base first: steps it covers are then judged on it.
@@ -945,7 +988,14 @@ impl Ledger {
         if let Some(c) = &other.base_cert {
             votes = self.receive_certified(c);
         }
-        let removals = other.removals.iter().map(|(p, c)| (*p, c.sigs()));
+        // Most certificates a peer sends are ones we hold as they are.
+        let differ: Vec<(PeerName, &Removal)> = other
+            .removals
+            .iter()
+            .filter(|(p, c)| self.removals.get(*p) != Some(*c))
+            .map(|(p, c)| (*p, c))
+            .collect();
+        let removals = differ.iter().map(|(p, c)| (*p, c.sigs()));
         let mut out = self.receive(other.steps(), removals);
         let o = self.receive_votes(other.votes.values().copied(), other.offered.values());
         out.votes = VoteOutcome {
@@ -992,6 +1042,21 @@ impl Ledger {
         }
     }
 
+    /// [`Ledger::prefix`] with its digest, judged once until a step made up
+    /// to `at_ms`, a removal or the base changes.
+    fn prefix_cached(&mut self, at_ms: u64) -> (Checkpoint, [u8; 32]) {
+        if let Some(p) = self.prefixes.0.get(&at_ms) {
+            return p.clone();
+        }
+        let cp = self.prefix(at_ms);
+        let d = cp.digest();
+        self.prefixes.0.insert(at_ms, (cp.clone(), d));
+        while self.prefixes.0.len() > MAX_PREFIXES {
+            self.prefixes.0.pop_first();
+        }
+        (cp, d)
+    }
+
     /// `key` signs the checkpoint of `at_ms` as our steps make it, once
     /// per time and only for a time newer than our base and than its last
     /// vote (the caller picks `at_ms` a settle time in the past, so that
@@ -1001,11 +1066,11 @@ impl Ledger {
         let cluster = self.cluster?;
         let me = key.name();
         let last = self.votes.get(&me).map_or(0, |v| v.at_ms);
-        if at_ms <= self.base_at_ms() || at_ms <= last || self.view().blocks_of(me).is_empty() {
+        if at_ms <= self.base_at_ms() || at_ms <= last || !self.view().holds_any(me) {
             return None;
         }
-        let cp = self.prefix(at_ms);
-        let vote = Vote::sign(key, cluster, at_ms, cp.digest());
+        let (cp, digest) = self.prefix_cached(at_ms);
+        let vote = Vote::sign(key, cluster, at_ms, digest);
         self.votes.insert(me, vote);
         self.try_adopt(Some(&cp));
         Some(vote)
@@ -1062,7 +1127,7 @@ impl Ledger {
             }
             if !vote.verifies(cluster) {
                 out.forged += 1;
-            } else if self.view().blocks_of(signer).is_empty() {
+            } else if !self.view().holds_any(signer) {
                 out.refused += 1;
             } else {
                 self.votes.insert(signer, vote);
@@ -1142,7 +1207,7 @@ impl Ledger {
         digest: [u8; 32],
         votes: Vec<Vote>,
     ) -> bool {
-        let ours = self.prefix(at_ms);
+        let (ours, our_digest) = self.prefix_cached(at_ms);
         let quorum = |c: &Checkpoint| is_quorum(c.weight(signers), c.blocks.len() as u64);
         if !quorum(&ours) {
             return false;
@@ -1150,7 +1215,7 @@ impl Ledger {
         let cp = match offered {
             Some(c) if c.digest() == digest && quorum(&c) => c,
             Some(_) => return false,
-            None if ours.digest() == digest => ours,
+            None if our_digest == digest => ours,
             None => return false,
         };
         self.adopt(Certified {
@@ -1178,7 +1243,7 @@ impl Ledger {
         self.removals.retain(|p, _| owners.contains(p));
         self.votes.retain(|_, v| v.at_ms > at_ms);
         self.offered.retain(|_, o| o.at_ms > at_ms);
-        self.changed();
+        self.all_changed();
         let applied: BTreeSet<StepBody> = self
             .view()
             .applied
@@ -1188,9 +1253,8 @@ impl Ledger {
             .collect();
         self.steps
             .retain(|s, _| s.at_ms > at_ms || applied.contains(s));
-        self.changed();
         self.base_cert = Some(c);
-        self.changed();
+        self.all_changed();
     }
 
     /// Takes in the steps and removal signatures a peer sent (what the wire
@@ -1234,7 +1298,7 @@ impl Ledger {
             out.removals.absorb(o);
         }
         if out.removals.added > 0 {
-            self.changed();
+            self.all_changed();
         }
         let new_len = new.len();
         let v = self.view();
@@ -1491,5 +1555,31 @@ mod tests {
         x.merge(&y);
         assert_eq!(x.view().owner(first), Some(k[1].name()));
         assert_eq!(x.view().blocks, y.view().blocks);
+    }
+
+    #[test]
+    fn a_late_step_changes_the_prefix_votes_are_judged_on() {
+        let k = keys(4);
+        let mut x = seeded(&k);
+        let mut y = seeded(&k);
+        // x judges the prefix of 5 (one vote: no quorum yet)...
+        x.sign_checkpoint(&k[3], 5).unwrap();
+        assert_eq!(x.base_at_ms(), 0);
+        // ...and then hears of a gift made at 1, which is in that prefix.
+        let first = y.view().blocks_of(k[0].name())[0];
+        y.give(&k[0], first..first + 2, k[1].name(), 1);
+        x.merge(&y);
+        assert_eq!(x.prefix_cached(5), {
+            let p = x.prefix(5);
+            let d = p.digest();
+            (p, d)
+        });
+        let votes = [
+            y.sign_checkpoint(&k[1], 5).unwrap(),
+            y.sign_checkpoint(&k[2], 5).unwrap(),
+        ];
+        x.receive_votes(votes, []);
+        assert_eq!(x.base_at_ms(), 5, "the votes sign the prefix with the gift");
+        assert_eq!(x.view().owner(first), Some(k[1].name()));
     }
 }

@@ -21,7 +21,7 @@
 //! receives it: what passed is remembered in [`CHECKED`], the mesh's
 //! `SigCache`, by the hash of the signed bytes, key and signature.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::LazyLock;
 
 use serde::Serialize;
@@ -57,9 +57,12 @@ struct Statement {
 }
 
 /// The signatures gathered for the removal of one peer, by signer.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Removal {
     sigs: BTreeMap<PeerName, Sig>,
+    /// The signatures of `sigs`, to pass over one held without hashing its
+    /// key into a name: every gossip brings every signature again.
+    held: HashSet<Sig>,
 }
 
 /// What merging signatures into a certificate did.
@@ -79,6 +82,14 @@ impl SigOutcome {
         self.refused += o.refused;
     }
 }
+
+impl PartialEq for Removal {
+    fn eq(&self, other: &Self) -> bool {
+        self.sigs == other.sigs
+    }
+}
+
+impl Eq for Removal {}
 
 impl Removal {
     /// Our signature on the removal of `peer` in `cluster`.
@@ -103,7 +114,8 @@ impl Removal {
     }
 
     /// Adds the signatures of `sigs` that verify and whose signer `may_sign`.
-    /// A signature we already hold is not checked again.
+    /// A signature we already hold is not checked again, and one whose
+    /// signer may not sign is refused before it is verified.
     pub fn absorb<'a>(
         &mut self,
         cluster: u64,
@@ -113,16 +125,22 @@ impl Removal {
     ) -> SigOutcome {
         let mut out = SigOutcome::default();
         for sig in sigs {
-            let signer = sig.signer();
-            if self.sigs.get(&signer) == Some(sig) {
+            if self.held.contains(sig) {
                 continue;
             }
-            if !verifies(sig, cluster, peer) {
-                out.forged += 1;
-            } else if signer != peer && !may_sign(signer) {
+            let signer = sig.signer();
+            if signer != peer && !may_sign(signer) {
                 out.refused += 1;
-            } else if self.sigs.insert(signer, *sig).is_none() {
-                out.added += 1;
+            } else if !verifies(sig, cluster, peer) {
+                out.forged += 1;
+            } else {
+                self.held.insert(*sig);
+                match self.sigs.insert(signer, *sig) {
+                    None => out.added += 1,
+                    Some(old) => {
+                        self.held.remove(&old);
+                    }
+                }
             }
         }
         out
@@ -132,7 +150,12 @@ impl Removal {
     /// that is merged into ours (which checks them) and then dropped.
     pub(crate) fn add_unchecked(&mut self, sigs: impl IntoIterator<Item = Sig>) {
         for s in sigs {
-            self.sigs.insert(s.signer(), s);
+            self.held.insert(s);
+            if let Some(old) = self.sigs.insert(s.signer(), s)
+                && old != s
+            {
+                self.held.remove(&old);
+            }
         }
     }
 
@@ -153,6 +176,7 @@ impl Removal {
     /// nothing now), keeping the certificate bounded by the owners.
     pub fn retain(&mut self, peer: PeerName, may_sign: impl Fn(PeerName) -> bool) {
         self.sigs.retain(|s, _| *s == peer || may_sign(*s));
+        self.held = self.sigs.values().copied().collect();
     }
 
     pub fn to_wire(&self, peer: PeerName) -> RemovalWire {
@@ -191,6 +215,24 @@ mod tests {
         let mut own = Removal::default();
         own.absorb(7, x, &[sig(4)], |_| false);
         assert!(own.is_valid(x, &owners), "the peer itself");
+    }
+
+    #[test]
+    fn a_signature_dropped_by_retain_is_taken_again() {
+        let k = keys(3);
+        let x = k[2].name();
+        let mut r = Removal::default();
+        let s0 = Removal::sign(&k[0], 7, x);
+        assert_eq!(r.absorb(7, x, &[s0], |_| true).added, 1);
+        assert_eq!(r.absorb(7, x, &[s0], |_| true).added, 0, "held already");
+        r.retain(x, |_| false);
+        assert!(r.is_empty());
+        assert_eq!(r.absorb(7, x, &[s0], |_| true).added, 1, "dropped, so new");
+        assert_eq!(r, {
+            let mut again = Removal::default();
+            again.absorb(7, x, &[s0], |_| true);
+            again
+        });
     }
 
     #[test]
