@@ -1563,7 +1563,7 @@ mod tests {
         let mut x = seeded(&k);
         let mut y = seeded(&k);
         // x judges the prefix of 5 (one vote: no quorum yet)...
-        x.sign_checkpoint(&k[3], 5).unwrap();
+        x.sign_checkpoint(&k[3], 5).expect("k[3] holds blocks");
         assert_eq!(x.base_at_ms(), 0);
         // ...and then hears of a gift made at 1, which is in that prefix.
         let first = y.view().blocks_of(k[0].name())[0];
@@ -1575,8 +1575,8 @@ mod tests {
             (p, d)
         });
         let votes = [
-            y.sign_checkpoint(&k[1], 5).unwrap(),
-            y.sign_checkpoint(&k[2], 5).unwrap(),
+            y.sign_checkpoint(&k[1], 5).expect("a signer holds blocks"),
+            y.sign_checkpoint(&k[2], 5).expect("a signer holds blocks"),
         ];
         x.receive_votes(votes, []);
         assert_eq!(x.base_at_ms(), 5, "the votes sign the prefix with the gift");
