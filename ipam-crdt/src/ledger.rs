@@ -74,6 +74,15 @@ pub const DOMAIN: &str = "weft/step/1";
 /// comes again with the next gossip, and each copy then costs a hash.
 static CHECKED: LazyLock<SigCache> = LazyLock::new(|| SigCache::new(1 << 16));
 
+/// How far ahead of the receiver's wall clock a step may be stamped. A
+/// router stamps its steps later than every step it holds (so that the
+/// fold judges them after what they follow), so one step stamped far ahead
+/// would drag every later step of every router that took it into the
+/// future, beyond the checkpoints that bound the steps. Nodes keep their
+/// clocks within seconds of each other (NTP); a step refused for being
+/// ahead comes again with the next gossip, and is taken once it is not.
+pub const MAX_AHEAD_MS: u64 = 60_000;
+
 /// At most this many blocks: a /12 in blocks of 64 addresses.
 pub const MAX_BLOCKS: u32 = 1 << 14;
 
@@ -231,6 +240,8 @@ pub enum StepError {
     Malformed,
     #[error("the step is not signed by the router whose it is to make")]
     Forged,
+    #[error("the step is stamped more than {MAX_AHEAD_MS} ms ahead of our clock")]
+    Ahead,
 }
 
 /// The domain of checkpoint signatures.
@@ -373,6 +384,9 @@ pub struct LedgerMerge {
     pub added: u32,
     /// Steps dropped: not signed by their maker, or malformed.
     pub forged: u32,
+    /// Steps stamped more than [`MAX_AHEAD_MS`] ahead of our clock (not
+    /// kept; taken when they come again and are not).
+    pub ahead: u32,
     /// Steps signed by their maker that link nowhere in our view (not
     /// kept: a lagging peer's, or a lie about a state that never was).
     pub unlinked: u32,
@@ -821,9 +835,13 @@ impl Ledger {
         }
     }
 
-    /// Takes in `step` if it checks; returns whether it is new.
-    pub fn add(&mut self, step: Step) -> Result<bool, StepError> {
+    /// Takes in `step` if it checks and is not stamped more than
+    /// [`MAX_AHEAD_MS`] after `now_ms`; returns whether it is new.
+    pub fn add(&mut self, step: Step, now_ms: u64) -> Result<bool, StepError> {
         let cluster = self.cluster.ok_or(StepError::Malformed)?;
+        if step.body.at_ms > now_ms.saturating_add(MAX_AHEAD_MS) {
+            return Err(StepError::Ahead);
+        }
         step.check(cluster, self.layout)?;
         let new = self.steps.insert(step.body, step.sig).is_none();
         if new {
@@ -965,7 +983,7 @@ impl Ledger {
     /// Merges `other` in: its steps and removal signatures that check. A
     /// ledger with no base takes `other`'s (a joiner's first contact, taken
     /// on trust).
-    pub fn merge(&mut self, other: &Ledger) -> LedgerMerge {
+    pub fn merge(&mut self, other: &Ledger, now_ms: u64) -> LedgerMerge {
         let Some(theirs) = other.cluster else {
             return LedgerMerge::default();
         };
@@ -996,7 +1014,7 @@ impl Ledger {
             .map(|(p, c)| (*p, c))
             .collect();
         let removals = differ.iter().map(|(p, c)| (*p, c.sigs()));
-        let mut out = self.receive(other.steps(), removals);
+        let mut out = self.receive(other.steps(), removals, now_ms);
         let o = self.receive_votes(other.votes.values().copied(), other.offered.values());
         out.votes = VoteOutcome {
             added: votes.added + o.added,
@@ -1268,6 +1286,7 @@ impl Ledger {
         &mut self,
         steps: impl IntoIterator<Item = Step>,
         removals: impl IntoIterator<Item = (PeerName, S)>,
+        now_ms: u64,
     ) -> LedgerMerge
     where
         S: IntoIterator<Item = &'a Sig>,
@@ -1281,9 +1300,10 @@ impl Ledger {
             if self.steps.contains_key(&step.body) {
                 continue;
             }
-            match self.add(step) {
+            match self.add(step, now_ms) {
                 Ok(true) => new.push(step.body),
                 Ok(false) => {}
+                Err(StepError::Ahead) => out.ahead += 1,
                 Err(_) => out.forged += 1,
             }
         }
@@ -1321,6 +1341,9 @@ mod tests {
     use weft_peer_proto::sign::KeyPair;
 
     use super::*;
+
+    /// The receivers' clock: after every step the tests make.
+    const NOW: u64 = 1_000_000;
 
     const R: AddrRange = AddrRange {
         start: 0x0a20_0000,
@@ -1360,6 +1383,26 @@ mod tests {
     }
 
     #[test]
+    fn a_step_stamped_ahead_of_our_clock_is_refused_until_it_is_not() {
+        let k = keys(3);
+        let mut a = seeded(&k);
+        let mut b = seeded(&k);
+        let first = a.view().blocks_of(k[0].name())[0];
+        let ahead = NOW + MAX_AHEAD_MS + 1;
+        a.give(&k[0], first..first + 1, k[1].name(), ahead);
+        let o = b.merge(&a, NOW);
+        assert_eq!((o.added, o.ahead, o.forged), (0, 1, 0));
+        assert!(b.is_empty(), "not kept");
+        // Had b kept it, its own next step would be stamped after it.
+        let of2 = b.view().blocks_of(k[2].name())[0];
+        let mine = b.give(&k[2], of2..of2 + 1, k[0].name(), NOW);
+        assert_eq!(mine[0].body.at_ms, NOW);
+        let o = b.merge(&a, ahead - MAX_AHEAD_MS);
+        assert_eq!((o.added, o.ahead), (1, 0), "in time it is taken");
+        assert_eq!(b.view().owner(first), Some(k[1].name()));
+    }
+
+    #[test]
     fn a_gift_applies_everywhere_and_only_the_owner_may_give() {
         let k = keys(3);
         let mut a = seeded(&k);
@@ -1368,7 +1411,7 @@ mod tests {
         let of0 = v.blocks_of(k[0].name());
         let steps = a.give(&k[0], of0[0]..of0[0] + 4, k[1].name(), 1);
         assert_eq!(steps.len(), 1);
-        assert_eq!(b.merge(&a).added, 1);
+        assert_eq!(b.merge(&a, NOW).added, 1);
         assert_eq!(a.view(), b.view());
         assert_eq!(b.view().owner(of0[0]), Some(k[1].name()));
 
@@ -1384,7 +1427,7 @@ mod tests {
         };
         let mut forged = seeded(&k);
         forged.steps.insert(body, Step::sign(&k[2], 7, body).sig);
-        let o = b.merge(&forged);
+        let o = b.merge(&forged, NOW);
         assert_eq!((o.added, o.forged), (0, 1));
         assert_eq!(b.view().owner(of0[10]), Some(k[0].name()));
     }
@@ -1397,11 +1440,11 @@ mod tests {
         let s1 = a.give(&k[0], first..first + 1, k[1].name(), 1);
         let s2 = a.give(&k[1], first..first + 1, k[2].name(), 2);
         let mut b = seeded(&k);
-        b.add(s2[0]).expect("signed by its maker");
+        b.add(s2[0], NOW).expect("signed by its maker");
         // Without the first gift, the second links nowhere: pending.
         let v = b.view().clone();
         assert_eq!((v.pending, v.owner(first)), (1, Some(k[0].name())));
-        b.add(s1[0]).expect("signed");
+        b.add(s1[0], NOW).expect("signed");
         assert_eq!(b.view().owner(first), Some(k[2].name()));
         assert_eq!(b.view(), a.view());
 
@@ -1414,7 +1457,7 @@ mod tests {
             Err(StepError::Malformed)
         );
         body.from_version = u32::MAX - 1;
-        b.add(Step::sign(&k[0], 7, body)).expect("signed");
+        b.add(Step::sign(&k[0], 7, body), NOW).expect("signed");
         assert_eq!(b.view().owner(first), Some(k[2].name()));
     }
 
@@ -1426,8 +1469,8 @@ mod tests {
         let first = a.view().blocks_of(k[0].name())[0];
         a.give(&k[0], first..first + 2, k[1].name(), 1);
         b.give(&k[0], first + 1..first + 3, k[2].name(), 1);
-        a.merge(&b);
-        b.merge(&a);
+        a.merge(&b, NOW);
+        b.merge(&a, NOW);
         let v = a.view().clone();
         assert_eq!(&v, b.view());
         // The block given twice is held by nobody; neither gift applies, so
@@ -1487,7 +1530,7 @@ mod tests {
         assert_eq!(a.view().blocks, before.blocks);
         assert!(a.votes().next().is_none());
         let mut b = lagging;
-        let out = b.merge(&a);
+        let out = b.merge(&a, NOW);
         assert!(out.votes.adopted);
         assert_eq!(b.base_at_ms(), 8);
         assert_eq!(b.view().blocks, before.blocks);
@@ -1552,7 +1595,7 @@ mod tests {
             x.sign_checkpoint(key, 5);
         }
         assert_eq!(x.base_at_ms(), 5);
-        x.merge(&y);
+        x.merge(&y, NOW);
         assert_eq!(x.view().owner(first), Some(k[1].name()));
         assert_eq!(x.view().blocks, y.view().blocks);
     }
@@ -1568,7 +1611,7 @@ mod tests {
         // ...and then hears of a gift made at 1, which is in that prefix.
         let first = y.view().blocks_of(k[0].name())[0];
         y.give(&k[0], first..first + 2, k[1].name(), 1);
-        x.merge(&y);
+        x.merge(&y, NOW);
         assert_eq!(x.prefix_cached(5), {
             let p = x.prefix(5);
             let d = p.digest();
