@@ -61,6 +61,9 @@ use std::sync::LazyLock;
 use weft_peer_proto::PeerName;
 
 use weft_mesh::SigCache;
+use weft_peer_proto::ipam::{
+    BlockRunWire, CheckpointWire, LedgerWire, MAX_LEDGER_STEPS, StepKindWire, StepWire, VoteWire,
+};
 use weft_peer_proto::sign::{Sig, Signer, signing_bytes, statement_digest};
 
 use crate::range::AddrRange;
@@ -1015,7 +1018,11 @@ impl Ledger {
             .collect();
         let removals = differ.iter().map(|(p, c)| (*p, c.sigs()));
         let mut out = self.receive(other.steps(), removals, now_ms);
-        let o = self.receive_votes(other.votes.values().copied(), other.offered.values());
+        let theirs_on_base = other.base_cert.iter().flat_map(|c| c.votes.iter().copied());
+        let o = self.receive_votes(
+            other.votes.values().copied().chain(theirs_on_base),
+            other.offered.values(),
+        );
         out.votes = VoteOutcome {
             added: votes.added + o.added,
             forged: votes.forged + o.forged,
@@ -1137,8 +1144,13 @@ impl Ledger {
             return out;
         };
         let base_at = self.base_at_ms();
+        let base_digest = self.base_cert.as_ref().map(|c| c.checkpoint.digest());
         for vote in votes {
             let signer = vote.signer();
+            if vote.at_ms == base_at && base_digest == Some(vote.digest) {
+                self.endorse_base(vote, cluster, &mut out);
+                continue;
+            }
             let newer = self.votes.get(&signer).is_none_or(|v| v.at_ms < vote.at_ms);
             if vote.at_ms <= base_at || !newer {
                 continue;
@@ -1177,6 +1189,32 @@ impl Ledger {
         }
         out.adopted = self.try_adopt(None);
         out
+    }
+
+    /// Adds `vote` for our base to the votes it carries, if its signer owns
+    /// blocks in it and has not signed it there yet. A base passes where its
+    /// signers held a majority; a ledger that missed steps the base folded
+    /// (they are gone from every peer once folded) weighs the signers in its
+    /// own prefix, where they may hold less, and takes the base only once
+    /// enough of the other owners' own votes for it have gathered.
+    fn endorse_base(&mut self, vote: Vote, cluster: u64, out: &mut VoteOutcome) {
+        let Some(c) = &self.base_cert else {
+            return;
+        };
+        let signer = vote.signer();
+        if c.votes.iter().any(|v| v.signer() == signer)
+            || !c.checkpoint.blocks.iter().any(|b| b.owner == signer)
+        {
+            return;
+        }
+        if !vote.verifies(cluster) {
+            out.forged += 1;
+            return;
+        }
+        if let Some(c) = &mut self.base_cert {
+            c.votes.push(vote);
+            out.added += 1;
+        }
     }
 
     /// Makes the newest checkpoint the votes pass our base, if one does:
@@ -1336,6 +1374,210 @@ impl Ledger {
     }
 }
 
+/// Why a ledger from the wire was refused before any of it was judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerWireError {
+    #[error("the ledger's range is empty or past 2^32")]
+    Range,
+    #[error("a checkpoint's runs do not cover the blocks exactly once")]
+    Runs,
+    #[error("a checkpoint disputes a block outside the range")]
+    Disputed,
+}
+
+impl Checkpoint {
+    fn to_wire(&self) -> CheckpointWire {
+        CheckpointWire {
+            at_ms: self.at_ms,
+            runs: runs_at(&self.blocks)
+                .into_iter()
+                .map(|(b, count)| BlockRunWire {
+                    owner: b.owner,
+                    version: b.version,
+                    count,
+                })
+                .collect(),
+            disputed: self.disputed.iter().copied().collect(),
+        }
+    }
+
+    fn from_wire(w: &CheckpointWire, layout: Layout) -> Result<Checkpoint, LedgerWireError> {
+        let n = layout.blocks as usize;
+        let mut blocks = Vec::with_capacity(n);
+        for r in &w.runs {
+            if r.count == 0 || blocks.len() + r.count as usize > n {
+                return Err(LedgerWireError::Runs);
+            }
+            let b = Block {
+                owner: r.owner,
+                version: r.version,
+            };
+            blocks.extend(std::iter::repeat_n(b, r.count as usize));
+        }
+        if blocks.len() != n {
+            return Err(LedgerWireError::Runs);
+        }
+        if w.disputed.iter().any(|b| *b as usize >= n) {
+            return Err(LedgerWireError::Disputed);
+        }
+        Ok(Checkpoint {
+            at_ms: w.at_ms,
+            blocks,
+            disputed: w.disputed.iter().copied().collect(),
+        })
+    }
+}
+
+/// Consecutive blocks at one owner and version: `(block, how many)`.
+fn runs_at(blocks: &[Block]) -> Vec<(Block, u32)> {
+    let mut out: Vec<(Block, u32)> = Vec::new();
+    for b in blocks {
+        match out.last_mut() {
+            Some((x, n)) if x == b => *n += 1,
+            _ => out.push((*b, 1)),
+        }
+    }
+    out
+}
+
+impl Vote {
+    fn to_wire(self) -> VoteWire {
+        VoteWire {
+            at_ms: self.at_ms,
+            digest: self.digest,
+            sig: self.sig,
+        }
+    }
+
+    fn from_wire(w: &VoteWire) -> Vote {
+        Vote {
+            at_ms: w.at_ms,
+            digest: w.digest,
+            sig: w.sig,
+        }
+    }
+}
+
+impl Step {
+    pub fn to_wire(&self) -> StepWire {
+        let b = &self.body;
+        StepWire {
+            at_ms: b.at_ms,
+            kind: match b.kind {
+                StepKind::Give => StepKindWire::Give,
+                StepKind::Inherit => StepKindWire::Inherit,
+            },
+            first: b.first,
+            count: b.count,
+            from: b.from,
+            from_version: b.from_version,
+            to: b.to,
+            sig: self.sig,
+        }
+    }
+
+    pub fn from_wire(w: &StepWire) -> Step {
+        Step {
+            body: StepBody {
+                at_ms: w.at_ms,
+                kind: match w.kind {
+                    StepKindWire::Give => StepKind::Give,
+                    StepKindWire::Inherit => StepKind::Inherit,
+                },
+                first: w.first,
+                count: w.count,
+                from: w.from,
+                from_version: w.from_version,
+                to: w.to,
+            },
+            sig: w.sig,
+        }
+    }
+}
+
+impl Ledger {
+    /// What we hold, as the wire carries it. At most
+    /// [`MAX_LEDGER_STEPS`] steps go, the oldest (those that link first on
+    /// the base); checkpoints bound the steps far below that, and the rest
+    /// go once they do.
+    pub fn to_wire(&self) -> LedgerWire {
+        let base = Checkpoint {
+            at_ms: self.base_at_ms(),
+            blocks: self.base.clone(),
+            disputed: self.base_disputed.clone(),
+        };
+        LedgerWire {
+            start: self.layout.range.start,
+            end: self.layout.range.end,
+            cluster: self.cluster,
+            base: base.to_wire(),
+            base_votes: self
+                .base_cert
+                .iter()
+                .flat_map(|c| c.votes.iter().map(|v| v.to_wire()))
+                .collect(),
+            steps: self
+                .steps()
+                .take(MAX_LEDGER_STEPS)
+                .map(|s| s.to_wire())
+                .collect(),
+            removals: self.removals.iter().map(|(p, c)| c.to_wire(*p)).collect(),
+            votes: self.votes.values().map(|v| v.to_wire()).collect(),
+            offered: self.offered.values().map(Checkpoint::to_wire).collect(),
+        }
+    }
+
+    /// A peer's ledger as it sent it, nothing judged yet: [`Ledger::merge`]
+    /// takes in only what checks (steps, signatures, votes and the base's
+    /// certificate), as it does from any ledger. Refused whole where its
+    /// shape is wrong for its own range.
+    pub fn from_wire(w: &LedgerWire) -> Result<Ledger, LedgerWireError> {
+        if w.end > 1 << 32 || w.end <= u64::from(w.start) {
+            return Err(LedgerWireError::Range);
+        }
+        let mut l = Ledger::new(AddrRange::new(w.start, w.end));
+        let Some(cluster) = w.cluster else {
+            return Ok(l);
+        };
+        let base = Checkpoint::from_wire(&w.base, l.layout)?;
+        let offered = w
+            .offered
+            .iter()
+            .map(|c| Checkpoint::from_wire(c, l.layout))
+            .collect::<Result<Vec<_>, _>>()?;
+        l.cluster = Some(cluster);
+        l.base = base.blocks.clone();
+        l.base_disputed = base.disputed.clone();
+        if base.at_ms > 0 {
+            l.base_cert = Some(Certified {
+                checkpoint: base,
+                votes: w.base_votes.iter().map(Vote::from_wire).collect(),
+            });
+        }
+        l.steps = w
+            .steps
+            .iter()
+            .map(|s| {
+                let s = Step::from_wire(s);
+                (s.body, s.sig)
+            })
+            .collect();
+        for r in &w.removals {
+            l.removals
+                .entry(r.peer)
+                .or_default()
+                .add_unchecked(r.sigs.iter().copied());
+        }
+        for v in &w.votes {
+            let v = Vote::from_wire(v);
+            l.votes.insert(v.signer(), v);
+        }
+        l.offered = offered.into_iter().map(|c| (c.digest(), c)).collect();
+        Ok(l)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use weft_peer_proto::sign::KeyPair;
@@ -1380,6 +1622,148 @@ mod tests {
             }
             assert_eq!(next, r.end);
         }
+    }
+
+    #[test]
+    fn a_ledger_goes_over_the_wire_and_merges_as_itself() {
+        use weft_peer_proto::codec::{decode_ledger, encode_ledger};
+        let k = keys(4);
+        let mut a = seeded(&k);
+        let first = a.view().blocks_of(k[0].name())[0];
+        a.give(&k[0], first..first + 2, k[1].name(), 1);
+        for key in &k[1..] {
+            a.sign_checkpoint(key, 5);
+        }
+        assert_eq!(a.base_at_ms(), 5);
+        a.give(&k[1], first..first + 1, k[2].name(), 10);
+        a.sign_removal(&k[0], k[3].name());
+        a.sign_checkpoint(&k[0], 20).expect("k[0] holds blocks");
+        let w = a.to_wire();
+        assert_eq!(w.base_votes.len(), 2, "k[1] and k[2] passed it");
+        assert_eq!((w.steps.len(), w.removals.len(), w.votes.len()), (1, 1, 1));
+        let bytes = encode_ledger(&w).expect("within the limits");
+        let back =
+            Ledger::from_wire(&decode_ledger(&bytes).expect("decodes")).expect("well formed");
+        assert_eq!(back.to_wire(), w);
+        assert_eq!(back.view(), a.view());
+        // A peer behind takes from the wire what it takes from the ledger.
+        let mut b = seeded(&k);
+        let mut c = seeded(&k);
+        assert_eq!(b.merge(&a, NOW), c.merge(&back, NOW));
+        assert_eq!(b.to_wire(), c.to_wire());
+        // And a joiner, which takes its first base on trust.
+        let mut j = Ledger::new(R);
+        j.merge(&back, NOW);
+        assert_eq!(j.to_wire(), w);
+    }
+
+    #[test]
+    fn a_ledger_behind_takes_a_base_once_enough_owners_signed_it() {
+        let k = keys(4);
+        let mut y = seeded(&k);
+        let first = y.view().blocks_of(k[0].name())[0];
+        y.give(&k[0], first..first + 2, k[1].name(), 1);
+        let (mut a, mut d) = (y.clone(), y.clone());
+        for key in &k[1..3] {
+            a.sign_checkpoint(key, 5);
+        }
+        assert_eq!(a.base_at_ms(), 5, "k[1] and k[2] hold more than half");
+        assert!(a.is_empty(), "the gift is folded into the base");
+        // c never heard of the gift: in its prefix of 5 the two signers
+        // hold half, and the gift is gone from every peer.
+        let mut c = seeded(&k);
+        let o = c.merge(&a, NOW);
+        assert_eq!((c.base_at_ms(), o.votes.refused_checkpoints), (0, 1));
+        // k[3], which had not taken the base, signs its own prefix of 5;
+        // a adds that vote to its base's, and then c takes it.
+        d.sign_checkpoint(&k[3], 5).expect("k[3] holds blocks");
+        let o = a.merge(&d, NOW);
+        assert_eq!(o.votes.added, 1);
+        assert_eq!(a.certified().map(|c| c.votes.len()), Some(3));
+        a.merge(&d, NOW);
+        assert_eq!(a.certified().map(|c| c.votes.len()), Some(3), "once");
+        c.merge(&a, NOW);
+        assert_eq!(c.base_at_ms(), 5);
+        assert_eq!(c.view().owner(first), Some(k[1].name()));
+    }
+
+    #[test]
+    fn a_ledger_of_the_wrong_shape_is_refused_whole() {
+        let k = keys(3);
+        let w = seeded(&k).to_wire();
+        let refused = |f: &dyn Fn(&mut LedgerWire)| {
+            let mut x = w.clone();
+            f(&mut x);
+            Ledger::from_wire(&x).err()
+        };
+        assert_eq!(refused(&|_| {}), None);
+        let runs = Some(LedgerWireError::Runs);
+        assert_eq!(refused(&|x| x.base.runs[0].count -= 1), runs);
+        assert_eq!(refused(&|x| x.base.runs[0].count += 1), runs);
+        assert_eq!(refused(&|x| x.base.runs[0].count = u32::MAX), runs);
+        assert_eq!(
+            refused(&|x| {
+                let r = x.base.runs[0];
+                x.base.runs.insert(0, BlockRunWire { count: 0, ..r });
+            }),
+            runs
+        );
+        assert_eq!(
+            refused(&|x| {
+                let mut c = x.base.clone();
+                c.runs.pop();
+                x.offered.push(c);
+            }),
+            runs,
+            "an offered checkpoint too"
+        );
+        assert_eq!(
+            refused(&|x| x.base.disputed.push(1024)),
+            Some(LedgerWireError::Disputed)
+        );
+        assert_eq!(
+            refused(&|x| x.end = (1 << 32) + 1),
+            Some(LedgerWireError::Range)
+        );
+        assert_eq!(
+            refused(&|x| x.end = u64::from(x.start)),
+            Some(LedgerWireError::Range)
+        );
+    }
+
+    #[test]
+    fn the_wire_carries_the_oldest_steps_within_the_limit() {
+        use weft_peer_proto::codec::{decode_ledger, encode_ledger};
+        let k = keys(2);
+        let mut a = seeded(&k);
+        let b = a.view().blocks_of(k[0].name())[0];
+        // One block given back and forth past the limit.
+        for i in 0..=MAX_LEDGER_STEPS as u64 {
+            let (from, to) = if i % 2 == 0 { (0, 1) } else { (1, 0) };
+            let made = a.give(&k[from], b..b + 1, k[to].name(), i + 1);
+            assert_eq!(made.len(), 1);
+        }
+        assert_eq!(a.len(), MAX_LEDGER_STEPS + 1);
+        let w = a.to_wire();
+        assert_eq!(w.steps.len(), MAX_LEDGER_STEPS);
+        let last = w.steps.iter().map(|s| s.at_ms).max();
+        assert_eq!(
+            last,
+            Some(MAX_LEDGER_STEPS as u64),
+            "the newest stays behind"
+        );
+        let bytes = encode_ledger(&w).expect("a sender never builds what is refused");
+        let mut c = seeded(&k);
+        let o = c.merge(
+            &Ledger::from_wire(&decode_ledger(&bytes).expect("decodes")).expect("shape"),
+            NOW,
+        );
+        assert_eq!((o.added, o.forged), (MAX_LEDGER_STEPS as u32, 0));
+        assert_eq!(
+            c.view().owner(b),
+            Some(k[0].name()),
+            "an even number of gifts"
+        );
     }
 
     #[test]

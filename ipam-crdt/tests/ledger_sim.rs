@@ -54,6 +54,7 @@ use weft_ipam_crdt::ledger::{
     View, Vote,
 };
 use weft_ipam_crdt::{AddrRange, PeerName};
+use weft_peer_proto::codec::{decode_ledger, encode_ledger};
 use weft_peer_proto::sign::{KeyPair, Signer};
 
 const HONEST: usize = 46;
@@ -257,7 +258,12 @@ impl Sim {
         let (now, seed) = (self.now, self.seed);
         let (sent, r) = pair(&mut self.routers, from, to);
         let mut out = if whole {
-            r.ledger.merge(&sent.ledger, now)
+            // Over the wire, as meshd will send it.
+            let bytes = encode_ledger(&sent.ledger.to_wire())
+                .unwrap_or_else(|e| panic!("a ledger a receiver refuses: {e}; seed {seed}"));
+            let wire = decode_ledger(&bytes).expect("what is sent decodes");
+            let sent = Ledger::from_wire(&wire).expect("what is sent has its shape");
+            r.ledger.merge(&sent, now)
         } else {
             LedgerMerge::default()
         };

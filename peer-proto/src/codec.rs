@@ -95,6 +95,36 @@ pub fn decode_ipam(bytes: &[u8]) -> Result<crate::ipam::IpamMsg, CodecError> {
     Ok(msg)
 }
 
+/// Encodes a block ledger (`ipam-crdt` `ledger`), refusing one a receiver
+/// would refuse: too large, or past the limits of [`LedgerWire::validate`].
+///
+/// [`LedgerWire::validate`]: crate::ipam::LedgerWire::validate
+pub fn encode_ledger(msg: &crate::ipam::LedgerWire) -> Result<Vec<u8>, CodecError> {
+    msg.validate()?;
+    let v = bincode::serde::encode_to_vec(msg, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    if v.len() > crate::limits::MAX_GOSSIP_PAYLOAD {
+        return Err(CodecError::TooLarge(v.len()));
+    }
+    Ok(v)
+}
+
+/// Decodes a whole block ledger, with the same guarantees as
+/// [`decode_frame`].
+pub fn decode_ledger(bytes: &[u8]) -> Result<crate::ipam::LedgerWire, CodecError> {
+    if bytes.len() > crate::limits::MAX_GOSSIP_PAYLOAD {
+        return Err(CodecError::TooLarge(bytes.len()));
+    }
+    let (msg, used): (crate::ipam::LedgerWire, usize) =
+        bincode::serde::decode_from_slice(bytes, config())
+            .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::Trailing(bytes.len() - used));
+    }
+    msg.validate()?;
+    Ok(msg)
+}
+
 /// The 4-byte big-endian length prefix that precedes every frame on a stream.
 pub fn write_len_prefix(len: usize) -> [u8; 4] {
     // Frames are capped at MAX_FRAME_LEN (4 MiB), well inside u32.

@@ -166,3 +166,96 @@ impl IpamMsg {
         Ok(())
     }
 }
+
+/// A run of `count` consecutive blocks at one owner and version (`ipam-crdt`
+/// `ledger`): a view of the ledger is a few runs per router, not one entry
+/// per block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRunWire {
+    pub owner: PeerName,
+    pub version: u32,
+    pub count: u32,
+}
+
+/// A checkpoint: the blocks a prefix of the ledger's order leaves, and
+/// those disputed, at `at_ms` (0: the seed layout).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointWire {
+    pub at_ms: u64,
+    pub runs: Vec<BlockRunWire>,
+    pub disputed: Vec<u32>,
+}
+
+/// An owner's signature on the digest of its prefix of `at_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteWire {
+    pub at_ms: u64,
+    pub digest: [u8; 32],
+    pub sig: Sig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StepKindWire {
+    Give,
+    Inherit,
+}
+
+/// A signed change of blocks `first .. first + count` from `(from,
+/// from_version)` to `to`, stamped `at_ms` by its signer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepWire {
+    pub at_ms: u64,
+    pub kind: StepKindWire,
+    pub first: u32,
+    pub count: u32,
+    pub from: PeerName,
+    pub from_version: u32,
+    pub to: PeerName,
+    pub sig: Sig,
+}
+
+/// What a router's block ledger holds: its base (a checkpoint, with the
+/// votes that made it; none for the seed layout), the signed steps above
+/// it, removal certificates, and votes and checkpoints not passed yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerWire {
+    pub start: u32,
+    /// Exclusive; up to 2^32.
+    pub end: u64,
+    pub cluster: Option<u64>,
+    pub base: CheckpointWire,
+    pub base_votes: Vec<VoteWire>,
+    pub steps: Vec<StepWire>,
+    pub removals: Vec<RemovalWire>,
+    pub votes: Vec<VoteWire>,
+    pub offered: Vec<CheckpointWire>,
+}
+
+/// Most blocks of a ledger (a /12 in blocks of 64 addresses): runs, and
+/// disputed blocks, per checkpoint.
+pub const MAX_LEDGER_BLOCKS: usize = 1 << 14;
+/// Most steps in one ledger message (about 180 bytes each).
+pub const MAX_LEDGER_STEPS: usize = 1 << 12;
+/// Most checkpoints offered in one ledger message.
+pub const MAX_LEDGER_OFFERED: usize = 4;
+
+impl LedgerWire {
+    /// The limits serde cannot express.
+    pub fn validate(&self) -> Result<(), crate::ValidationError> {
+        let checkpoint_too_big = |c: &CheckpointWire| {
+            c.runs.len() > MAX_LEDGER_BLOCKS || c.disputed.len() > MAX_LEDGER_BLOCKS
+        };
+        let too_many = checkpoint_too_big(&self.base)
+            || self.offered.len() > MAX_LEDGER_OFFERED
+            || self.offered.iter().any(checkpoint_too_big)
+            || self.steps.len() > MAX_LEDGER_STEPS
+            || self.base_votes.len() > MAX_IPAM_PEERS
+            || self.votes.len() > MAX_IPAM_PEERS
+            || self.removals.len() > MAX_IPAM_PEERS
+            || self.removals.iter().any(|r| r.sigs.len() > MAX_IPAM_PEERS);
+        if too_many {
+            return Err(crate::ValidationError::TooManyEntries);
+        }
+        Ok(())
+    }
+}
