@@ -14,7 +14,9 @@
 //!   ranges of removed peers, snapshot for persistence.
 //!
 //! - [`ledger`]: signed ownership on fixed blocks (ring-signing.md), built
-//!   and simulated beside the ring, not yet used by the allocator.
+//!   and simulated beside the ring, not yet used by the channel.
+//! - [`block_alloc`]: one router's allocator on the ledger: whole-block
+//!   donations and a settle time before allocating from gained blocks.
 //! - [`removal`]: removal certificates, signed by the removed router or a
 //!   majority of the other owners.
 //! - [`counters`]: what was dropped from peers, by kind.
@@ -32,6 +34,7 @@
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
 
 pub mod allocator;
+pub mod block_alloc;
 pub mod bootstrap;
 pub mod channel;
 pub mod counters;
