@@ -4,7 +4,10 @@
 //! settle time before it allocates from a block it gained.
 //!
 //! Built beside [`crate::Allocator`] (the ring's) and not used by the channel
-//! yet. Pure: the caller passes its clock and its key. Invariants after every
+//! yet. The caller holds the [`Ledger`] beside it and calls
+//! [`BlockAllocator::sync`] after every change to it (a merge, an
+//! inheritance, a removal, a checkpoint); every call takes that ledger.
+//! Pure: the caller passes its clock and its key. Invariants after every
 //! call, checked by [`BlockAllocator::check`]:
 //! - every allocation lies in a block this router owns and held for the
 //!   settle time when it allocated (else it is reported as lost, never
@@ -17,7 +20,7 @@ use weft_peer_proto::PeerName;
 use weft_peer_proto::sign::Signer;
 
 use crate::allocator::AllocError;
-use crate::ledger::{Ledger, LedgerMerge, Step};
+use crate::ledger::{Ledger, Step};
 
 /// How long a router holds a block it gained before it allocates from it:
 /// a gift or an inheritance may still lose to a step it had not heard of
@@ -26,11 +29,10 @@ use crate::ledger::{Ledger, LedgerMerge, Step};
 /// reaches every router well inside it (the simulation: about 10 s).
 pub const SETTLE_MS: u64 = 30_000;
 
-/// One router's allocator over its ledger.
+/// One router's allocations over its ledger.
 #[derive(Debug, Clone)]
 pub struct BlockAllocator {
     me: PeerName,
-    ledger: Ledger,
     /// Each block we own: its version and since when (caller's ms) we have
     /// owned it at that version. A seed block is ours from the start.
     since: BTreeMap<u32, (u32, u64)>,
@@ -42,21 +44,16 @@ pub struct BlockAllocator {
 }
 
 impl BlockAllocator {
-    pub fn new(me: PeerName, ledger: Ledger, now_ms: u64) -> Self {
+    pub fn new(me: PeerName, ledger: &Ledger, now_ms: u64) -> Self {
         let mut a = BlockAllocator {
             me,
-            ledger,
             since: BTreeMap::new(),
             allocs: BTreeMap::new(),
             by_addr: BTreeMap::new(),
             lost: Vec::new(),
         };
-        a.refresh(now_ms);
+        a.sync(ledger, now_ms);
         a
-    }
-
-    pub fn ledger(&self) -> &Ledger {
-        &self.ledger
     }
 
     pub fn lost(&self) -> &[(String, u32)] {
@@ -72,15 +69,10 @@ impl BlockAllocator {
     }
 
     /// The range's first and last addresses (network and broadcast).
-    fn reserved(&self, a: u32) -> bool {
-        let r = self.range();
-        a == r.start || u64::from(a) + 1 == r.end
-    }
-
-    fn range(&self) -> crate::AddrRange {
-        let l = self.ledger.layout();
+    fn reserved(ledger: &Ledger, a: u32) -> bool {
+        let l = ledger.layout();
         let last = l.block(l.blocks() - 1);
-        crate::AddrRange::new(l.block(0).start, last.end)
+        a == l.block(0).start || u64::from(a) + 1 == last.end
     }
 
     /// Blocks we own and have held for the settle time, ascending.
@@ -98,8 +90,8 @@ impl BlockAllocator {
     }
 
     /// Addresses free in settled blocks.
-    pub fn free_count(&self, now_ms: u64) -> u64 {
-        let l = self.ledger.layout();
+    pub fn free_count(&self, ledger: &Ledger, now_ms: u64) -> u64 {
+        let l = ledger.layout();
         self.settled(now_ms)
             .map(|b| {
                 let r = l.block(b);
@@ -109,18 +101,18 @@ impl BlockAllocator {
                     .take_while(|(a, _)| u64::from(**a) < r.end)
                     .count() as u64;
                 let reserved = (r.start..=(r.end - 1) as u32)
-                    .filter(|a| self.reserved(*a))
+                    .filter(|a| Self::reserved(ledger, *a))
                     .count() as u64;
                 r.len() - used - reserved
             })
             .sum()
     }
 
-    fn usable(&self) -> Result<(), AllocError> {
-        if self.ledger.cluster().is_none() {
+    fn usable(&self, ledger: &Ledger) -> Result<(), AllocError> {
+        if ledger.cluster().is_none() {
             return Err(AllocError::NotReady);
         }
-        if self.ledger.view().removed.contains(&self.me) {
+        if ledger.view().removed.contains(&self.me) {
             return Err(AllocError::Removed);
         }
         Ok(())
@@ -128,16 +120,16 @@ impl BlockAllocator {
 
     /// The address for `key`, allocating the lowest free one of a settled
     /// block if it has none.
-    pub fn allocate(&mut self, key: &str, now_ms: u64) -> Result<u32, AllocError> {
+    pub fn allocate(&mut self, ledger: &Ledger, key: &str, now_ms: u64) -> Result<u32, AllocError> {
         if let Some(a) = self.allocs.get(key) {
             return Ok(*a);
         }
-        self.usable()?;
-        let l = self.ledger.layout();
+        self.usable(ledger)?;
+        let l = ledger.layout();
         let found = self.settled(now_ms).find_map(|b| {
             let r = l.block(b);
             (r.start..=(r.end - 1) as u32)
-                .find(|a| !self.reserved(*a) && !self.by_addr.contains_key(a))
+                .find(|a| !Self::reserved(ledger, *a) && !self.by_addr.contains_key(a))
         });
         let a = found.ok_or(AllocError::NoSpace)?;
         self.allocs.insert(key.to_owned(), a);
@@ -146,13 +138,19 @@ impl BlockAllocator {
     }
 
     /// Gives `key` exactly `addr`, which must be in a settled block of ours.
-    pub fn claim(&mut self, key: &str, addr: u32, now_ms: u64) -> Result<(), AllocError> {
+    pub fn claim(
+        &mut self,
+        ledger: &Ledger,
+        key: &str,
+        addr: u32,
+        now_ms: u64,
+    ) -> Result<(), AllocError> {
         if self.allocs.get(key) == Some(&addr) {
             return Ok(());
         }
-        self.usable()?;
-        let l = self.ledger.layout();
-        let Some(b) = l.block_of(addr).filter(|_| !self.reserved(addr)) else {
+        self.usable(ledger)?;
+        let l = ledger.layout();
+        let Some(b) = l.block_of(addr).filter(|_| !Self::reserved(ledger, addr)) else {
             return Err(AllocError::OutOfRange(addr));
         };
         if let Some(holder) = self.by_addr.get(&addr) {
@@ -161,7 +159,7 @@ impl BlockAllocator {
                 holder: holder.clone(),
             });
         }
-        match self.ledger.view().owner(b) {
+        match ledger.view().owner(b) {
             Some(o) if o == self.me && self.is_settled(b, now_ms) => {}
             Some(o) if o == self.me => return Err(AllocError::NotReady),
             Some(owner) => return Err(AllocError::NotOwner { addr, owner }),
@@ -186,18 +184,24 @@ impl BlockAllocator {
     /// blocks that hold no allocation (and an address that is not
     /// reserved), as whole blocks. Returns the signed
     /// steps, for the caller to gossip.
-    pub fn donate(&mut self, key: &impl Signer, to: PeerName, now_ms: u64) -> Vec<Step> {
-        if to == self.me || self.usable().is_err() {
+    pub fn donate(
+        &mut self,
+        ledger: &mut Ledger,
+        key: &impl Signer,
+        to: PeerName,
+        now_ms: u64,
+    ) -> Vec<Step> {
+        if to == self.me || key.name() != self.me || self.usable(ledger).is_err() {
             return Vec::new();
         }
-        let l = self.ledger.layout();
+        let l = ledger.layout();
         let empty: Vec<u32> = self
             .since
             .keys()
             .copied()
             .filter(|b| {
                 let r = l.block(*b);
-                let reserved_only = r.len() == 1 && self.reserved(r.start);
+                let reserved_only = r.len() == 1 && Self::reserved(ledger, r.start);
                 !reserved_only
                     && self
                         .by_addr
@@ -209,46 +213,18 @@ impl BlockAllocator {
         let give = empty.len().div_ceil(2);
         let mut steps = Vec::new();
         for b in empty.iter().rev().take(give) {
-            steps.extend(self.ledger.give(key, *b..*b + 1, to, now_ms));
+            steps.extend(ledger.give(key, *b..*b + 1, to, now_ms));
         }
-        self.refresh(now_ms);
+        self.sync(ledger, now_ms);
         steps
     }
 
-    /// Merges a peer's ledger and inherits what we are heir of. Returns
-    /// what the merge did and the steps we made (to gossip).
-    pub fn merge(
-        &mut self,
-        key: &impl Signer,
-        other: &Ledger,
-        now_ms: u64,
-    ) -> (LedgerMerge, Vec<Step>) {
-        let out = self.ledger.merge(other, now_ms);
-        let made = self.ledger.inherit(key, now_ms);
-        self.refresh(now_ms);
-        (out, made)
-    }
-
-    /// Signs the removal of `peer` (the reclaim of a deleted node).
-    pub fn sign_removal(&mut self, key: &impl Signer, peer: PeerName, now_ms: u64) -> Vec<Step> {
-        self.ledger.sign_removal(key, peer);
-        let made = self.ledger.inherit(key, now_ms);
-        self.refresh(now_ms);
-        made
-    }
-
-    /// Signs the checkpoint of `at_ms` (a settle time and more in the past).
-    pub fn sign_checkpoint(&mut self, key: &impl Signer, at_ms: u64, now_ms: u64) {
-        self.ledger.sign_checkpoint(key, at_ms);
-        self.refresh(now_ms);
-    }
-
-    /// Brings the blocks we own up to the ledger's view: a block new to us
-    /// (or back at a new version) starts its settle time now; allocations
-    /// in blocks that left us are lost.
-    fn refresh(&mut self, now_ms: u64) {
-        let v = self.ledger.view();
-        let seed = self.ledger.base_at_ms() == 0;
+    /// Brings the blocks we own up to `ledger`'s view, after any change to
+    /// it: a block new to us (or back at a new version) starts its settle
+    /// time now; allocations in blocks that left us are lost.
+    pub fn sync(&mut self, ledger: &Ledger, now_ms: u64) {
+        let v = ledger.view();
+        let seed = ledger.base_at_ms() == 0;
         let mut since = BTreeMap::new();
         for b in v.blocks_of(self.me) {
             let version = v.blocks[b as usize].version;
@@ -262,7 +238,7 @@ impl BlockAllocator {
             since.insert(b, (version, t));
         }
         self.since = since;
-        let l = self.ledger.layout();
+        let l = ledger.layout();
         let gone: Vec<(String, u32)> = self
             .allocs
             .iter()
@@ -277,9 +253,9 @@ impl BlockAllocator {
     }
 
     /// The invariants of the module's text.
-    pub fn check(&self) -> Result<(), String> {
-        let l = self.ledger.layout();
-        let v = self.ledger.view();
+    pub fn check(&self, ledger: &Ledger) -> Result<(), String> {
+        let l = ledger.layout();
+        let v = ledger.view();
         for (k, a) in &self.allocs {
             let b = l
                 .block_of(*a)
@@ -317,9 +293,57 @@ mod tests {
         k
     }
 
-    fn seeded(k: &[KeyPair], i: usize) -> BlockAllocator {
+    /// A router: its ledger and its allocations.
+    struct Node {
+        key: KeyPair,
+        ledger: Ledger,
+        alloc: BlockAllocator,
+    }
+
+    impl Node {
+        fn allocate(&mut self, key: &str, now: u64) -> Result<u32, AllocError> {
+            self.alloc.allocate(&self.ledger, key, now)
+        }
+
+        fn free(&self, now: u64) -> u64 {
+            self.alloc.free_count(&self.ledger, now)
+        }
+
+        fn donate(&mut self, to: PeerName, now: u64) -> Vec<Step> {
+            self.alloc.donate(&mut self.ledger, &self.key, to, now)
+        }
+
+        fn merge(&mut self, other: &Ledger, now: u64) -> Vec<Step> {
+            self.ledger.merge(other, now);
+            let made = self.ledger.inherit(&self.key, now);
+            self.alloc.sync(&self.ledger, now);
+            made
+        }
+
+        fn remove(&mut self, peer: PeerName, now: u64) {
+            self.ledger.sign_removal(&self.key, peer);
+            self.ledger.inherit(&self.key, now);
+            self.alloc.sync(&self.ledger, now);
+        }
+
+        fn check(&self) {
+            self.alloc.check(&self.ledger).expect("invariants");
+        }
+    }
+
+    fn seeded(k: &[KeyPair], i: usize) -> Node {
         let names: Vec<PeerName> = k.iter().map(|k| k.name()).collect();
-        BlockAllocator::new(k[i].name(), Ledger::seeded(R, &names, 7), T0)
+        let ledger = Ledger::seeded(R, &names, 7);
+        let alloc = BlockAllocator::new(k[i].name(), &ledger, T0);
+        Node {
+            // The same key again (a key pair is not Clone).
+            key: (1..=u8::MAX)
+                .map(|j| KeyPair::from_seed([j; 32]))
+                .find(|x| x.name() == k[i].name())
+                .expect("a key of keys()"),
+            ledger,
+            alloc,
+        }
     }
 
     #[test]
@@ -330,23 +354,23 @@ mod tests {
         // 256 addresses in 256 blocks: k[0] holds 0..128, k[1] 128..256.
         let first = a.allocate("p0", T0).expect("a seed block is settled");
         assert_eq!(first, R.start + 1, "the network address is reserved");
-        assert_eq!(a.free_count(T0), 126);
+        assert_eq!(a.free(T0), 126);
         let last = R.start + 255;
         assert_eq!(
-            b.claim("p1", last, T0),
+            b.alloc.claim(&b.ledger, "p1", last, T0),
             Err(AllocError::OutOfRange(last)),
             "the broadcast address is reserved"
         );
         assert_eq!(
-            a.claim("p2", R.start + 200, T0),
+            a.alloc.claim(&a.ledger, "p2", R.start + 200, T0),
             Err(AllocError::NotOwner {
                 addr: R.start + 200,
                 owner: k[1].name()
             })
         );
         assert_eq!(a.allocate("p0", T0), Ok(first), "a key keeps its address");
-        a.check().expect("invariants");
-        b.check().expect("invariants");
+        a.check();
+        b.check();
     }
 
     #[test]
@@ -355,28 +379,34 @@ mod tests {
         let mut a = seeded(&k, 0);
         let mut b = seeded(&k, 1);
         // b fills its own space, then asks a.
-        while b.allocate(&format!("b{}", b.allocs.len()), T0).is_ok() {}
-        assert_eq!(b.free_count(T0), 0);
+        let mut n = 0;
+        while b.allocate(&format!("b{n}"), T0).is_ok() {
+            n += 1;
+        }
+        assert_eq!((n, b.free(T0)), (127, 0));
         a.allocate("a0", T0).expect("seed");
-        let steps = a.donate(&k[0], k[1].name(), T0);
+        let steps = a.donate(k[1].name(), T0);
         // Empty: blocks 2..128 (block 0 holds only the reserved network
         // address, block 1 holds a0); the upper half goes, one step each.
         assert_eq!(steps.len(), 63, "half of the 126 empty blocks");
-        assert!(
-            steps.iter().all(|s| s.body.first != 1),
-            "the block holding a0 stays"
-        );
-        b.merge(&k[1], a.ledger(), T0 + 1);
-        assert_eq!(b.free_count(T0 + 1), 0, "not settled yet");
+        let ledger = a.ledger.clone();
+        b.merge(&ledger, T0 + 1);
+        assert_eq!(b.free(T0 + 1), 0, "not settled yet");
         let gained = R.start + steps[0].body.first;
-        assert_eq!(b.claim("x", gained, T0 + 1), Err(AllocError::NotReady));
+        assert_eq!(
+            b.alloc.claim(&b.ledger, "x", gained, T0 + 1),
+            Err(AllocError::NotReady)
+        );
         assert_eq!(b.allocate("x", T0 + 1), Err(AllocError::NoSpace));
         let later = T0 + 1 + SETTLE_MS;
-        assert_eq!(b.free_count(later), 63);
-        let x = b.allocate("x", later).expect("settled");
-        assert_eq!(x, R.start + 65, "the lowest gained block");
-        a.check().expect("invariants");
-        b.check().expect("invariants");
+        assert_eq!(b.free(later), 63);
+        assert_eq!(
+            b.allocate("x", later),
+            Ok(R.start + 65),
+            "the lowest gained block"
+        );
+        a.check();
+        b.check();
     }
 
     #[test]
@@ -386,16 +416,41 @@ mod tests {
         for i in 0..126 {
             a.allocate(&format!("p{i}"), T0).expect("space");
         }
-        // Every block of a but the last one holds an allocation.
-        let steps = a.donate(&k[0], k[1].name(), T0);
+        // Every block of a but the last holds an allocation (or is block 0,
+        // the network address alone).
+        let steps = a.donate(k[1].name(), T0);
         assert_eq!(steps.len(), 1);
         assert_eq!(steps[0].body.first, 127);
-        assert!(
-            a.donate(&k[0], k[1].name(), T0).is_empty(),
-            "nothing empty left"
-        );
-        assert_eq!(a.allocations().count(), 126);
-        a.check().expect("invariants");
+        assert!(a.donate(k[1].name(), T0).is_empty(), "nothing empty left");
+        assert_eq!(a.alloc.allocations().count(), 126);
+        a.check();
+    }
+
+    #[test]
+    fn a_block_lost_to_a_dispute_reports_its_allocations() {
+        let k = keys(3);
+        let mut a = seeded(&k, 0);
+        let mut b = seeded(&k, 1);
+        let mut c = seeded(&k, 2);
+        // k[0] gives one block to b and, from the same state, to c.
+        let blk = 10;
+        let twin = a.ledger.clone();
+        a.ledger.give(&a.key, blk..blk + 1, k[1].name(), T0);
+        let mut liar = twin;
+        liar.give(&a.key, blk..blk + 1, k[2].name(), T0);
+        let gift_b = a.ledger.clone();
+        b.merge(&gift_b, T0);
+        c.merge(&liar, T0);
+        let later = T0 + SETTLE_MS;
+        let x = b.alloc.claim(&b.ledger, "x", R.start + blk, later);
+        assert_eq!(x, Ok(()), "settled: b heard of no twin");
+        // The twin reaches b: the block is disputed, held by nobody.
+        b.merge(&liar, later + 1);
+        assert_eq!(b.ledger.view().owner(blk), None);
+        assert_eq!(b.alloc.lost(), &[("x".to_owned(), R.start + blk)]);
+        assert_eq!(b.alloc.lookup("x"), None);
+        b.check();
+        c.check();
     }
 
     #[test]
@@ -403,16 +458,24 @@ mod tests {
         let k = keys(3);
         let mut a = seeded(&k, 0);
         let mut b = seeded(&k, 1);
-        // k[1] and k[2] remove k[0]; the heir of k[0]'s blocks is the owner
-        // of the block before them: k[2], which holds the last blocks.
-        b.sign_removal(&k[1], k[0].name(), T0);
         let mut c = seeded(&k, 2);
-        c.sign_removal(&k[2], k[0].name(), T0);
-        let (_, made) = c.merge(&k[2], b.ledger(), T0);
+        // k[1] and k[2] remove k[0]; the heir of k[0]'s blocks (0..86) is
+        // the owner of the block before them, the last one: k[2].
+        b.remove(k[0].name(), T0);
+        c.remove(k[0].name(), T0);
+        let ledger = b.ledger.clone();
+        let before = c.free(T0);
+        let made = c.merge(&ledger, T0);
         assert!(!made.is_empty(), "the heir inherits");
-        let free = c.free_count(T0);
-        assert_eq!(c.free_count(T0 + SETTLE_MS) - free, 85, "k[0]'s blocks");
-        a.merge(&k[0], c.ledger(), T0);
+        assert_eq!(c.free(T0), before, "not settled yet");
+        assert_eq!(
+            c.free(T0 + SETTLE_MS) - before,
+            85,
+            "86 blocks, one reserved"
+        );
+        let ledger = c.ledger.clone();
+        a.merge(&ledger, T0);
         assert_eq!(a.allocate("p", T0), Err(AllocError::Removed));
+        c.check();
     }
 }

@@ -49,6 +49,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::Rng;
+use weft_ipam_crdt::block_alloc::BlockAllocator;
 use weft_ipam_crdt::ledger::{
     Block, Certified, Checkpoint, Ledger, LedgerMerge, MAX_AHEAD_MS, Step, StepBody, StepKind,
     View, Vote,
@@ -94,6 +95,8 @@ struct Router {
     since: BTreeMap<u32, (u64, Option<StepBody>)>,
     /// Blocks we gave away (so losing them is no loss).
     gave: BTreeSet<u32>,
+    /// Pods' addresses, allocated from the blocks we hold.
+    alloc: BlockAllocator,
     side: bool,
 }
 
@@ -108,6 +111,7 @@ impl Router {
 
     fn refresh(&mut self, now: u64) {
         let me = self.name();
+        self.alloc.sync(&self.ledger, now);
         let v = self.ledger.view();
         let mine: BTreeSet<u32> = v.blocks_of(me).into_iter().collect();
         self.since.retain(|b, _| mine.contains(b));
@@ -161,6 +165,10 @@ struct Tally {
     removals: u64,
     joins: u64,
     gifts: u64,
+    /// Pods given an address, and addresses honest routers lost with a
+    /// block (a liar's double gift disputed after they allocated).
+    pods: u64,
+    addresses_lost: u64,
 }
 
 struct Sim {
@@ -199,6 +207,7 @@ impl Sim {
             .map(|(i, key)| {
                 let id = i as u64;
                 let ledger = Ledger::seeded(RANGE, &names, CLUSTER);
+                let alloc = BlockAllocator::new(key.name(), &ledger, 0);
                 let mut r = Router {
                     id,
                     key,
@@ -207,6 +216,7 @@ impl Sim {
                     liar: i >= HONEST,
                     since: BTreeMap::new(),
                     gave: BTreeSet::new(),
+                    alloc,
                     side: false,
                 };
                 // Seed blocks are settled: the mesh starts from them.
@@ -528,7 +538,25 @@ impl Sim {
         let now = self.now;
         let r = &mut self.routers[i];
         let key = key(r.id);
-        let steps = r.ledger.give(&key, first..first + len, to, now);
+        // Never a block a pod's address is in (what `BlockAllocator::donate`
+        // keeps to): a gift of the blocks in the run that hold none.
+        let layout = r.ledger.layout();
+        let used: BTreeSet<u32> = r
+            .alloc
+            .allocations()
+            .filter_map(|(_, a)| layout.block_of(a))
+            .collect();
+        let mut steps = Vec::new();
+        let mut b = first;
+        while b < first + len {
+            let end = (b..first + len)
+                .find(|x| used.contains(x))
+                .unwrap_or(first + len);
+            if end > b {
+                steps.extend(r.ledger.give(&key, b..end, to, now));
+            }
+            b = end + 1;
+        }
         for s in &steps {
             r.gave.extend(s.body.first..s.body.first + s.body.count);
         }
@@ -627,6 +655,29 @@ impl Sim {
         }
     }
 
+    /// A pod starts (or, one time in three, one ends) on a live honest
+    /// router: its address comes from the blocks it has held for the
+    /// settle time (`BlockAllocator`).
+    fn pod(&mut self) {
+        let Some(i) = self.pick(|r| r.live && !r.liar) else {
+            return;
+        };
+        let now = self.now;
+        let end = self.rng.below(3) == 0;
+        let n = self.tally.pods;
+        let r = &mut self.routers[i];
+        if end {
+            let keys: Vec<String> = r.alloc.allocations().map(|(k, _)| k.to_owned()).collect();
+            if let Some(k) = keys.first() {
+                r.alloc.release(k);
+            }
+            return;
+        }
+        if r.alloc.allocate(&r.ledger, &format!("pod{n}"), now).is_ok() {
+            self.tally.pods += 1;
+        }
+    }
+
     fn join(&mut self) {
         let k = key(self.next_key);
         self.next_key += 1;
@@ -638,6 +689,7 @@ impl Sim {
         ledger.merge(&self.routers[first].ledger, self.now);
         let side = self.routers[first].side;
         let id = self.next_key - 1;
+        let alloc = BlockAllocator::new(k.name(), &ledger, self.now);
         self.routers.push(Router {
             id,
             key: k,
@@ -646,6 +698,7 @@ impl Sim {
             liar: false,
             since: BTreeMap::new(),
             gave: BTreeSet::new(),
+            alloc,
             side,
         });
         self.tally.joins += 1;
@@ -693,9 +746,29 @@ impl Sim {
             }
         }
         let mut holder: BTreeMap<u32, usize> = BTreeMap::new();
+        let mut address: BTreeMap<u32, usize> = BTreeMap::new();
         for (i, r) in self.routers.iter().enumerate() {
             if r.liar || !r.live {
                 continue;
+            }
+            if let Err(e) = r.alloc.check(&r.ledger) {
+                panic!("{}: {e}; seed {}", r.name(), self.seed);
+            }
+            for (_, a) in r.alloc.allocations() {
+                if let Some(&j) = address.get(&a) {
+                    // Only where both hold its block: the check below says
+                    // when that may be.
+                    let b = r.ledger.layout().block_of(a).unwrap_or(u32::MAX);
+                    assert!(
+                        r.held(now).any(|x| x == b) && self.routers[j].held(now).any(|x| x == b),
+                        "address {a:#x} allocated by {} and {} outside a block both hold; seed {}",
+                        r.name(),
+                        self.routers[j].name(),
+                        self.seed
+                    );
+                } else {
+                    address.insert(a, i);
+                }
             }
             for b in r.held(now) {
                 if let Some(&j) = holder.get(&b) {
@@ -830,6 +903,7 @@ impl Sim {
             87 => self.crash(),
             90 => self.reclaim(),
             88 => self.join(),
+            91..=94 => self.pod(),
             _ => self.gossip(),
         }
         self.check_losses(&before);
@@ -1037,6 +1111,12 @@ fn run(seed: u64, ops: u64) {
         sim.step();
     }
     sim.heal();
+    sim.tally.addresses_lost = sim
+        .routers
+        .iter()
+        .filter(|r| !r.liar)
+        .map(|r| r.alloc.lost().len() as u64)
+        .sum();
     let t = &sim.tally;
     let made: usize = sim.made.values().map(Vec::len).sum();
     println!(
