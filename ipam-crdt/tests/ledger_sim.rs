@@ -1127,22 +1127,22 @@ fn run(seed: u64, ops: u64) {
         t.checkpoints_adopted > 0,
         "no checkpoint was ever taken during the run; seed {seed}"
     );
-    assert!(
-        t.forged_checkpoints_sent == 0 || t.forged_checkpoints_refused > 0,
-        "forged checkpoints sent but none counted; seed {seed}"
-    );
-    assert!(
-        t.ahead_sent == 0 || t.ahead_dropped > 0,
-        "steps stamped ahead sent but none counted; seed {seed}"
-    );
-    assert!(
-        t.forged_sent == 0 || t.forged_dropped > 0,
-        "forgeries sent but none counted; seed {seed}"
-    );
-    assert!(
-        t.unlinked_sent == 0 || t.unlinked_dropped > 0,
-        "unlinkable steps sent but none counted; seed {seed}"
-    );
+    // Every kind of lie that was sent was counted by some receiver.
+    for (sent, counted, what) in [
+        (
+            t.forged_checkpoints_sent,
+            t.forged_checkpoints_refused,
+            "forged checkpoints",
+        ),
+        (t.ahead_sent, t.ahead_dropped, "steps stamped ahead"),
+        (t.forged_sent, t.forged_dropped, "forgeries"),
+        (t.unlinked_sent, t.unlinked_dropped, "unlinkable steps"),
+    ] {
+        assert!(
+            sent == 0 || counted > 0,
+            "{what} sent but none counted; seed {seed}"
+        );
+    }
 }
 
 #[test]

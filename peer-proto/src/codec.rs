@@ -69,8 +69,8 @@ pub fn encode_into<T: serde::Serialize>(value: &T, out: &mut Vec<u8>) -> Result<
     Ok(())
 }
 
-/// Encodes an `ipam` channel message.
-pub fn encode_ipam(msg: &crate::ipam::IpamMsg) -> Result<Vec<u8>, CodecError> {
+/// Encodes a gossip payload, refusing one larger than a receiver takes.
+fn encode_gossip<T: serde::Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
     let v = bincode::serde::encode_to_vec(msg, config())
         .map_err(|e| CodecError::Encode(e.to_string()))?;
     if v.len() > crate::limits::MAX_GOSSIP_PAYLOAD {
@@ -79,18 +79,29 @@ pub fn encode_ipam(msg: &crate::ipam::IpamMsg) -> Result<Vec<u8>, CodecError> {
     Ok(v)
 }
 
-/// Decodes a whole `ipam` channel message, with the same guarantees as
-/// [`decode_frame`].
-pub fn decode_ipam(bytes: &[u8]) -> Result<crate::ipam::IpamMsg, CodecError> {
+/// Decodes a whole gossip payload, with the same guarantees as
+/// [`decode_frame`] but the limits `validate` checks after.
+fn decode_gossip<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     if bytes.len() > crate::limits::MAX_GOSSIP_PAYLOAD {
         return Err(CodecError::TooLarge(bytes.len()));
     }
-    let (msg, used): (crate::ipam::IpamMsg, usize) =
-        bincode::serde::decode_from_slice(bytes, config())
-            .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let (msg, used): (T, usize) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
     if used != bytes.len() {
         return Err(CodecError::Trailing(bytes.len() - used));
     }
+    Ok(msg)
+}
+
+/// Encodes an `ipam` channel message.
+pub fn encode_ipam(msg: &crate::ipam::IpamMsg) -> Result<Vec<u8>, CodecError> {
+    encode_gossip(msg)
+}
+
+/// Decodes a whole `ipam` channel message, with the same guarantees as
+/// [`decode_frame`].
+pub fn decode_ipam(bytes: &[u8]) -> Result<crate::ipam::IpamMsg, CodecError> {
+    let msg: crate::ipam::IpamMsg = decode_gossip(bytes)?;
     msg.validate()?;
     Ok(msg)
 }
@@ -101,26 +112,13 @@ pub fn decode_ipam(bytes: &[u8]) -> Result<crate::ipam::IpamMsg, CodecError> {
 /// [`LedgerWire::validate`]: crate::ipam::LedgerWire::validate
 pub fn encode_ledger(msg: &crate::ipam::LedgerWire) -> Result<Vec<u8>, CodecError> {
     msg.validate()?;
-    let v = bincode::serde::encode_to_vec(msg, config())
-        .map_err(|e| CodecError::Encode(e.to_string()))?;
-    if v.len() > crate::limits::MAX_GOSSIP_PAYLOAD {
-        return Err(CodecError::TooLarge(v.len()));
-    }
-    Ok(v)
+    encode_gossip(msg)
 }
 
 /// Decodes a whole block ledger, with the same guarantees as
 /// [`decode_frame`].
 pub fn decode_ledger(bytes: &[u8]) -> Result<crate::ipam::LedgerWire, CodecError> {
-    if bytes.len() > crate::limits::MAX_GOSSIP_PAYLOAD {
-        return Err(CodecError::TooLarge(bytes.len()));
-    }
-    let (msg, used): (crate::ipam::LedgerWire, usize) =
-        bincode::serde::decode_from_slice(bytes, config())
-            .map_err(|e| CodecError::Malformed(e.to_string()))?;
-    if used != bytes.len() {
-        return Err(CodecError::Trailing(bytes.len() - used));
-    }
+    let msg: crate::ipam::LedgerWire = decode_gossip(bytes)?;
     msg.validate()?;
     Ok(msg)
 }
