@@ -29,6 +29,12 @@ use crate::ledger::{Ledger, Step};
 /// reaches every router well inside it (the simulation: about 10 s).
 pub const SETTLE_MS: u64 = 30_000;
 
+/// Whether a block ours since `since` (0: from the seed) may be allocated
+/// from at `now_ms`.
+fn settled_at(since: u64, now_ms: u64) -> bool {
+    since == 0 || now_ms.saturating_sub(since) >= SETTLE_MS
+}
+
 /// One router's allocations over its ledger.
 #[derive(Debug, Clone)]
 pub struct BlockAllocator {
@@ -79,14 +85,14 @@ impl BlockAllocator {
     fn settled(&self, now_ms: u64) -> impl Iterator<Item = u32> + '_ {
         self.since
             .iter()
-            .filter(move |(_, (_, t))| now_ms.saturating_sub(*t) >= SETTLE_MS || *t == 0)
+            .filter(move |(_, (_, t))| settled_at(*t, now_ms))
             .map(|(b, _)| *b)
     }
 
     fn is_settled(&self, b: u32, now_ms: u64) -> bool {
         self.since
             .get(&b)
-            .is_some_and(|(_, t)| *t == 0 || now_ms.saturating_sub(*t) >= SETTLE_MS)
+            .is_some_and(|(_, t)| settled_at(*t, now_ms))
     }
 
     /// Addresses free in settled blocks.
